@@ -1,0 +1,97 @@
+"""ResNet backbone (torchvision) returning multi-scale features with padding masks.
+
+Weights are never downloaded: ImageNet weights load only from a local file given by the
+config key `backbone_weights` (a torchvision ResNet state_dict, e.g. resnet50-0676ba61.pth).
+"""
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import FrozenBatchNorm2d
+
+from util.misc import NestedTensor
+
+from .position_encoding import build_position_encoding
+
+_RESNET_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+_NORM_LAYERS = {"FrozenBatchNorm2d": FrozenBatchNorm2d, "BatchNorm2d": nn.BatchNorm2d}
+
+
+class Backbone(nn.Module):
+    """A torchvision ResNet cut into stages; returns the stages named by `return_interm_indices`.
+
+    return_interm_indices index the stages layer1..layer4 (0..3); DINO-4scale uses [1, 2, 3]
+    (strides 8, 16, 32), DINO-5scale [0, 1, 2, 3]. The stem and layer1 are frozen, as in DETR.
+    """
+
+    def __init__(self, name: str, train_backbone: bool, dilation: bool, return_interm_indices: Sequence[int],
+                 norm_layer: str = "FrozenBatchNorm2d", weights_path: Optional[str] = None):
+        super().__init__()
+        if name not in _RESNET_CHANNELS:
+            raise ValueError(f"backbone={name!r} is not one of {sorted(_RESNET_CHANNELS)}")
+        if norm_layer not in _NORM_LAYERS:
+            raise ValueError(f"batch_norm_type={norm_layer!r} is not one of {sorted(_NORM_LAYERS)}")
+        resnet = getattr(torchvision.models, name)(weights=None, replace_stride_with_dilation=[False, False, dilation],
+                                                   norm_layer=_NORM_LAYERS[norm_layer])
+        if weights_path:
+            load_resnet_weights(resnet, weights_path)
+        for pname, p in resnet.named_parameters():
+            if not train_backbone or not any(s in pname for s in ("layer2", "layer3", "layer4")):
+                p.requires_grad_(False)
+        last = _RESNET_CHANNELS[name]
+        return_layers = {f"layer{i + 1}": str(k) for k, i in enumerate(return_interm_indices)}
+        self.body = IntermediateLayerGetter(resnet, return_layers=return_layers)
+        self.num_channels: List[int] = [last // 2 ** (3 - i) for i in return_interm_indices]
+        self.strides: List[int] = [2 ** (i + 2) for i in return_interm_indices]
+
+    def forward(self, tensor_list: NestedTensor) -> Dict[str, NestedTensor]:
+        out = {}
+        for name, x in self.body(tensor_list.tensors).items():
+            mask = F.interpolate(tensor_list.mask[None].float(), size=x.shape[-2:]).to(torch.bool)[0]
+            out[name] = NestedTensor(x, mask)
+        return out
+
+
+def load_resnet_weights(resnet: nn.Module, path: str) -> None:
+    """Load torchvision ImageNet weights from a local file (the classifier head is ignored)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"backbone_weights file {path!r} does not exist: download the torchvision ResNet weights on a machine "
+            f"with network access and pass the local path with --options backbone_weights=PATH "
+            f"(or backbone_weights=None to start from random weights)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = resnet.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"backbone_weights {path!r} does not match the backbone: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}; pass weights of the same ResNet depth")
+
+
+class Joiner(nn.Sequential):
+    """backbone (index 0) followed by the position encoding (index 1), as DINO names them."""
+
+    def __init__(self, backbone: Backbone, position_embedding: nn.Module):
+        super().__init__(backbone, position_embedding)
+        self.num_channels = backbone.num_channels
+        self.strides = backbone.strides
+
+    def forward(self, tensor_list: NestedTensor):
+        """-> list of NestedTensor features (fine to coarse), list of (B, C, H, W) position encodings."""
+        features = list(self[0](tensor_list).values())
+        pos = [self[1](f).to(f.tensors.dtype) for f in features]
+        return features, pos
+
+
+def build_backbone(args) -> Joiner:
+    train_backbone = args.lr_backbone > 0
+    backbone = Backbone(args.backbone, train_backbone, args.dilation, args.return_interm_indices,
+                        norm_layer=getattr(args, "batch_norm_type", "FrozenBatchNorm2d"),
+                        weights_path=getattr(args, "backbone_weights", None))
+    return Joiner(backbone, build_position_encoding(args))
