@@ -1,0 +1,103 @@
+"""Distributed setup and small collective helpers.
+
+The process group is created from torchrun's environment (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR/MASTER_PORT) or from SLURM's (SLURM_PROCID,
+SLURM_NTASKS, SLURM_LOCALID, with MASTER_ADDR/MASTER_PORT set by the job
+script). Without either, the run is single-process and every helper here is a
+no-op, so the same code path serves both cases.
+"""
+import os
+from typing import Any, Dict, List
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def _env_int(name: str) -> int:
+    value = os.environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise RuntimeError(f"environment variable {name}={value!r} must be an integer") from None
+
+
+def read_launch_env() -> Dict[str, int]:
+    """(rank, world_size, local_rank) from torchrun or SLURM variables; world_size 1 if neither."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return {"rank": _env_int("RANK"), "world_size": _env_int("WORLD_SIZE"),
+                "local_rank": _env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0}
+    if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if name not in os.environ:
+                raise RuntimeError(f"SLURM launch with SLURM_NTASKS>1 needs {name} in the environment "
+                                   f"(e.g. export MASTER_ADDR=$(hostname) MASTER_PORT=29500 in the job script)")
+        return {"rank": _env_int("SLURM_PROCID"), "world_size": _env_int("SLURM_NTASKS"),
+                "local_rank": _env_int("SLURM_LOCALID") if "SLURM_LOCALID" in os.environ else 0}
+    return {"rank": 0, "world_size": 1, "local_rank": 0}
+
+
+def init_distributed_mode(args) -> None:
+    """Set args.distributed/rank/world_size/local_rank and create the process group if needed.
+
+    NCCL is used when args.device is CUDA (each process pinned to its LOCAL_RANK
+    GPU), gloo on CPU.
+    """
+    env = read_launch_env()
+    args.rank, args.world_size, args.local_rank = env["rank"], env["world_size"], env["local_rank"]
+    args.distributed = args.world_size > 1
+    if not args.distributed:
+        return
+    use_cuda = str(args.device).startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(args.local_rank)
+        args.device = f"cuda:{args.local_rank}"
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=args.dist_url,
+                            world_size=args.world_size, rank=args.rank)
+    dist.barrier()
+
+
+def cleanup() -> None:
+    """Destroy the process group if one exists (call in a finally block)."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(values: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Average a dict of scalar tensors over ranks (same keys on all ranks). Returns detached tensors."""
+    if not is_dist() or not values:
+        return {k: v.detach() for k, v in values.items()}
+    keys = sorted(values)
+    stacked = torch.stack([values[k].detach().float() for k in keys])
+    dist.all_reduce(stacked)
+    stacked /= get_world_size()
+    return dict(zip(keys, stacked))
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """List of `obj` from every rank (a one-element list when not distributed)."""
+    if not is_dist():
+        return [obj]
+    out: List[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
