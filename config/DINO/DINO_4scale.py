@@ -144,7 +144,7 @@ val_batch_size = 1  # DINO evaluates with batch 1 (padding changes AP)
 skip_bad_images = False  # skip unreadable images with a warning instead of failing
 # synthetic dataset (dataset_file='synthetic'); generated under synthetic_dir (None = ~/.cache default)
 synthetic_dir = None
-synthetic_num_train = 512
-synthetic_num_val = 64
+synthetic_num_train = 240
+synthetic_num_val = 48
 synthetic_image_size = 256
 synthetic_seed = 0
