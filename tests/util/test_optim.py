@@ -1,0 +1,66 @@
+"""Param groups, schedulers and EMA (util/optim.py)."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from util.optim import ModelEMA, build_lr_scheduler, build_optimizer, param_groups
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(2, 2))  # names start with 'backbone.0'
+        self.head = nn.Linear(2, 1)
+
+
+def test_backbone_group_and_freeze():
+    m = Tiny()
+    groups = param_groups(m, 1e-4, 1e-5, ["backbone.0"])
+    assert [g["lr"] for g in groups] == [1e-4, 1e-5] and len(groups[1]["params"]) == 2
+    groups = param_groups(m, 1e-4, 0.0, ["backbone.0"])
+    assert len(groups) == 1 and not m.backbone[0].weight.requires_grad
+    with pytest.raises(ValueError, match="param_dict_type"):
+        param_groups(m, 1e-4, 1e-5, ["backbone.0"], "large_wd")
+
+
+def _args(**kw):
+    base = dict(lr=1e-3, lr_backbone=1e-4, lr_backbone_names=["backbone.0"], weight_decay=1e-4,
+                onecyclelr=False, multi_step_lr=False, lr_drop=2, lr_drop_list=[1, 3], epochs=4)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+@pytest.mark.parametrize("kw,kind,per_iter", [({}, "StepLR", False), ({"multi_step_lr": True}, "MultiStepLR", False),
+                                              ({"onecyclelr": True}, "OneCycleLR", True)])
+def test_scheduler_choice(kw, kind, per_iter):
+    args = _args(**kw)
+    opt = build_optimizer(Tiny(), args)
+    assert isinstance(opt, torch.optim.AdamW)
+    sched, it = build_lr_scheduler(opt, args, steps_per_epoch=3)
+    assert type(sched).__name__ == kind and it == per_iter
+
+
+def test_step_lr_drops_after_lr_drop_epochs():
+    args = _args()
+    opt = build_optimizer(Tiny(), args)
+    sched, _ = build_lr_scheduler(opt, args, 1)
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_ema_update_and_state_roundtrip():
+    m = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(0.0)
+    ema = ModelEMA(m, decay=0.5)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema.update(m)
+    assert ema.module.weight.item() == pytest.approx(0.5)
+    other = ModelEMA(nn.Linear(1, 1, bias=False), decay=0.5)
+    other.load_state_dict(ema.state_dict())
+    assert other.module.weight.item() == pytest.approx(0.5)
