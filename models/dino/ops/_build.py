@@ -1,0 +1,121 @@
+"""Loading the compiled msda kernels: the installed `msda_ext`, else a just-in-time build.
+
+The JIT build goes to ~/.cache/augdetr_msda/<torch>-<cuda>/<cpu|cuda>/ (or $MSDA_CACHE_DIR),
+guarded by a file lock so that two processes starting together build it once.
+CUDA sources are compiled only when a GPU is visible and CUDA_HOME is set.
+"""
+import contextlib
+import fcntl
+import os
+import threading
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SRC_DIR = Path(__file__).resolve().parent / "src"
+CPU_SOURCES = [SRC_DIR / "msda_cpu.cpp"]
+CUDA_SOURCES = [SRC_DIR / "msda_cuda.cu"]
+CXX_FLAGS = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP in the pip wheels: without it, one thread
+NVCC_FLAGS = ["-O3", "--use_fast_math"]
+
+BUILD_HINT = ("build it with `pip install --no-build-isolation ./models/dino/ops` "
+              "or make a C++ compiler and ninja available for the just-in-time build")
+
+_lock = threading.Lock()
+_state: dict = {"tried": False, "source": None, "error": None}
+
+
+def ops_registered() -> bool:
+    """True once the msda operators exist in this process (from any library)."""
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("msda::ms_deform_attn_forward", "CPU")
+    except RuntimeError:  # "operator ... does not exist"
+        return False
+
+
+def has_kernel(device_type: str) -> bool:
+    """True when the loaded library has a kernel for `device_type` ("cpu" or "cuda")."""
+    if not ops_registered():
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("msda::ms_deform_attn_forward", device_type.upper())
+
+
+def cache_dir(with_cuda: bool) -> Path:
+    root = os.environ.get("MSDA_CACHE_DIR")
+    if root is None:
+        tag = f"{torch.__version__}-{torch.version.cuda or 'nocuda'}".replace("+", "_")
+        root = Path.home() / ".cache" / "augdetr_msda" / tag
+    return Path(root) / ("cuda" if with_cuda else "cpu")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def jit_build(with_cuda: Optional[bool] = None, verbose: bool = False) -> Path:
+    """Compile (or reuse) the kernels with torch.utils.cpp_extension.load and load them into this process."""
+    from torch.utils import cpp_extension
+
+    if with_cuda is None:
+        with_cuda = torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+    build_dir = cache_dir(with_cuda)
+    sources = [str(p) for p in CPU_SOURCES + (CUDA_SOURCES if with_cuda else [])]
+    with _file_lock(build_dir / ".msda.lock"):
+        cpp_extension.load(
+            name="msda_ext_jit_cuda" if with_cuda else "msda_ext_jit_cpu",
+            sources=sources,
+            extra_cflags=CXX_FLAGS,
+            extra_cuda_cflags=NVCC_FLAGS,
+            extra_ldflags=["-fopenmp"],
+            extra_include_paths=[str(SRC_DIR)],
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=verbose,
+        )
+    return build_dir
+
+
+def load() -> Optional[str]:
+    """Make the msda operators available; returns how ("installed msda_ext", "JIT build in ...") or None.
+
+    Tried once per process; the error of a failed attempt is kept in `load_error()`.
+    """
+    with _lock:
+        if _state["tried"]:
+            return _state["source"]
+        _state["tried"] = True
+        if ops_registered():
+            _state["source"] = "already loaded"
+            return _state["source"]
+        errors = []
+        if os.environ.get("MSDA_NO_INSTALLED") != "1":
+            try:
+                import msda_ext  # noqa: F401  (importing registers torch.ops.msda)
+
+                _state["source"] = f"installed msda_ext ({msda_ext.__file__})"
+                return _state["source"]
+            except ImportError as exc:
+                errors.append(f"no installed msda_ext ({exc})")
+            except OSError as exc:  # e.g. built against another torch
+                errors.append(f"installed msda_ext does not load ({exc})")
+        try:
+            build_dir = jit_build()
+            _state["source"] = f"JIT build in {build_dir}"
+            return _state["source"]
+        except Exception as exc:  # compiler missing, compile error, ...
+            msg = str(exc).strip().splitlines()
+            errors.append(f"JIT build failed ({msg[-1] if msg else type(exc).__name__})")
+        _state["error"] = "; ".join(errors)
+        return None
+
+
+def load_error() -> Optional[str]:
+    return _state["error"]
