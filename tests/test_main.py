@@ -1,0 +1,134 @@
+"""CLI (build_args) and end-to-end train -> checkpoint -> resume -> eval runs (main.py)."""
+import json
+import os
+import re
+
+import pytest
+import torch
+
+import main
+from util.checkpoint import load_checkpoint
+from util.slconfig import ConfigError
+
+README_OPTS = ("--options dn_scalar=100 embed_init_tgt=TRUE dn_label_coef=1.0 dn_bbox_coef=1.0 use_ema=False "
+               "dn_box_noise_scale=1.0")
+README_COMMANDS = [
+    f"--output_dir logs/DINO/R50-MS4 -c config/DINO/DINO_4scale.py --coco_path /data/coco {README_OPTS} --use_hae",
+    f"--output_dir logs/DINO/R50-MS4 -c config/DINO/DINO_4scale.py --coco_path /data/coco {README_OPTS} --use_emca",
+    f"--output_dir logs/DINO/R50-MS4 -c config/DINO/DINO_4scale.py --coco_path /data/coco {README_OPTS} "
+    "--use_hae --use_emca",
+    "--output_dir logs/DINO/R50-MS4-%j -c config/DINO/DINO_4scale.py --coco_path /data/coco --eval "
+    f"--resume ckpt.pth {README_OPTS} --use_hae --use_emca",
+]
+
+
+@pytest.mark.parametrize("cmd", README_COMMANDS)
+def test_readme_commands_parse(cmd):
+    args = main.build_args(cmd.split())
+    assert args.dn_number == 100 and args.dn_scalar == 100 and args.dn_box_noise_scale == 1.0
+    assert args.embed_init_tgt is True and args.use_ema is False and args.num_hae_layers == 2
+    assert args.use_hae == ("--use_hae" in cmd) and args.use_emca == ("--use_emca" in cmd)
+    assert args.hidden_dim == 256 and args.coco_path == "/data/coco"
+
+
+def test_defaults():
+    args = main.build_args([])
+    assert args.config_file == "config/DINO/DINO_synthetic.py" and args.dataset_file == "synthetic"
+    assert args.output_dir == os.path.join("logs", "DINO_synthetic") and args.num_workers == 2
+    assert args.device in ("cpu", "cuda") and args.use_hae is False and args.eval_backend == "pycocotools"
+
+
+def test_cli_wins_over_options_and_config():
+    args = main.build_args(["--options", "use_hae=True", "num_hae_layers=4", "eval_backend=faster_coco_eval"])
+    assert (args.use_hae, args.num_hae_layers, args.eval_backend) == (True, 4, "faster_coco_eval")
+    args = main.build_args(["--options", "num_hae_layers=4", "--num_hybrid_layers", "3",
+                            "--eval_backend", "pycocotools", "--dataset_file", "synthetic"])
+    assert args.num_hae_layers == 3 and args.eval_backend == "pycocotools"
+
+
+def test_errors_are_one_line():
+    with pytest.raises(ConfigError, match="needs --coco_path"):
+        main.build_args(["-c", "config/DINO/DINO_4scale.py"])
+    with pytest.raises(ConfigError, match="did you mean 'hidden_dim'"):
+        main.build_args(["--options", "hiden_dim=3"])
+    with pytest.raises(ConfigError, match="pass --coco_path"):
+        main.build_args(["--options", "coco_path=/x"])
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        main.build_args(["--help"])
+    text = capsys.readouterr().out
+    flags = {s for a in main.get_args_parser()._actions for s in a.option_strings}
+    assert not [f for f in flags if f not in text]
+    assert "examples:" in text
+    for action in main.get_args_parser()._actions:
+        assert action.help, action.dest
+
+
+TINY = ["epochs=1", "synthetic_num_train=8", "synthetic_num_val=4", "enc_layers=1", "dec_layers=1",
+        "hidden_dim=64", "num_queries=20", "num_select=20", "dn_number=4", "data_aug_scales=96",
+        "data_aug_max_size=128", "data_aug_scales2_resize=96", "data_aug_scales2_crop=64,96"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("synthetic"))
+
+
+def tiny_args(out, synthetic_dir, *extra, options=()):
+    argv = ["--output_dir", str(out), "--num_workers", "0", "--device", "cpu", *extra,
+            "--options", *TINY, f"synthetic_dir={synthetic_dir}", *options]
+    return main.build_args(argv)
+
+
+def read_log(out):
+    with open(os.path.join(out, "log.txt")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_train_checkpoint_resume_eval(tmp_path, synthetic_dir):
+    out = tmp_path / "run"
+    main.main(tiny_args(out, synthetic_dir))
+    names = set(os.listdir(out))
+    assert {"checkpoint.pth", "checkpoint0000.pth", "checkpoint_best_regular.pth", "log.txt", "info.txt",
+            "config_cfg.py", "config_args_all.json"} <= names
+    ckpt = load_checkpoint(str(out / "checkpoint.pth"))
+    assert ckpt["epoch"] == 0 and isinstance(ckpt["args"], dict) and ckpt["args"]["hidden_dim"] == 64
+    line = read_log(out)[0]
+    assert line["epoch"] == 0 and len(line["test_coco_eval_bbox"]) == 12 and "train_loss" in line
+    assert line["train_nonfinite_steps"] == 0 and line["n_parameters"] > 0
+    # auto-resume continues at epoch 1 and appends a line
+    main.main(tiny_args(out, synthetic_dir, options=["epochs=2"]))
+    assert [entry["epoch"] for entry in read_log(out)] == [0, 1]
+    # eval-only from the numbered checkpoint, with COCO-format results
+    main.main(tiny_args(out, synthetic_dir, "--eval", "--save_results", "--resume", str(out / "checkpoint0000.pth")))
+    last = read_log(out)[-1]
+    assert "test_coco_eval_bbox" in last and "epoch" not in last
+    with open(out / "results.json") as f:
+        dets = json.load(f)
+    assert dets and set(dets[0]) == {"image_id", "category_id", "bbox", "score"}
+    # the dumped config loads and reproduces the run's settings
+    from util.slconfig import SLConfig
+    assert SLConfig.fromfile(str(out / "config_cfg.py")).hidden_dim == 64
+
+
+def test_exact_resume_matches_uninterrupted_run(tmp_path, synthetic_dir):
+    full, part = tmp_path / "full", tmp_path / "part"
+    main.main(tiny_args(full, synthetic_dir, options=["epochs=2"]))
+    main.main(tiny_args(part, synthetic_dir, options=["epochs=1"]))
+    main.main(tiny_args(part, synthetic_dir, "--resume", str(part / "checkpoint0000.pth"), options=["epochs=2"]))
+    a = load_checkpoint(str(full / "checkpoint.pth"))
+    b = load_checkpoint(str(part / "checkpoint.pth"))
+    assert a["epoch"] == b["epoch"] == 1
+    assert a["model"].keys() == b["model"].keys()
+    diff = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert diff == []
+
+
+def test_mismatched_checkpoint_is_clear_error(tmp_path, synthetic_dir):
+    out = tmp_path / "run"
+    main.main(tiny_args(out, synthetic_dir, "--debug"))
+    with pytest.raises(Exception, match=r"does not fit this model.*shape mismatches"):
+        main.main(tiny_args(tmp_path / "other", synthetic_dir, "--eval", "--resume", str(out / "checkpoint.pth"),
+                            options=["hidden_dim=32"]))
