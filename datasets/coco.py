@@ -206,7 +206,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 if self.ids[i] not in self._bad_ids:
                     self._bad_ids.add(self.ids[i])
                     self.num_skipped_images = len(self._bad_ids)
-                    warnings.warn(f"skipping bad image: {e}", stacklevel=2)
+                    warnings.warn(f"skip_bad_images: skipped {str(e).split('; ')[0]}", stacklevel=2)
                 continue
             return self._make_item(i, img)
         raise DataError(f"no readable image in {self.img_folder}: all {len(self)} files are bad")
@@ -248,9 +248,10 @@ def build(image_set: str, args, root: Optional[str] = None) -> CocoDetection:
     """Builder: COCO layout at ``root`` (default ``args.coco_path``) for 'train' or 'val'."""
     if image_set not in ("train", "val"):
         raise DataError(f"unknown image_set {image_set!r}: use 'train' or 'val'")
-    root = Path(root if root is not None else getattr(args, "coco_path", "") or "")
-    if not str(root) or not root.is_dir():
-        raise DataError(f"coco_path {str(root)!r} is not a directory; pass --coco_path DIR with train2017/, val2017/, annotations/")
+    raw = root if root is not None else getattr(args, "coco_path", None)
+    if not raw or not os.path.isdir(raw):
+        raise DataError(f"coco_path {raw!r} is not a directory; pass --coco_path DIR with train2017/, val2017/, annotations/")
+    root = Path(raw)
     img_folder = root / f"{image_set}2017"
     ann_file = root / "annotations" / f"instances_{image_set}2017.json"
     if not img_folder.is_dir():
