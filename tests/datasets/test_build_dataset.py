@@ -1,0 +1,43 @@
+import os
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from datasets import DataError, build_dataset, default_synthetic_dir, get_coco_api_from_dataset
+from data_helpers import data_args
+
+
+def test_build_coco_and_api(synthetic_root):
+    ds = build_dataset("train", data_args(coco_path=synthetic_root))
+    assert len(ds) == 12
+    api = get_coco_api_from_dataset(torch.utils.data.Subset(torch.utils.data.Subset(ds, [0, 1]), [0]))
+    assert isinstance(api, COCO) and api is ds.coco
+
+
+def test_build_synthetic_generates_into_synthetic_dir(tmp_path):
+    args = data_args(dataset_file="synthetic", synthetic_dir=str(tmp_path / "syn"), synthetic_num_train=3,
+                     synthetic_num_val=2, synthetic_image_size=64, synthetic_seed=0)
+    val = build_dataset("val", args)
+    assert len(val) == 2 and len(build_dataset("train", args)) == 3
+    image, target = val[0]
+    assert image.shape[0] == 3 and target["orig_size"].tolist() == [64, 64]
+
+
+def test_default_synthetic_dir_uses_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUGDETR_CACHE", str(tmp_path))
+    assert default_synthetic_dir() == os.path.join(str(tmp_path), "synthetic-v1")
+    monkeypatch.delenv("AUGDETR_CACHE")
+    assert default_synthetic_dir().endswith(os.path.join(".cache", "augdetr", "synthetic-v1"))
+
+
+def test_unknown_dataset_file_and_split(synthetic_root):
+    with pytest.raises(DataError, match="'voc'"):
+        build_dataset("val", data_args(dataset_file="voc"))
+    with pytest.raises(DataError, match="'test'"):
+        build_dataset("test", data_args(coco_path=synthetic_root))
+
+
+def test_api_needs_coco_dataset():
+    with pytest.raises(DataError, match="no COCO ground truth"):
+        get_coco_api_from_dataset(torch.utils.data.TensorDataset(torch.zeros(2)))
