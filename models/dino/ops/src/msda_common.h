@@ -13,7 +13,9 @@
 
 #ifdef __CUDACC__
 #define MSDA_HD __host__ __device__ __forceinline__
+#define MSDA_UNROLL _Pragma("unroll")
 #else
+#define MSDA_UNROLL
 #define MSDA_HD inline
 #endif
 
@@ -79,7 +81,7 @@ MSDA_HD Corners<acc_t> bilinear_corners(acc_t x, acc_t y, int64_t H, int64_t W) 
   const acc_t hh = acc_t(1) - c.lh, hw = acc_t(1) - c.lw;
   const int64_t h0 = c.any ? static_cast<int64_t>(fh) : -2, w0 = c.any ? static_cast<int64_t>(fw) : -2;
   const acc_t ws[4] = {hh * hw, hh * c.lw, c.lh * hw, c.lh * c.lw};
-#pragma unroll
+MSDA_UNROLL
   for (int k = 0; k < 4; ++k) {
     const int64_t hk = h0 + (k >> 1), wk = w0 + (k & 1);
     const bool ok = c.any && hk >= 0 && wk >= 0 && hk < H && wk < W;

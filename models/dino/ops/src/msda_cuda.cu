@@ -10,8 +10,9 @@
 // once by lane 0 (no atomics, no shared memory).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: that needs the cuSPARSE/cuBLAS headers
 #include <torch/library.h>
 
 #include "msda_common.h"
@@ -143,7 +144,7 @@ at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes_in,
   at::Tensor out = at::empty({s.N, s.Lq, s.Mv * s.D}, value.options());
   if (out.numel() == 0) return out;
   const int G = group_size(s.D);
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     forward_kernel<scalar_t, acc_t><<<num_blocks(s, G), kThreads, 0, stream>>>(
@@ -170,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& v
   at::Tensor grad_attn = at::zeros({s.N, s.Lq, s.Mv, s.L, s.P}, acc);
   if (grad_out.numel() > 0) {
     const int G = group_size(s.D);
-    const auto stream = at::cuda::getCurrentCUDAStream();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       backward_kernel<scalar_t, acc_t><<<num_blocks(s, G), kThreads, 0, stream>>>(

@@ -1,0 +1,61 @@
+"""Ahead-of-time build of the msda kernels as the `msda_ext` module.
+
+    cd models/dino/ops && python setup.py build install
+    pip install --no-build-isolation ./models/dino/ops
+
+The CPU kernel is always built; the CUDA kernel whenever CUDA_HOME (nvcc) is found and
+torch has CUDA, no GPU needed. Without a visible GPU and TORCH_CUDA_ARCH_LIST unset,
+the architectures default to "8.0;9.0". MSDA_NO_CUDA=1 skips the CUDA kernel.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+try:
+    import torch
+except ImportError:
+    # pip's build isolation hides the environment's torch; find it with a plain interpreter.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
+    site = subprocess.run([sys.executable, "-c", "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))"],
+                          capture_output=True, text=True, env=env).stdout.strip()
+    if not site:
+        sys.exit("msda setup.py: torch is needed to build; install it first, then "
+                 "`pip install --no-build-isolation ./models/dino/ops`")
+    sys.path.append(site)
+    import torch
+
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+HERE = Path(__file__).resolve().parent
+CXX_FLAGS = ["-O3", "-fopenmp"]  # same flags as the JIT build in _build.py
+NVCC_FLAGS = ["-O3", "--use_fast_math"]
+
+
+def extension():
+    sources = ["src/msda_cpu.cpp"]
+    with_cuda = (CUDA_HOME is not None and torch.version.cuda is not None
+                 and os.environ.get("MSDA_NO_CUDA") != "1")
+    if not with_cuda:
+        print(f"msda setup.py: building the CPU kernel only (CUDA_HOME={CUDA_HOME}, torch CUDA={torch.version.cuda})")
+        return CppExtension("msda_ext", sources, include_dirs=[str(HERE / "src")],
+                            extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=["-fopenmp"])
+    if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    print(f"msda setup.py: building CPU + CUDA kernels (CUDA_HOME={CUDA_HOME}, "
+          f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPUs')})")
+    return CUDAExtension("msda_ext", sources + ["src/msda_cuda.cu"], include_dirs=[str(HERE / "src")],
+                         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS}, extra_link_args=["-fopenmp"])
+
+
+os.chdir(HERE)  # sources are relative to this folder, whoever calls us
+setup(
+    name="msda_ext",
+    version="0.1.0",
+    description="Multi-scale deformable attention kernels (CPU + CUDA) for torch.ops.msda",
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension},
+    zip_safe=False,
+)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Compile-and-link check of the msda CUDA kernel (no GPU needed): builds the extension
+# into a temporary folder with setup.py build_ext and checks the CUDA object got linked.
+# Exits non-zero on failure; prints its duration.
+set -euo pipefail
+start=$(date +%s)
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+export MAX_JOBS="${MAX_JOBS:-2}"
+export PATH="$CUDA_HOME/bin:$PATH"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+if [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
+  echo "check_cuda_build: no nvcc at $CUDA_HOME/bin/nvcc (set CUDA_HOME)" >&2
+  exit 1
+fi
+cp -r "$repo/models/dino/ops/src" "$repo/models/dino/ops/setup.py" "$tmp/"
+cd "$tmp"
+if ! python setup.py build_ext --build-lib "$tmp/lib" --build-temp "$tmp/build" >"$tmp/log" 2>&1; then
+  grep -B2 -A6 -m5 "error" "$tmp/log" >&2 || tail -n 40 "$tmp/log" >&2
+  echo "check_cuda_build: FAILED after $(( $(date +%s) - start )) s" >&2
+  exit 1
+fi
+so="$(ls "$tmp"/lib/msda_ext*.so)"
+grep -q "building CPU + CUDA kernels" "$tmp/log" || { echo "check_cuda_build: CUDA kernel was not built" >&2; exit 1; }
+# the linked library must carry device code (a fatbin) for the kernels
+if ! readelf -S "$so" | grep -q "nv_fatbin"; then
+  echo "check_cuda_build: $so has no .nv_fatbin section (no device code linked)" >&2
+  exit 1
+fi
+if [ -x "$CUDA_HOME/bin/cuobjdump" ]; then
+  echo "check_cuda_build: device code: $("$CUDA_HOME/bin/cuobjdump" --list-elf "$so" | grep -o 'sm_[0-9a-z]*' | sort -u | tr '\n' ' ')"
+fi
+echo "check_cuda_build: OK ($so, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST) in $(( $(date +%s) - start )) s"
