@@ -61,7 +61,11 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
     _check_entries(ann_file, "images", data["images"], ("id", "file_name", "width", "height"))
     _check_entries(ann_file, "categories", data["categories"], ("id",))
     _check_entries(ann_file, "annotations", data["annotations"], ("bbox", "category_id", "image_id"))
-    image_ids = {img["id"] for img in data["images"]}
+    image_ids = set()
+    for i, img in enumerate(data["images"]):
+        if img["id"] in image_ids:
+            raise DataError(f"annotation file {ann_file}: images[{i}] repeats image id {img['id']!r}; ids must be unique")
+        image_ids.add(img["id"])
     used_ids = {a["id"] for a in data["annotations"] if "id" in a}
     next_id = max((i for i in used_ids if isinstance(i, int)), default=0) + 1
     for i, ann in enumerate(data["annotations"]):

@@ -131,6 +131,8 @@ def test_malformed_json_names_line_and_column(make_coco):
     ({"images": [], "categories": []}, "missing required list 'annotations'"),
     ({"images": [{"id": 1, "file_name": "a.png", "width": 40}], "annotations": [], "categories": []},
      r"images\[0\] is missing required field 'height'"),
+    ({"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}] * 2, "annotations": [],
+      "categories": []}, r"images\[1\] repeats image id 1"),
     ({"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
       "annotations": [{"image_id": 1, "category_id": 1}], "categories": [{"id": 1}]},
      r"annotations\[0\] is missing required field 'bbox'"),
