@@ -1,7 +1,6 @@
 """CLI (build_args) and end-to-end train -> checkpoint -> resume -> eval runs (main.py)."""
 import json
 import os
-import re
 
 import pytest
 import torch
@@ -87,48 +86,55 @@ def read_log(out):
         return [json.loads(line) for line in f]
 
 
-def test_train_checkpoint_resume_eval(tmp_path, synthetic_dir):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, synthetic_dir):
+    """A 1-epoch run, then an auto-resumed run to 2 epochs in the same output_dir."""
+    out = tmp_path_factory.mktemp("resumed")
     main.main(tiny_args(out, synthetic_dir))
-    names = set(os.listdir(out))
+    first = set(os.listdir(out))
+    main.main(tiny_args(out, synthetic_dir, options=["epochs=2"]))
+    return out, first
+
+
+def test_train_writes_checkpoints_and_logs(resumed_run):
+    out, first = resumed_run
     assert {"checkpoint.pth", "checkpoint0000.pth", "checkpoint_best_regular.pth", "log.txt", "info.txt",
-            "config_cfg.py", "config_args_all.json"} <= names
-    ckpt = load_checkpoint(str(out / "checkpoint.pth"))
+            "config_cfg.py", "config_args_all.json"} <= first
+    ckpt = load_checkpoint(str(out / "checkpoint0000.pth"))
     assert ckpt["epoch"] == 0 and isinstance(ckpt["args"], dict) and ckpt["args"]["hidden_dim"] == 64
     line = read_log(out)[0]
     assert line["epoch"] == 0 and len(line["test_coco_eval_bbox"]) == 12 and "train_loss" in line
     assert line["train_nonfinite_steps"] == 0 and line["n_parameters"] > 0
-    # auto-resume continues at epoch 1 and appends a line
-    main.main(tiny_args(out, synthetic_dir, options=["epochs=2"]))
+    # auto-resume continued at epoch 1 and appended a line
     assert [entry["epoch"] for entry in read_log(out)] == [0, 1]
-    # eval-only from the numbered checkpoint, with COCO-format results
-    main.main(tiny_args(out, synthetic_dir, "--eval", "--save_results", "--resume", str(out / "checkpoint0000.pth")))
-    last = read_log(out)[-1]
-    assert "test_coco_eval_bbox" in last and "epoch" not in last
-    with open(out / "results.json") as f:
-        dets = json.load(f)
-    assert dets and set(dets[0]) == {"image_id", "category_id", "bbox", "score"}
-    # the dumped config loads and reproduces the run's settings
     from util.slconfig import SLConfig
     assert SLConfig.fromfile(str(out / "config_cfg.py")).hidden_dim == 64
 
 
-def test_exact_resume_matches_uninterrupted_run(tmp_path, synthetic_dir):
-    full, part = tmp_path / "full", tmp_path / "part"
-    main.main(tiny_args(full, synthetic_dir, options=["epochs=2"]))
-    main.main(tiny_args(part, synthetic_dir, options=["epochs=1"]))
-    main.main(tiny_args(part, synthetic_dir, "--resume", str(part / "checkpoint0000.pth"), options=["epochs=2"]))
-    a = load_checkpoint(str(full / "checkpoint.pth"))
-    b = load_checkpoint(str(part / "checkpoint.pth"))
+def test_exact_resume_matches_uninterrupted_run(tmp_path, resumed_run, synthetic_dir):
+    out, _ = resumed_run
+    main.main(tiny_args(tmp_path, synthetic_dir, options=["epochs=2"]))
+    a = load_checkpoint(str(tmp_path / "checkpoint.pth"))
+    b = load_checkpoint(str(out / "checkpoint.pth"))
     assert a["epoch"] == b["epoch"] == 1
     assert a["model"].keys() == b["model"].keys()
     diff = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
     assert diff == []
 
 
-def test_mismatched_checkpoint_is_clear_error(tmp_path, synthetic_dir):
-    out = tmp_path / "run"
-    main.main(tiny_args(out, synthetic_dir, "--debug"))
+def test_eval_only_explicit_resume_wins_and_saves_results(resumed_run, synthetic_dir, capsys):
+    out, _ = resumed_run
+    main.main(tiny_args(out, synthetic_dir, "--eval", "--save_results", "--resume", str(out / "checkpoint0000.pth")))
+    assert "auto-resume" not in capsys.readouterr().out
+    last = read_log(out)[-1]
+    assert "test_coco_eval_bbox" in last and "epoch" not in last
+    with open(out / "results.json") as f:
+        dets = json.load(f)
+    assert dets and set(dets[0]) == {"image_id", "category_id", "bbox", "score"}
+
+
+def test_mismatched_checkpoint_is_clear_error(tmp_path, resumed_run, synthetic_dir):
+    out, _ = resumed_run
     with pytest.raises(Exception, match=r"does not fit this model.*shape mismatches"):
-        main.main(tiny_args(tmp_path / "other", synthetic_dir, "--eval", "--resume", str(out / "checkpoint.pth"),
+        main.main(tiny_args(tmp_path, synthetic_dir, "--eval", "--resume", str(out / "checkpoint.pth"),
                             options=["hidden_dim=32"]))
