@@ -121,12 +121,13 @@ def _detections_to_coco(results: Dict[int, Dict[str, torch.Tensor]]) -> List[Dic
 def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_loader, base_ds,
              device: torch.device, *, output_dir: Optional[str] = None, amp: bool = False,
              eval_backend: str = "pycocotools", save_results: bool = False, debug: bool = False,
-             print_freq: int = 10):
+             print_freq: int = 10, emca_recorder=None):
     """Evaluate on data_loader; returns (stats, coco_evaluator).
 
     stats holds averaged losses (as in training) and 'coco_eval_bbox' (12 COCO
     numbers). With save_results, rank 0 writes output_dir/results.json (COCO
-    detection format, gathered from all ranks).
+    detection format, gathered from all ranks). emca_recorder (an
+    EmcaWeightRecorder) sees every batch's outputs and targets.
     """
     from datasets.coco_eval import CocoEvaluator  # imported late: datasets is optional for training utils
 
@@ -148,6 +149,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_
         meters.update(loss=float(sum(reduced_weighted.values())),
                       **{k: float(v) for k, v in reduced_weighted.items()},
                       **{f"{k}_unscaled": float(v) for k, v in reduced.items()})
+        if emca_recorder is not None:
+            emca_recorder.update(outputs, targets)
         orig_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
         results = postprocessors["bbox"](outputs, orig_sizes)
         res = {int(t["image_id"].item()): r for t, r in zip(targets, results)}

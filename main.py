@@ -93,7 +93,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    metavar="N", help="number of hybrid encoder layers (default: config value, else 2)")
     g.add_argument("--use_emca", action="store_true", default=None, help="Encoder-Mixing Cross-Attention")
     g.add_argument("--save_emca_weights", action="store_true",
-                   help="record EMCA fusion weights during evaluation")
+                   help="with --eval (and --use_emca): record the last decoder layer's EMCA fusion weights of the "
+                        "matched queries and write their per-encoder-layer mean/std to output_dir/emca_weights.json")
     g = p.add_argument_group("distributed")
     g.add_argument("--find_unused_params", action="store_true", help="DDP find_unused_parameters=True")
     g.add_argument("--world_size", type=int, default=1, help="set from WORLD_SIZE/SLURM_NTASKS when launched")
@@ -274,7 +275,19 @@ def _run(args):
                        save_results=args.save_results, debug=args.debug)
     log_path = os.path.join(args.output_dir, "log.txt")
     if args.eval:
-        test_stats, _ = evaluate(model, criterion, postprocessors, loader_val, base_ds, device, **eval_kwargs)
+        recorder = None
+        if args.save_emca_weights:
+            from models.dino.emca_analysis import EmcaWeightRecorder
+            recorder = EmcaWeightRecorder(model_without_ddp, criterion.matcher)
+        test_stats, _ = evaluate(model, criterion, postprocessors, loader_val, base_ds, device,
+                                 emca_recorder=recorder, **eval_kwargs)
+        if recorder is not None:
+            summary = recorder.summary()
+            if main_proc:
+                with open(os.path.join(args.output_dir, "emca_weights.json"), "w") as f:
+                    json.dump(summary, f, indent=2)
+                log.info("EMCA fusion weights (mean per encoder layer): %s",
+                         ", ".join(f"E{l}={m:.3f}" for l, m in zip(summary["enc_layers"], summary["mean"])))
         if main_proc:
             with open(log_path, "a") as f:
                 f.write(json.dumps({**{f"test_{k}": v for k, v in test_stats.items()},

@@ -1,0 +1,53 @@
+"""EMCA fusion-weight analysis (AugDETR's Fig. 4).
+
+During evaluation, records the sigmoid fusion weights w_e of the last decoder layer's EMCA
+for the queries that the Hungarian matcher assigns to ground-truth objects, and reports
+their per-encoder-layer mean and standard deviation.
+"""
+from typing import Dict, List
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .emca import EncoderMixingAttention
+
+
+class EmcaWeightRecorder:
+    """Accumulates per-encoder-layer sums of the matched queries' fusion weights."""
+
+    def __init__(self, model: nn.Module, matcher: nn.Module):
+        layers = model.transformer.decoder.layers
+        attn = layers[-1].cross_attn
+        if not isinstance(attn, EncoderMixingAttention):
+            raise ValueError("--save_emca_weights needs an EMCA model: add --use_emca (and the flags it was trained with)")
+        self.attn = attn
+        self.enc_layers: List[int] = list(model.transformer.emca_enc_layers)
+        self.matcher = matcher
+        self.attn.record_mix_weights = True
+        k = len(self.enc_layers)
+        self.sum = torch.zeros(k, dtype=torch.float64)
+        self.sum_sq = torch.zeros(k, dtype=torch.float64)
+        self.count = 0
+
+    def update(self, outputs: Dict, targets: List[Dict]) -> None:
+        """Add the matched queries of one evaluated batch (outputs without denoising queries)."""
+        gates = self.attn.last_mix_weights  # (B, Q, K)
+        preds = {"pred_logits": outputs["pred_logits"], "pred_boxes": outputs["pred_boxes"]}
+        for b, (src, _) in enumerate(self.matcher(preds, targets)):
+            w = gates[b, src.to(gates.device)].double().cpu()
+            self.sum += w.sum(0)
+            self.sum_sq += (w * w).sum(0)
+            self.count += len(src)
+
+    def summary(self) -> Dict:
+        """Totals over all processes -> {'enc_layers' (1-based), 'mean', 'std', 'num_queries'}."""
+        totals = torch.cat([self.sum, self.sum_sq, torch.tensor([float(self.count)], dtype=torch.float64)])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)
+        k = len(self.enc_layers)
+        n = max(totals[-1].item(), 1.0)
+        mean = totals[:k] / n
+        std = (totals[k:2 * k] / n - mean ** 2).clamp(min=0).sqrt()
+        return {"decoder_layer": "last", "enc_layers": [i + 1 for i in self.enc_layers],
+                "mean": mean.tolist(), "std": std.tolist(), "num_queries": int(totals[-1].item())}
