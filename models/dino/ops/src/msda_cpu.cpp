@@ -105,6 +105,8 @@ void backward_kernel(const at::Tensor& value, const int64_t* shapes, const int64
             acc_t* gvp = gvl + c.idx[k] * row;
             const acc_t cw = a * c.w[k];
             acc_t dot = 0;
+            // simd reduction: lets the compiler reorder the sum so that the loop vectorises
+#pragma omp simd reduction(+ : dot)
             for (int64_t d = 0; d < D; ++d) {
               dot += gq[d] * static_cast<acc_t>(vp[d]);
               gvp[d] += cw * gq[d];
