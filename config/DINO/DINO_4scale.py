@@ -30,6 +30,7 @@ pe_temperatureH = 20
 pe_temperatureW = 20
 return_interm_indices = [1, 2, 3]
 batch_norm_type = 'FrozenBatchNorm2d'  # or 'BatchNorm2d' (trainable BN, for small from-scratch models)
+backbone_freeze_stem = True  # keep the stem and layer1 frozen, as DINO does with ImageNet weights
 
 # ---- transformer ----------------------------------------------------------
 enc_layers = 6

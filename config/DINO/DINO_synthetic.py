@@ -9,6 +9,7 @@ dn_labelbook_size = 7
 # small from-scratch backbone with trainable BatchNorm
 backbone = 'resnet18'
 batch_norm_type = 'BatchNorm2d'
+backbone_freeze_stem = False
 
 lr = 0.0002
 lr_backbone = 0.0002
@@ -24,7 +25,7 @@ enc_layers = 3
 dec_layers = 3
 num_queries = 100
 num_select = 100
-dn_number = 20
+dn_number = 50  # a doubled budget >= 100 keeps DINO's group rule (see dn_components.cdn_group_count)
 
 data_aug_scales = [224, 240, 256, 272, 288]
 data_aug_max_size = 400

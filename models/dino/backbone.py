@@ -25,11 +25,13 @@ class Backbone(nn.Module):
     """A torchvision ResNet cut into stages; returns the stages named by `return_interm_indices`.
 
     return_interm_indices index the stages layer1..layer4 (0..3); DINO-4scale uses [1, 2, 3]
-    (strides 8, 16, 32), DINO-5scale [0, 1, 2, 3]. The stem and layer1 are frozen, as in DETR.
+    (strides 8, 16, 32), DINO-5scale [0, 1, 2, 3]. With freeze_stem the stem and layer1 are
+    frozen, as in DETR/DINO with ImageNet weights; a model trained from scratch trains them too.
     """
 
     def __init__(self, name: str, train_backbone: bool, dilation: bool, return_interm_indices: Sequence[int],
-                 norm_layer: str = "FrozenBatchNorm2d", weights_path: Optional[str] = None):
+                 norm_layer: str = "FrozenBatchNorm2d", weights_path: Optional[str] = None,
+                 freeze_stem: bool = True):
         super().__init__()
         if name not in _RESNET_CHANNELS:
             raise ValueError(f"backbone={name!r} is not one of {sorted(_RESNET_CHANNELS)}")
@@ -40,7 +42,8 @@ class Backbone(nn.Module):
         if weights_path:
             load_resnet_weights(resnet, weights_path)
         for pname, p in resnet.named_parameters():
-            if not train_backbone or not any(s in pname for s in ("layer2", "layer3", "layer4")):
+            in_stem = not any(s in pname for s in ("layer2", "layer3", "layer4"))
+            if not train_backbone or (freeze_stem and in_stem):
                 p.requires_grad_(False)
         last = _RESNET_CHANNELS[name]
         return_layers = {f"layer{i + 1}": str(k) for k, i in enumerate(return_interm_indices)}
@@ -93,5 +96,6 @@ def build_backbone(args) -> Joiner:
     train_backbone = args.lr_backbone > 0
     backbone = Backbone(args.backbone, train_backbone, args.dilation, args.return_interm_indices,
                         norm_layer=getattr(args, "batch_norm_type", "FrozenBatchNorm2d"),
-                        weights_path=getattr(args, "backbone_weights", None))
+                        weights_path=getattr(args, "backbone_weights", None),
+                        freeze_stem=getattr(args, "backbone_freeze_stem", True))
     return Joiner(backbone, build_position_encoding(args))

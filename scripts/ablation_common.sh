@@ -1,0 +1,61 @@
+# Shared by scripts/ablation_table*.sh; not run directly.
+# Usage of every ablation script:
+#   scripts/ablation_tableN.sh COCO_PATH NUM_GPUS [OUTPUT_ROOT] [extra main.py args...]
+#   scripts/ablation_tableN.sh --synthetic [OUTPUT_ROOT] [extra main.py args...]
+# COCO mode: config/DINO/DINO_4scale.py with the seed README's options, 12 epochs, on
+# NUM_GPUS GPUs of this machine (torchrun when NUM_GPUS > 1).
+# --synthetic: the embedded tiny config on the generated dataset, CPU, one process, a short
+# budget (SYNTHETIC_EPOCHS, default 6) - a smoke test of the whole ablation, not paper numbers.
+set -euo pipefail
+ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SEED_OPTIONS=(dn_scalar=100 embed_init_tgt=TRUE dn_label_coef=1.0 dn_bbox_coef=1.0 use_ema=False dn_box_noise_scale=1.0)
+
+ablation_parse_args() {
+  if [[ $# -lt 1 ]]; then
+    echo "usage: $0 COCO_PATH NUM_GPUS [OUTPUT_ROOT] [main.py args...] | $0 --synthetic [OUTPUT_ROOT] [main.py args...]" >&2
+    exit 2
+  fi
+  if [[ "$1" == "--synthetic" ]]; then
+    MODE=synthetic; shift
+    OUT_ROOT="${1:-logs/$ABLATION_NAME-synthetic}"; shift || true
+  else
+    if [[ $# -lt 2 ]]; then
+      echo "usage: $0 COCO_PATH NUM_GPUS [OUTPUT_ROOT] [main.py args...]" >&2; exit 2
+    fi
+    MODE=coco; COCO_PATH="$1"; NUM_GPUS="$2"; shift 2
+    OUT_ROOT="${1:-logs/$ABLATION_NAME}"; shift || true
+    [[ -d "$COCO_PATH" ]] || { echo "error: COCO_PATH $COCO_PATH is not a folder" >&2; exit 2; }
+    [[ "$NUM_GPUS" =~ ^[0-9]+$ && "$NUM_GPUS" -ge 1 ]] || { echo "error: NUM_GPUS must be a positive integer, got $NUM_GPUS" >&2; exit 2; }
+  fi
+  EXTRA_ARGS=("$@")
+}
+
+# run_variant NAME [main.py flags...] [--options k=v ...]: one training run into OUT_ROOT/NAME
+run_variant() {
+  local name="$1"; shift
+  local out="$OUT_ROOT/$name"
+  local flags=() opts=()
+  while [[ $# -gt 0 ]]; do
+    if [[ "$1" == "--options" ]]; then shift; while [[ $# -gt 0 && "$1" != --* ]]; do opts+=("$1"); shift; done
+    else flags+=("$1"); shift; fi
+  done
+  echo "== $name -> $out"
+  cd "$ROOT_DIR"
+  if [[ "$MODE" == synthetic ]]; then
+    python main.py --output_dir "$out" --device cpu "${flags[@]}" \
+      --options epochs="${SYNTHETIC_EPOCHS:-6}" lr_drop="$(( ${SYNTHETIC_EPOCHS:-6} - 1 ))" "${opts[@]}" "${EXTRA_ARGS[@]}"
+  elif [[ "$NUM_GPUS" -gt 1 ]]; then
+    torchrun --nproc_per_node="$NUM_GPUS" main.py -c config/DINO/DINO_4scale.py --coco_path "$COCO_PATH" \
+      --output_dir "$out" "${flags[@]}" --options "${SEED_OPTIONS[@]}" "${opts[@]}" "${EXTRA_ARGS[@]}"
+  else
+    python main.py -c config/DINO/DINO_4scale.py --coco_path "$COCO_PATH" \
+      --output_dir "$out" "${flags[@]}" --options "${SEED_OPTIONS[@]}" "${opts[@]}" "${EXTRA_ARGS[@]}"
+  fi
+  RUNS+=("$out")
+}
+
+collect() {
+  cd "$ROOT_DIR"
+  python tools/collect_results.py "${RUNS[@]}" --names "$@"
+}
+RUNS=()

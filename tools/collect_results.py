@@ -1,0 +1,68 @@
+"""Collect COCO results of several runs into one markdown table (the paper's format).
+
+    python tools/collect_results.py logs/table4/*/ [--names DINO +HAE +EMCA AugDETR] [--epoch last|best]
+
+Reads each run's log.txt (JSON lines written by main.py) and prints AP, AP50, AP75, APs,
+APm, APl (x100) from `test_coco_eval_bbox` of the last (or best) evaluated epoch; a
+missing or empty log gives a row that says so instead of numbers.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+
+def read_stats(run_dir: str, which: str = "last") -> Optional[dict]:
+    """The log line with test_coco_eval_bbox of the last or best (by AP) epoch, or None."""
+    path = run_dir if run_dir.endswith(".txt") else os.path.join(run_dir, "log.txt")
+    if not os.path.isfile(path):
+        return None
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                print(f"warning: {path}:{n} is not JSON; skipped", file=sys.stderr)
+                continue
+            if "test_coco_eval_bbox" in row:
+                rows.append(row)
+    if not rows:
+        return None
+    return max(rows, key=lambda r: r["test_coco_eval_bbox"][0]) if which == "best" else rows[-1]
+
+
+def table(run_dirs: List[str], names: Optional[List[str]] = None, which: str = "last") -> str:
+    names = names or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    lines = ["| run | epoch | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for name, d in zip(names, run_dirs):
+        row = read_stats(d, which)
+        if row is None:
+            lines.append(f"| {name} | - | " + " | ".join(["n/a"] * len(COLUMNS)) + " |")
+            continue
+        stats = row["test_coco_eval_bbox"][:6]
+        epoch = row.get("epoch", "eval")
+        lines.append(f"| {name} | {epoch} | " + " | ".join(f"{100 * v:.1f}" for v in stats) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run output folders (or log.txt files)")
+    p.add_argument("--names", nargs="+", help="row names, one per run (default: folder names)")
+    p.add_argument("--epoch", choices=["last", "best"], default="last", help="which evaluated epoch to report")
+    args = p.parse_args(argv)
+    if args.names and len(args.names) != len(args.runs):
+        p.error(f"{len(args.names)} --names for {len(args.runs)} runs")
+    print(table(args.runs, args.names, args.epoch))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
