@@ -189,7 +189,15 @@ def _build_loaders(args, datasets_mod):
                                   SequentialSampler)
     from util.misc import collate_fn
 
+    # Each node's local rank 0 builds (and, for the synthetic data, generates) the datasets before the
+    # other ranks of that node, so concurrent processes never race on one dataset folder.
+    first = args.local_rank in (0, None)
+    if args.distributed and not first:
+        dist_utils.barrier()
     dataset_val = datasets_mod.build_dataset("val", args)
+    dataset_train = None if args.eval else datasets_mod.build_dataset("train", args)
+    if args.distributed and first:
+        dist_utils.barrier()
     sampler_gen, loader_gen = torch.Generator(), torch.Generator()
     common = dict(collate_fn=collate_fn, num_workers=args.num_workers, worker_init_fn=_worker_init)
     val_sampler = (DistributedSampler(dataset_val, shuffle=False) if args.distributed
@@ -198,7 +206,6 @@ def _build_loaders(args, datasets_mod):
                             drop_last=False, **common)
     loader_train = train_sampler = None
     if not args.eval:
-        dataset_train = datasets_mod.build_dataset("train", args)
         train_sampler = (DistributedSampler(dataset_train, shuffle=True, seed=args.seed) if args.distributed
                          else RandomSampler(dataset_train, generator=sampler_gen))
         batch_sampler = BatchSampler(train_sampler, args.batch_size, drop_last=True)
