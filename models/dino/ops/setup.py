@@ -27,6 +27,11 @@ except ImportError:
     sys.path.append(site)
     import torch
 
+# torch guesses CUDA_HOME from `which nvcc`, which can be a symlink outside the toolkit
+# (e.g. /usr/local/bin/nvcc -> CUDA_HOME=/usr/local, where libcudart is missing)
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and Path("/usr/local/cuda/bin/nvcc").exists():
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +42,7 @@ NVCC_FLAGS = ["-O3", "--use_fast_math"]
 def extension():
     sources = ["src/msda_cpu.cpp"]
     with_cuda = (CUDA_HOME is not None and torch.version.cuda is not None
-                 and os.environ.get("MSDA_NO_CUDA") != "1")
+                 and (Path(CUDA_HOME) / "bin" / "nvcc").exists() and os.environ.get("MSDA_NO_CUDA") != "1")
     if not with_cuda:
         print(f"msda setup.py: building the CPU kernel only (CUDA_HOME={CUDA_HOME}, torch CUDA={torch.version.cuda})")
         return CppExtension("msda_ext", sources, include_dirs=[str(HERE / "src")],
