@@ -18,6 +18,30 @@ class NonFiniteLossError(RuntimeError):
     """A NaN/inf training loss; the message names epoch, iteration and every loss term."""
 
 
+class ResourceError(RuntimeError):
+    """Out of (GPU) memory in a train or eval step; the message names the batch and what to lower."""
+
+
+def _oom_error(err: BaseException, where: str, samples) -> ResourceError:
+    b, _, h, w = samples.tensors.shape
+    size_fix = ("--options val_batch_size=1" if where.startswith("evaluation") else "--options batch_size=1")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ResourceError(f"out of memory during {where} with batch size {b} and padded image size {h}x{w} "
+                         f"({first}); try --amp, {size_fix}, or smaller data_aug_scales / data_aug_max_size")
+
+
+def _skipped_ids(targets) -> List[int]:
+    """Image ids the dataset skipped (skip_bad_images) to produce this batch."""
+    return [int(i) for t in targets for i in t.get("skipped_image_ids", ())]
+
+
+def _count_across_ranks(ids: set) -> int:
+    merged = set()
+    for part in dist_utils.all_gather_object(ids):
+        merged |= part
+    return len(merged)
+
+
 def autocast(device: torch.device, enabled: bool):
     """AMP context: bf16 on CPU, fp16 on CUDA (fp16 needs the GradScaler the caller creates)."""
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -50,15 +74,24 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimiz
     meters = MetricLogger(log, print_freq)
     weight_dict = criterion.weight_dict
     nonfinite = 0
+    skipped = set()
     total = len(data_loader)
     for it, (samples, targets) in enumerate(meters.log_every(data_loader, f"Epoch: [{epoch}]", total)):
+        skipped.update(_skipped_ids(targets))
         samples = samples.to(device)
         targets = targets_to(targets, device)
-        with autocast(device, amp):
-            outputs = model(samples, targets)
-            loss_dict = criterion(outputs, targets)
-            weighted = _weighted(loss_dict, weight_dict)
-            losses = sum(weighted.values())
+        try:
+            with autocast(device, amp):
+                outputs = model(samples, targets)
+                loss_dict = criterion(outputs, targets)
+                weighted = _weighted(loss_dict, weight_dict)
+                losses = sum(weighted.values())
+        except torch.OutOfMemoryError as e:
+            oom = _oom_error(e, f"training (epoch {epoch} iteration {it}, forward)", samples)
+        else:
+            oom = None
+        if oom is not None:  # raised outside the except block so the failed step's tensors are freed
+            raise oom
         # reduce over ranks so every rank takes the same skip/stop decision
         reduced = dist_utils.all_reduce_mean({k: v.float() for k, v in loss_dict.items()})
         reduced_weighted = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
@@ -74,18 +107,12 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimiz
             nonfinite += 1
             continue
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(losses).backward()
-            if max_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            losses.backward()
-            if max_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            optimizer.step()
+        try:
+            _backward_and_step(losses, model, optimizer, scaler, max_norm)
+        except torch.OutOfMemoryError as e:
+            oom = _oom_error(e, f"training (epoch {epoch} iteration {it}, backward)", samples)
+        if oom is not None:
+            raise oom
         if lr_scheduler is not None:
             lr_scheduler.step()
         if ema is not None:
@@ -102,19 +129,46 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimiz
             break
     stats = meters.global_averages()
     stats["nonfinite_steps"] = nonfinite
+    stats["skipped_images"] = _count_across_ranks(skipped)
     return stats
 
 
-def _detections_to_coco(results: Dict[int, Dict[str, torch.Tensor]]) -> List[Dict]:
-    """{image_id: {'scores','labels','boxes' xyxy}} -> COCO result list with xywh boxes."""
-    out = []
-    for image_id, r in results.items():
-        boxes = r["boxes"].float().cpu().clone()
-        boxes[:, 2:] -= boxes[:, :2]
-        for box, score, label in zip(boxes.tolist(), r["scores"].tolist(), r["labels"].tolist()):
-            out.append({"image_id": int(image_id), "category_id": int(label),
-                        "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})
-    return out
+def _backward_and_step(losses, model, optimizer, scaler, max_norm: float) -> None:
+    """Backward + optional clipping + step. With a GradScaler (fp16), a step whose gradients
+    overflowed is skipped by scaler.step and the scale is lowered by scaler.update."""
+    if scaler is not None:
+        scaler.scale(losses).backward()
+        if max_norm > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients; inf/nan here make scaler.step skip
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        losses.backward()
+        if max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+
+
+def write_coco_results(detections: Dict[int, "np.ndarray"], path: str) -> int:
+    """Stream {image_id: (K, 6) [x, y, w, h, score, label]} to a COCO results JSON list.
+
+    Written one detection at a time (no second copy of all results in memory), to a temp
+    file renamed into place. Returns the number of detections written.
+    """
+    tmp = path + ".tmp"
+    n = 0
+    with open(tmp, "w") as f:
+        f.write("[")
+        for image_id in sorted(detections):
+            for x, y, w, h, score, label in detections[image_id].tolist():
+                f.write(("," if n else "") + json.dumps(
+                    {"image_id": int(image_id), "category_id": int(label),
+                     "bbox": [round(x, 3), round(y, 3), round(w, 3), round(h, 3)], "score": round(score, 5)}))
+                n += 1
+        f.write("]")
+    os.replace(tmp, path)
+    return n
 
 
 @torch.no_grad()
@@ -137,13 +191,21 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_
     meters = MetricLogger(log, print_freq)
     weight_dict = criterion.weight_dict
     evaluator = CocoEvaluator(base_ds, iou_types=("bbox",), backend=eval_backend)
-    detections: List[Dict] = []
+    skipped = set()
     for it, (samples, targets) in enumerate(meters.log_every(data_loader, "Test:", len(data_loader))):
+        skipped.update(_skipped_ids(targets))
         samples = samples.to(device)
         targets = targets_to(targets, device)
-        with autocast(device, amp):
-            outputs = model(samples, targets)
-            loss_dict = criterion(outputs, targets)
+        try:
+            with autocast(device, amp):
+                outputs = model(samples, targets)
+                loss_dict = criterion(outputs, targets)
+        except torch.OutOfMemoryError as e:
+            oom = _oom_error(e, f"evaluation (iteration {it})", samples)
+        else:
+            oom = None
+        if oom is not None:
+            raise oom
         reduced = dist_utils.all_reduce_mean({k: v.float() for k, v in loss_dict.items()})
         reduced_weighted = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
         meters.update(loss=float(sum(reduced_weighted.values())),
@@ -155,8 +217,6 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_
         results = postprocessors["bbox"](outputs, orig_sizes)
         res = {int(t["image_id"].item()): r for t, r in zip(targets, results)}
         evaluator.update(res)
-        if save_results:
-            detections.extend(_detections_to_coco(res))
         if debug and it + 1 >= DEBUG_ITERATIONS:
             break
     evaluator.synchronize_between_processes()
@@ -164,9 +224,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_
     evaluator.summarize()
     stats = meters.global_averages()
     stats["coco_eval_bbox"] = [float(x) for x in evaluator.stats("bbox")]
-    if save_results:
-        gathered = [d for part in dist_utils.all_gather_object(detections) for d in part]
-        if dist_utils.is_main_process() and output_dir:
-            with open(os.path.join(output_dir, "results.json"), "w") as f:
-                json.dump(gathered, f)
+    stats["skipped_images"] = _count_across_ranks(skipped)
+    if save_results and dist_utils.is_main_process() and output_dir:
+        # the evaluator already holds every rank's detections as compact arrays
+        write_coco_results(evaluator.detections, os.path.join(output_dir, "results.json"))
     return stats, evaluator

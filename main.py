@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import time
 from typing import List, Optional
@@ -19,7 +20,7 @@ import torch
 
 from util import dist as dist_utils
 from util.checkpoint import (CheckpointError, args_to_dict, find_resume_checkpoint, load_checkpoint,
-                             load_model_state, save_checkpoint)
+                             load_model_state, remove_stale_temp_files, save_checkpoint)
 from util.logger import setup_logger
 from util.optim import ModelEMA, build_lr_scheduler, build_optimizer
 from util.slconfig import ConfigError, DictAction, SLConfig
@@ -250,9 +251,17 @@ def _run(args):
     loader_train, train_sampler, loader_val, dataset_val, (sampler_gen, loader_gen) = _build_loaders(
         args, datasets_mod)
     base_ds = datasets_mod.get_coco_api_from_dataset(dataset_val)
+    # boxes dropped while reading the JSONs (no area after clipping); skipped images are counted per epoch
+    data_counts = {"test_dropped_boxes": int(getattr(dataset_val, "num_degenerate_boxes", 0))}
+    if loader_train is not None:
+        data_counts["train_dropped_boxes"] = int(getattr(loader_train.dataset, "num_degenerate_boxes", 0))
+    log.info("data: %s", ", ".join(f"{k}={v}" for k, v in data_counts.items()))
     lr_scheduler, per_iter = build_lr_scheduler(optimizer, args, len(loader_train) if loader_train else 1)
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
 
+    if main_proc:
+        for stale in remove_stale_temp_files(args.output_dir):
+            log.warning("removed %s: an unfinished checkpoint write (the run was killed while saving)", stale)
     resume = args.resume or find_resume_checkpoint(args.output_dir)
     if resume and not args.resume:
         log.info("auto-resume: found %s in output_dir (pass --resume to choose another)", resume)
@@ -297,7 +306,7 @@ def _run(args):
                          ", ".join(f"E{l}={m:.3f}" for l, m in zip(summary["enc_layers"], summary["mean"])))
         if main_proc:
             with open(log_path, "a") as f:
-                f.write(json.dumps({**{f"test_{k}": v for k, v in test_stats.items()},
+                f.write(json.dumps({**{f"test_{k}": v for k, v in test_stats.items()}, **data_counts,
                                     "n_parameters": n_parameters}) + "\n")
         return test_stats
 
@@ -346,6 +355,7 @@ def _run(args):
                 ema_stats, _ = evaluate(ema.module, criterion, postprocessors, loader_val, base_ds, device,
                                         **{**eval_kwargs, "save_results": False})
                 log_stats.update({f"ema_test_{k}": v for k, v in ema_stats.items()})
+            log_stats.update(data_counts)
             log_stats.update(epoch=epoch, n_parameters=n_parameters, best_ap=best_ap,
                              now_time=time.strftime("%Y-%m-%d %H:%M:%S"), epoch_time=time.time() - t0)
             if main_proc:
@@ -361,10 +371,39 @@ def _run(args):
     return log_stats
 
 
-if __name__ == "__main__":
-    from engine import NonFiniteLossError
+def user_error_types() -> tuple:
+    """Exceptions that are the user's input (config, data, checkpoint, numerics, memory), not bugs."""
+    from datasets.coco import DataError
+    from engine import NonFiniteLossError, ResourceError
+    return (ConfigError, CheckpointError, DataError, NonFiniteLossError, ResourceError)
 
+
+def one_line(err: BaseException) -> str:
+    """The user-facing line of `err`. A DataLoader worker re-raises the worker's exception with the
+    whole worker traceback as its message; its last line holds the original message."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = re.sub(r"^[\w.]+(Error|Exception): ", "", last)
+    return " ".join(text.split()) or type(err).__name__
+
+
+def cli(argv: Optional[List[str]] = None) -> int:
+    """`python main.py`: known user errors print `error: <message>` to stderr and return 2;
+    anything else (a bug) keeps its traceback."""
     try:
-        main(build_args())
-    except (ConfigError, CheckpointError, NonFiniteLossError) as err:
-        sys.exit(f"main.py: error: {err}")
+        main(build_args(argv))
+    except user_error_types() as err:
+        message = one_line(err)
+        log = logging.getLogger("detr")
+        if any(isinstance(h, logging.FileHandler) for h in log.handlers):  # keep the reason in info.txt
+            for h in log.handlers:
+                if isinstance(h, logging.FileHandler):
+                    h.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None))
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

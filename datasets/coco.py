@@ -16,7 +16,9 @@ Conventions:
 * Missing / truncated / non-image files raise :class:`BadImageError`; with
   ``skip_bad_images=True`` the item is replaced by the next readable one, a warning is
   given once per file, and ``num_skipped_images`` counts the distinct files skipped
-  (per process: each DataLoader worker holds its own copy).
+  (per process: each DataLoader worker holds its own copy). The item returned in place
+  of skipped ones carries their ids in ``target["skipped_image_ids"]`` (a list, present
+  only then) so the training loop can count them across workers into log.txt.
 """
 import contextlib
 import io
@@ -200,6 +202,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return load_rgb_image(path, (int(info["height"]), int(info["width"])))
 
     def __getitem__(self, index: int):
+        skipped = []
         for step in range(len(self)):
             i = (index + step) % len(self)
             try:
@@ -207,12 +210,16 @@ class CocoDetection(torch.utils.data.Dataset):
             except BadImageError as e:
                 if not self.skip_bad_images:
                     raise
+                skipped.append(self.ids[i])
                 if self.ids[i] not in self._bad_ids:
                     self._bad_ids.add(self.ids[i])
                     self.num_skipped_images = len(self._bad_ids)
                     warnings.warn(f"skip_bad_images: skipped {str(e).split('; ')[0]}", stacklevel=2)
                 continue
-            return self._make_item(i, img)
+            img, target = self._make_item(i, img)
+            if skipped:
+                target["skipped_image_ids"] = skipped
+            return img, target
         raise DataError(f"no readable image in {self.img_folder}: all {len(self)} files are bad")
 
     def _make_item(self, index: int, img: Image.Image):

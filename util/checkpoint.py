@@ -155,6 +155,22 @@ def load_model_state(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
     return result
 
 
+def remove_stale_temp_files(output_dir: str) -> List[str]:
+    """Delete temp files left in output_dir by a save that was killed; returns their paths.
+
+    Call only from the one process that writes checkpoints, before it starts saving.
+    """
+    if not output_dir or not os.path.isdir(output_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(output_dir)):
+        if name.startswith(TMP_PREFIX):
+            path = os.path.join(output_dir, name)
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
 _NUMBERED = re.compile(r"^checkpoint(\d{4})\.pth$")
 
 

@@ -1,0 +1,59 @@
+"""Shared tiny-run settings for the reliability tests (synthetic data, CPU, seconds per epoch)."""
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from util.checkpoint import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HOOKED_MAIN = os.path.join(ROOT, "tests", "reliability", "hooked_main.py")
+
+# 8 train images / batch 4 = 2 iterations per epoch; 2 val images in one batch
+SYN = {"num_train": 8, "num_val": 2, "image_size": 96, "seed": 0}
+TINY = ["synthetic_num_train=8", "synthetic_num_val=2", "synthetic_image_size=96", "val_batch_size=2",
+        "enc_layers=1", "dec_layers=1", "hidden_dim=32", "dim_feedforward=64", "nheads=4",
+        "num_queries=10", "num_select=10", "dn_number=4", "data_aug_scales=64", "data_aug_max_size=96",
+        "data_aug_scales2_resize=64", "data_aug_scales2_crop=48,64"]
+
+
+def make_synthetic(root: str) -> str:
+    from datasets.synthetic import ensure_synthetic_dataset
+    return ensure_synthetic_dataset(root, **SYN)
+
+
+def tiny_argv(out, syn_dir, *extra, epochs=1, options=()):
+    return ["--output_dir", str(out), "--num_workers", "0", "--device", "cpu", *extra,
+            "--options", *TINY, f"epochs={epochs}", f"synthetic_dir={syn_dir}", *options]
+
+
+def popen_main(argv, hook=None, log_name="run.log", cwd_log_dir=None):
+    """Start tests/reliability/hooked_main.py in a subprocess (1 thread, so runs are bitwise comparable)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("RELIABILITY_HOOK", None)
+    if hook:
+        env["RELIABILITY_HOOK"] = hook
+    out = argv[argv.index("--output_dir") + 1]
+    os.makedirs(out, exist_ok=True)
+    log = open(os.path.join(cwd_log_dir or argv[argv.index("--output_dir") + 1], log_name), "ab")
+    return subprocess.Popen([sys.executable, HOOKED_MAIN, *argv], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def read_log(out):
+    path = os.path.join(str(out), "log.txt")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def weights(path):
+    return load_checkpoint(str(path))["model"]
+
+
+def differing_tensors(a, b):
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
