@@ -175,6 +175,18 @@ def _best_ap_from_log(path: str) -> float:
     return best
 
 
+def _logged_epochs(path: str) -> set:
+    epochs = set()
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    epochs.add(json.loads(line).get("epoch"))
+                except (ValueError, AttributeError):
+                    continue
+    return epochs
+
+
 def main(args: argparse.Namespace):
     """Run training (or evaluation with --eval); returns the last stats dict."""
     dist_utils.init_distributed_mode(args)
@@ -316,6 +328,18 @@ def _run(args):
         tb_writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
     best_ap = _best_ap_from_log(log_path)
     log_stats = {}
+    # a kill between an epoch's checkpoint and its log line loses that line: evaluate it again
+    missing = main_proc and args.start_epoch > 0 and (args.start_epoch - 1) not in _logged_epochs(log_path)
+    if dist_utils.all_gather_object(missing)[0]:
+        log.warning("log.txt has no line for epoch %d (the run stopped after its checkpoint); evaluating it "
+                    "again", args.start_epoch - 1)
+        test_stats, _ = evaluate(model, criterion, postprocessors, loader_val, base_ds, device, **eval_kwargs)
+        best_ap = max(best_ap, test_stats["coco_eval_bbox"][0])
+        if main_proc:
+            with open(log_path, "a") as f:
+                f.write(json.dumps({**{f"test_{k}": v for k, v in test_stats.items()}, **data_counts,
+                                    "epoch": args.start_epoch - 1, "recovered": True,
+                                    "n_parameters": n_parameters}) + "\n")
     try:
         for epoch in range(args.start_epoch, args.epochs):
             t0 = time.time()

@@ -74,6 +74,16 @@ def args_to_dict(args) -> Dict[str, Any]:
     return out
 
 
+def _unpickler_reason(text: str) -> str:
+    """The informative line of torch's weights_only error (e.g. 'Unsupported global: GLOBAL posix.system');
+    its first lines are a generic paragraph. Falls back to the first line."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in lines:
+        if "unsupported" in line.lower():
+            return line
+    return lines[0] if lines else ""
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Load a checkpoint dict safely; 'args' comes back as a plain dict.
 
@@ -87,8 +97,8 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights only" in str(e).lower() or "unsupported global" in str(e).lower():
+        first = _unpickler_reason(str(e)) or type(e).__name__
+        if "unsupported global" in str(e).lower():  # a class/function reference: could run code
             raise UnsafeCheckpointError(
                 f"{path}: refused to load: it needs arbitrary unpickling, which can run code "
                 f"({first}); only load checkpoints you trust after converting them") from None

@@ -94,6 +94,11 @@ def test_sigkill_at_three_moments_then_resume_gives_identical_weights(tmp_path):
     assert differing_tensors(final, ref) == []
     # the resumed epochs logged exactly the reference's losses
     ref_log = {e["epoch"]: e for e in read_log(ref_out)}
-    for entry in read_log(out):
+    entries = read_log(out)
+    # epoch 0's line was lost by kill 2 and written again (evaluation only) by the next resume
+    assert [e["epoch"] for e in entries] == [0, 1, 2] and entries[0]["recovered"] is True
+    assert entries[0]["test_loss"] == ref_log[0]["test_loss"]
+    for entry in entries[1:]:
         assert entry["train_loss"] == ref_log[entry["epoch"]]["train_loss"]
+        assert entry["test_coco_eval_bbox"] == ref_log[entry["epoch"]]["test_coco_eval_bbox"]
     print(f"kills={kills} resumes={resumes} tensors={len(final)} identical=True")
