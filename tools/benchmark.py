@@ -1,0 +1,240 @@
+"""Model cost: parameters, GFLOPs and batch-1 inference FPS; or AugDETR's training-step cost per variant.
+
+Inference mode (default):
+    python tools/benchmark.py -c config/DINO/DINO_4scale.py --image-size 800 1333 --runs 2 [--use_hae --use_emca]
+Training-step mode:
+    python tools/benchmark.py --train-step --variants dino,hae,emca,augdetr [-c CONFIG] [--device cpu|cuda]
+
+FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions,
+SDPA) plus two formulas registered here for deformable attention:
+  * compiled op msda::ms_deform_attn_forward: 10 FLOPs per (batch, query, head, level,
+    point, channel) = bilinear interpolation (4 multiply-adds) + attention weighting (1);
+  * pure-PyTorch path aten.grid_sampler_2d: 8 FLOPs per output element (the 4
+    multiply-adds of bilinear interpolation); the weighting there is an elementwise
+    multiply + sum, which FlopCounterMode does not count.
+Normalisation, softmax, activations and other elementwise ops are not counted.
+"GFLOPs" printed = counted FLOPs / 2 / 1e9, i.e. multiply-adds, the fvcore convention
+the DETR papers report.
+"""
+import argparse
+import os
+import math
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools.common import build_eval_model, count_parameters, tool_args  # noqa: E402
+
+VARIANTS = {"dino": (False, False), "hae": (True, False), "emca": (False, True), "augdetr": (True, True)}
+TRAIN_STEP_DEFAULTS = dict(config="config/DINO/DINO_4scale.py", image_size=(320, 480), repeats=3, boxes=5)
+
+
+def msda_op_flops(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, out_shape=None, **_):
+    """value (B, S, H, D), attn_weight (B, Lq, H_loc, L, P) -> 10 FLOPs per (B, Lq, H, L, P, D)."""
+    b, _, heads, dim = value
+    _, lq, _, levels, points = attn_weight
+    return 10 * b * lq * heads * levels * points * dim
+
+
+def grid_sample_flops(inp, grid, *_, out_shape=None, **__):
+    """input (N, C, H, W), grid (N, Ho, Wo, 2) -> 8 FLOPs per output element (N, C, Ho, Wo)."""
+    n, c = inp[0], inp[1]
+    return 8 * n * c * grid[1] * grid[2]
+
+
+def flop_mapping() -> Dict:
+    mapping = {torch.ops.aten.grid_sampler_2d: grid_sample_flops}
+    try:
+        mapping[torch.ops.msda.ms_deform_attn_forward] = msda_op_flops
+    except (AttributeError, RuntimeError):
+        pass  # compiled library not loaded in this process: only the PyTorch path can run
+    return mapping
+
+
+def dummy_batch(h: int, w: int, batch: int, device: torch.device, boxes: int = 0, num_classes: int = 91):
+    """A random normalised image batch (B, 3, h, w) and, if boxes > 0, random targets for training."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, h, w, generator=g).to(device)
+    targets = []
+    for _ in range(batch if boxes else 0):
+        cxcy = torch.rand(boxes, 2, generator=g) * 0.6 + 0.2
+        wh = torch.rand(boxes, 2, generator=g) * 0.2 + 0.05
+        targets.append({"boxes": torch.cat([cxcy, wh], 1).to(device),
+                        "labels": torch.randint(1, num_classes, (boxes,), generator=g).to(device)})
+    return images, targets
+
+
+def count_gflops(model: torch.nn.Module, images: torch.Tensor) -> float:
+    """Multiply-add GFLOPs (counted FLOPs / 2e9) of one eval forward."""
+    counter = FlopCounterMode(display=False, custom_mapping=flop_mapping())
+    # FlopCounterMode's module tracker hooks autograd on tensors that require grad, which fails for
+    # parameters passed as module inputs under no_grad; switch requires_grad off while counting
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with torch.no_grad(), counter:
+            model(images)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return counter.get_total_flops() / 2e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_fps(model: torch.nn.Module, images: torch.Tensor, warmup: int, runs: int) -> float:
+    device = images.device
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(images)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            model(images)
+        _sync(device)
+    return runs / (time.perf_counter() - t0)
+
+
+def run_inference(opts) -> Dict:
+    args = tool_args(opts.config_file, opts.options, opts.use_hae, opts.use_emca, opts.device)
+    model, _ = build_eval_model(args)
+    device = torch.device(args.device)
+    images, _ = dummy_batch(*opts.image_size, 1, device)
+    trainable, total = count_parameters(model)
+    gflops = count_gflops(model, images)
+    fps = measure_fps(model, images, opts.warmup, opts.runs)
+    from models.dino.ops import backend_info
+    res = {"config": opts.config_file, "use_hae": bool(opts.use_hae), "use_emca": bool(opts.use_emca),
+           "image_size": list(opts.image_size), "device": str(device), "params_trainable": trainable,
+           "params_total": total, "gflops": gflops, "fps": fps,
+           "msda_backend": backend_info()[device.type]["backend"]}
+    print(f"config {opts.config_file}  hae={res['use_hae']} emca={res['use_emca']}  image {opts.image_size[0]}x"
+          f"{opts.image_size[1]}  device {device} (msda backend {res['msda_backend']})")
+    print(f"parameters: {trainable / 1e6:.2f}M trainable, {total / 1e6:.2f}M total")
+    print(f"GFLOPs (multiply-adds, fvcore convention = FLOPs/2): {gflops:.1f}")
+    print(f"inference FPS at batch 1: {fps:.3f} ({opts.runs} timed runs after {opts.warmup} warm-up)")
+    return res
+
+
+def peak_memory_step(step, device: torch.device) -> int:
+    """Peak bytes allocated while running step(): max_memory_allocated on CUDA, profiler on CPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    # replay the allocation/free events in order; the running maximum is the peak above the start
+    events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+def run_train_step(opts) -> List[Dict]:
+    device = torch.device(opts.device)
+    h, w = opts.image_size
+    rows = []
+    for name in opts.variants:
+        use_hae, use_emca = VARIANTS[name]
+        args = tool_args(opts.config_file, opts.options, use_hae, use_emca, opts.device)
+        from models import build_model
+        torch.manual_seed(0)
+        model, criterion, _ = build_model(args)
+        model.to(device).train()
+        criterion.to(device)
+        images, targets = dummy_batch(h, w, 1, device, boxes=TRAIN_STEP_DEFAULTS["boxes"],
+                                      num_classes=args.num_classes)
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            losses = criterion(model(images, targets), targets)
+            sum(v * criterion.weight_dict[k] for k, v in losses.items() if k in criterion.weight_dict).backward()
+
+        step()  # warm-up (allocator, kernel selection)
+        times = []
+        for _ in range(opts.repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        peak = peak_memory_step(step, device)
+        trainable, total = count_parameters(model)
+        rows.append({"variant": name, "time_s": statistics.median(times), "peak_mib": peak / 2**20,
+                     "params_total": total, "params_trainable": trainable})
+        del model, criterion
+    base = next((r for r in rows if r["variant"] == "dino"), rows[0])
+    print(f"train step: {opts.config_file}, image {h}x{w}, batch 1, {TRAIN_STEP_DEFAULTS['boxes']} boxes, "
+          f"device {device}, median of {opts.repeats}")
+    print("| variant | fwd+bwd time (s) | vs dino | peak memory (MiB) | params (M) | params delta vs dino |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['time_s']:.3f} | {r['time_s'] / base['time_s']:.2f}x | {r['peak_mib']:.0f} | "
+              f"{r['params_total'] / 1e6:.3f} | {r['params_total'] - base['params_total']:+,d} |")
+    by = {r["variant"]: r for r in rows}
+    if "augdetr" in by and "dino" in by:
+        print(f"augdetr/dino train-step time ratio: {by['augdetr']['time_s'] / by['dino']['time_s']:.3f}")
+    return rows
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config_file", default=None,
+                   help="config (default: DINO_synthetic.py for inference, DINO_4scale.py for --train-step)")
+    p.add_argument("--options", nargs="+", default=None, metavar="KEY=VALUE", help="config overrides as in main.py")
+    p.add_argument("--use_hae", action="store_true", help="AugDETR Hybrid Attention Encoder")
+    p.add_argument("--use_emca", action="store_true", help="AugDETR Encoder-Mixing Cross-Attention")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="input size (default 800 1333 for inference, 320 480 for --train-step)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
+    p.add_argument("--runs", type=int, default=10, help="timed inference runs (default 10)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
+    p.add_argument("--msda-backend", default=None, choices=["auto", "compiled", "pytorch"],
+                   help="deformable attention backend (default: MSDA_BACKEND or auto)")
+    p.add_argument("--train-step", action="store_true", help="time one training step per variant instead")
+    p.add_argument("--variants", default="dino,hae,emca,augdetr",
+                   help=f"comma list of {', '.join(VARIANTS)} (train-step mode)")
+    p.add_argument("--repeats", type=int, default=TRAIN_STEP_DEFAULTS["repeats"],
+                   help="timed training steps per variant; the median is reported (default 3)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None):
+    opts = get_parser().parse_args(argv)
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("benchmark.py: error: --device cuda but no CUDA device is visible; use --device cpu")
+    if opts.runs < 1 or opts.repeats < 1:
+        sys.exit("benchmark.py: error: --runs and --repeats must be >= 1")
+    if opts.msda_backend:  # a config key: the model builder applies it
+        opts.options = [*(opts.options or []), f"msda_backend={opts.msda_backend}"]
+    if opts.train_step:
+        opts.variants = [v.strip() for v in opts.variants.split(",") if v.strip()]
+        bad = [v for v in opts.variants if v not in VARIANTS]
+        if bad or not opts.variants:
+            sys.exit(f"benchmark.py: error: --variants {bad or '(empty)'}: choose from {', '.join(VARIANTS)}")
+        opts.config_file = opts.config_file or TRAIN_STEP_DEFAULTS["config"]
+        opts.image_size = opts.image_size or TRAIN_STEP_DEFAULTS["image_size"]
+        return run_train_step(opts)
+    opts.config_file = opts.config_file or "config/DINO/DINO_synthetic.py"
+    opts.image_size = opts.image_size or (800, 1333)
+    return run_inference(opts)
+
+
+if __name__ == "__main__":
+    main()
