@@ -40,7 +40,17 @@ def make(shapes, n_queries, device, dtype, batch=2, heads=8, dim=32, points=4):
     starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
     s, nl = int(areas.sum()), len(shapes)
     value = torch.randn(batch, s, heads, dim, device=device).to(dtype)
-    loc = torch.rand(batch, n_queries, heads, nl, points, 2, device=device)
+    # DINO-like locations: a reference point per query (encoder: the query's own pixel centre;
+    # decoder: anywhere) plus offsets of about 2 pixels of each level
+    if n_queries == s:
+        ref = torch.cat([torch.stack(torch.meshgrid((torch.arange(w, device=device) + 0.5) / w,
+                                                    (torch.arange(h, device=device) + 0.5) / h, indexing="xy"), -1
+                                     ).reshape(-1, 2) for h, w in shapes])
+    else:
+        ref = torch.rand(n_queries, 2, device=device)
+    pixel = 1.0 / spatial.flip(1).float()  # (L, 2) size of one pixel as (x, y)
+    offsets = torch.randn(batch, n_queries, heads, nl, points, 2, device=device) * 2 * pixel[:, None, :]
+    loc = ref[None, :, None, None, None, :] + offsets
     attn = torch.rand(batch, n_queries, heads, nl, points, device=device).softmax(-1)
     return value, spatial, starts, loc, attn
 
