@@ -7,9 +7,9 @@ The decoder's cross-attention reads K encoder layers E_1..E_K instead of the las
     EMCA(q) = W_o sum_k w_k * Softmax(A) V_k
 
 Fused: the K projected value maps are stacked on the head axis, (B, S, K*M, D), and sampled
-with one deformable-attention call whose weights are Softmax(A) * w_k; the K results are
-then summed. The value stack is a view of one batched projection, so no per-layer op call
-and no copy of the value maps.
+with one deformable-attention call that shares the M heads' locations and Softmax(A) across
+the K maps; the K results are then weighted by w_k and summed. The value stack is a view of
+one batched projection, so there is no per-layer op call and no copy of values or locations.
 """
 import math
 from typing import Optional
@@ -82,17 +82,17 @@ class EncoderMixingAttention(MSDeformAttn):
             raise ValueError(f"EMCA expects {self.num_mixed} stacked encoder outputs (K, B, S, C), "
                              f"got {tuple(input_flatten.shape)}")
         b, lq, _ = query.shape
-        k, m = self.num_mixed, self.n_heads
+        k = self.num_mixed
         value = self.project_values(input_flatten, input_padding_mask)
         locations, weights = self.sampling_locations_and_weights(query, reference_points, input_spatial_shapes)
         gates = self.mix_weights(query).sigmoid()  # (B, Lq, K)
         if self.record_mix_weights:
             self.last_mix_weights = gates.detach()
-        # the same locations for every layer; the gate folded into the attention weights
-        loc = locations[:, :, None].expand(b, lq, k, *locations.shape[2:]).reshape(b, lq, k * m, *locations.shape[3:])
-        w = (weights[:, :, None] * gates[:, :, :, None, None, None]).reshape(b, lq, k * m, *weights.shape[3:])
-        out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, loc, w)  # (B, Lq, K*C)
-        return self.output_proj(out.view(b, lq, k, self.d_model).sum(2))
+        # value head k*M + m reads location/weight head m: one call samples all K maps at the
+        # same points (the op takes location heads that divide the value heads, no copies)
+        out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)
+        out = (out.view(b, lq, k, self.d_model) * gates[..., None]).sum(2)  # (B, Lq, C)
+        return self.output_proj(out)
 
 
 def _init_missing_value_projs(module: EncoderMixingAttention, incompatible_keys) -> None:
