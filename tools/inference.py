@@ -102,7 +102,7 @@ def draw(image: torch.Tensor, result: Dict[str, torch.Tensor], names: Dict[int, 
 
 def run(opts) -> List[Dict]:
     from datasets.coco import transforms_from_args
-    from torchvision.io import write_png
+    from PIL import Image
 
     if not 0.0 <= opts.threshold <= 1.0:
         raise InputError(f"--threshold {opts.threshold}: must be in [0, 1]")
@@ -126,7 +126,8 @@ def run(opts) -> List[Dict]:
                                "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
                                         round(box[3] - box[1], 2)], "score": round(float(score), 4)})
         stem = os.path.splitext(os.path.basename(path))[0]
-        write_png(draw(image, result, names, opts.threshold), os.path.join(opts.output, f"{stem}.png"))
+        drawn = draw(image, result, names, opts.threshold)
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(os.path.join(opts.output, f"{stem}.png"))
     with open(os.path.join(opts.output, "detections.json"), "w") as f:
         json.dump(detections, f)
     print(f"{len(files)} image(s), {len(detections)} detection(s) >= {opts.threshold} -> {opts.output}")

@@ -1,0 +1,50 @@
+"""Shared tiny model, checkpoint and images for the tool tests."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from tools.common import tool_args
+
+CONFIG = "config/DINO/DINO_synthetic.py"
+TINY = ["enc_layers=1", "dec_layers=1", "hidden_dim=32", "dim_feedforward=64", "nheads=4", "num_queries=10",
+        "num_select=10", "dn_number=4", "data_aug_scales=64", "data_aug_max_size=96",
+        "data_aug_scales2_resize=64", "data_aug_scales2_crop=48,64"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A randomly initialised tiny model saved as {'model': state_dict} (this project's format)."""
+    from models import build_model
+    from util.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model, _, _ = build_model(tool_args(CONFIG, TINY))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    save_checkpoint({"model": model.state_dict(), "epoch": 0}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("images")
+    g = torch.Generator().manual_seed(1)
+    for i, (w, h) in enumerate([(80, 60), (50, 70)]):
+        arr = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(d / f"img{i}.png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+@pytest.fixture
+def names_json(tmp_path):
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"categories": [{"id": i, "name": f"shape{i}"} for i in range(7)]}))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    """(config path, --options list) of the tiny model."""
+    return CONFIG, list(TINY)
