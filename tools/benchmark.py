@@ -18,7 +18,6 @@ the DETR papers report.
 """
 import argparse
 import os
-import math
 import statistics
 import sys
 import time
