@@ -4,11 +4,11 @@
 #   scripts/ablation_tableN.sh --synthetic [OUTPUT_ROOT] [extra main.py args...]
 # COCO mode: config/DINO/DINO_4scale.py with the seed README's options, 12 epochs, on
 # NUM_GPUS GPUs of this machine (torchrun when NUM_GPUS > 1).
-# --synthetic: the embedded tiny config on the generated dataset, CPU, one process, a short
-# budget (SYNTHETIC_EPOCHS, default 6) - a smoke test of the whole ablation, not paper numbers.
+# --synthetic: the embedded default config (config/DINO/DINO_synthetic.py) on the generated
+# dataset, one process, with that config's budget (or SYNTHETIC_EPOCHS epochs, lr drop in the
+# last one): a quick run of the whole ablation on a laptop, not paper numbers.
 set -euo pipefail
-ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SEED_OPTIONS=(dn_scalar=100 embed_init_tgt=TRUE dn_label_coef=1.0 dn_bbox_coef=1.0 use_ema=False dn_box_noise_scale=1.0)
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"  # DINO_OPTIONS (the seed README's), REPO_ROOT
 
 ablation_parse_args() {
   if [[ $# -lt 1 ]]; then
@@ -27,6 +27,7 @@ ablation_parse_args() {
     [[ -d "$COCO_PATH" ]] || { echo "error: COCO_PATH $COCO_PATH is not a folder" >&2; exit 2; }
     [[ "$NUM_GPUS" =~ ^[0-9]+$ && "$NUM_GPUS" -ge 1 ]] || { echo "error: NUM_GPUS must be a positive integer, got $NUM_GPUS" >&2; exit 2; }
   fi
+  OUT_ROOT="$(realpath -m "$OUT_ROOT")"  # the runs cd to the repository root
   EXTRA_ARGS=("$@")
 }
 
@@ -40,22 +41,26 @@ run_variant() {
     else flags+=("$1"); shift; fi
   done
   echo "== $name -> $out"
-  cd "$ROOT_DIR"
+  cd "$REPO_ROOT"
+  local start=$SECONDS
   if [[ "$MODE" == synthetic ]]; then
-    python main.py --output_dir "$out" --device cpu "${flags[@]}" \
-      --options epochs="${SYNTHETIC_EPOCHS:-6}" lr_drop="$(( ${SYNTHETIC_EPOCHS:-6} - 1 ))" "${opts[@]}" "${EXTRA_ARGS[@]}"
+    if [[ -n "${SYNTHETIC_EPOCHS:-}" ]]; then
+      opts=(epochs="$SYNTHETIC_EPOCHS" lr_drop="$(( SYNTHETIC_EPOCHS - 1 ))" "${opts[@]}")
+    fi
+    python main.py --output_dir "$out" "${flags[@]}" ${opts[@]:+--options "${opts[@]}"} "${EXTRA_ARGS[@]}"
   elif [[ "$NUM_GPUS" -gt 1 ]]; then
     torchrun --nproc_per_node="$NUM_GPUS" main.py -c config/DINO/DINO_4scale.py --coco_path "$COCO_PATH" \
-      --output_dir "$out" "${flags[@]}" --options "${SEED_OPTIONS[@]}" "${opts[@]}" "${EXTRA_ARGS[@]}"
+      --output_dir "$out" "${flags[@]}" --options "${DINO_OPTIONS[@]}" "${opts[@]}" "${EXTRA_ARGS[@]}"
   else
     python main.py -c config/DINO/DINO_4scale.py --coco_path "$COCO_PATH" \
-      --output_dir "$out" "${flags[@]}" --options "${SEED_OPTIONS[@]}" "${opts[@]}" "${EXTRA_ARGS[@]}"
+      --output_dir "$out" "${flags[@]}" --options "${DINO_OPTIONS[@]}" "${opts[@]}" "${EXTRA_ARGS[@]}"
   fi
+  echo "== $name finished in $(( SECONDS - start )) s"
   RUNS+=("$out")
 }
 
 collect() {
-  cd "$ROOT_DIR"
+  cd "$REPO_ROOT"
   python tools/collect_results.py "${RUNS[@]}" --names "$@"
 }
 RUNS=()

@@ -1,21 +1,23 @@
-# The default config of main.py: a tiny DINO that trains on CPU in minutes on the built-in
-# synthetic dataset (generated locally, nothing downloaded). Starting values; tune freely.
+# The default config of main.py: a tiny DINO that trains and evaluates on the CPU in about
+# nine minutes (2 cores) on the built-in synthetic shapes dataset (generated locally on first
+# use, nothing downloaded). Everything not set here is DINO_4scale.py's.
 _base_ = ['DINO_4scale.py']
 
 dataset_file = 'synthetic'
-num_classes = 7
+num_classes = 7  # category ids 1..6, so max id + 1
 dn_labelbook_size = 7
 
-# small from-scratch backbone with trainable BatchNorm
+# a small ResNet trained from scratch: trainable BatchNorm and no frozen stem
 backbone = 'resnet18'
 batch_norm_type = 'BatchNorm2d'
 backbone_freeze_stem = False
 
-lr = 0.0002
-lr_backbone = 0.0002
+# from scratch on 240 images: a higher learning rate everywhere, 12 epochs, drop after 10
+lr = 0.0004
+lr_backbone = 0.0004
 batch_size = 4
-epochs = 24
-lr_drop = 20
+epochs = 12
+lr_drop = 10
 clip_max_norm = 0.1
 
 hidden_dim = 128
@@ -27,7 +29,8 @@ num_queries = 100
 num_select = 100
 dn_number = 50  # a doubled budget >= 100 keeps DINO's group rule (see dn_components.cdn_group_count)
 
-data_aug_scales = [224, 240, 256, 272, 288]
-data_aug_max_size = 400
-data_aug_scales2_resize = [200, 240, 280]
-data_aug_scales2_crop = [180, 280]
+# the 256 px images are trained at 128-176 px (val: 176) to keep CPU steps cheap
+data_aug_scales = [128, 144, 160, 176]
+data_aug_max_size = 240
+data_aug_scales2_resize = [112, 128, 144]
+data_aug_scales2_crop = [96, 160]
