@@ -15,7 +15,7 @@ if [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
   echo "check_cuda_build: no nvcc at $CUDA_HOME/bin/nvcc (set CUDA_HOME)" >&2
   exit 1
 fi
-cp -r "$repo/models/dino/ops/src" "$repo/models/dino/ops/setup.py" "$tmp/"
+cp -r "$repo/models/dino/ops/src" "$repo/models/dino/ops/setup.py" "$repo/models/dino/ops/build_config.py" "$tmp/"
 cd "$tmp"
 if ! python setup.py build_ext --build-lib "$tmp/lib" --build-temp "$tmp/build" >"$tmp/log" 2>&1; then
   grep -B2 -A6 -m5 "error" "$tmp/log" >&2 || tail -n 40 "$tmp/log" >&2

@@ -145,42 +145,50 @@ def peak_memory_step(step, device: torch.device) -> int:
     return peak
 
 
+def make_train_step(name: str, opts, device: torch.device, h: int, w: int):
+    """Build one variant and return (step function, model)."""
+    from models import build_model
+    use_hae, use_emca = VARIANTS[name]
+    args = tool_args(opts.config_file, opts.options, use_hae, use_emca, opts.device)
+    torch.manual_seed(0)
+    model, criterion, _ = build_model(args)
+    model.to(device).train()
+    criterion.to(device)
+    images, targets = dummy_batch(h, w, 1, device, boxes=TRAIN_STEP_DEFAULTS["boxes"], num_classes=args.num_classes)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        losses = criterion(model(images, targets), targets)
+        sum(v * criterion.weight_dict[k] for k, v in losses.items() if k in criterion.weight_dict).backward()
+
+    return step, model
+
+
 def run_train_step(opts) -> List[Dict]:
+    """Time one training step per variant. The variants' repeats are interleaved (round
+    robin), so that a change of machine load during the run affects every variant alike."""
     device = torch.device(opts.device)
     h, w = opts.image_size
-    rows = []
-    for name in opts.variants:
-        use_hae, use_emca = VARIANTS[name]
-        args = tool_args(opts.config_file, opts.options, use_hae, use_emca, opts.device)
-        from models import build_model
-        torch.manual_seed(0)
-        model, criterion, _ = build_model(args)
-        model.to(device).train()
-        criterion.to(device)
-        images, targets = dummy_batch(h, w, 1, device, boxes=TRAIN_STEP_DEFAULTS["boxes"],
-                                      num_classes=args.num_classes)
-
-        def step():
-            model.zero_grad(set_to_none=True)
-            losses = criterion(model(images, targets), targets)
-            sum(v * criterion.weight_dict[k] for k, v in losses.items() if k in criterion.weight_dict).backward()
-
+    steps = {name: make_train_step(name, opts, device, h, w) for name in opts.variants}
+    for step, _ in steps.values():
         step()  # warm-up (allocator, kernel selection)
-        times = []
-        for _ in range(opts.repeats):
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(opts.repeats):
+        for name, (step, _) in steps.items():
             _sync(device)
             t0 = time.perf_counter()
             step()
             _sync(device)
-            times.append(time.perf_counter() - t0)
-        peak = peak_memory_step(step, device)
+            times[name].append(time.perf_counter() - t0)
+    rows = []
+    for name, (step, model) in steps.items():
         trainable, total = count_parameters(model)
-        rows.append({"variant": name, "time_s": statistics.median(times), "peak_mib": peak / 2**20,
+        rows.append({"variant": name, "time_s": statistics.median(times[name]),
+                     "peak_mib": peak_memory_step(step, device) / 2**20,
                      "params_total": total, "params_trainable": trainable})
-        del model, criterion
     base = next((r for r in rows if r["variant"] == "dino"), rows[0])
     print(f"train step: {opts.config_file}, image {h}x{w}, batch 1, {TRAIN_STEP_DEFAULTS['boxes']} boxes, "
-          f"device {device}, median of {opts.repeats}")
+          f"device {device}, median of {opts.repeats} interleaved repeats")
     print("| variant | fwd+bwd time (s) | vs dino | peak memory (MiB) | params (M) | params delta vs dino |")
     print("|---|---|---|---|---|---|")
     for r in rows:

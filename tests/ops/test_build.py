@@ -28,3 +28,27 @@ def test_file_lock_serialises(tmp_path):
         t.join()
     for i in range(0, 6, 2):  # no interleaving
         assert order[i].split("-")[0] == order[i + 1].split("-")[0]
+
+
+def test_stale_install_is_recognised_from_the_library_file(monkeypatch, tmp_path):
+    import importlib.util
+    import types
+
+    from models.dino.ops import _build, build_config
+
+    lib = tmp_path / "msda_ext.so"
+    lib.write_bytes(b"\x7fELF...msda-source-hash:0123456789abcdef\x00...")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: types.SimpleNamespace(origin=str(lib)))
+    assert _build.installed_source_hash() == "0123456789abcdef"
+    lib.write_bytes(b"\x7fELF... built before the tag existed")
+    assert _build.installed_source_hash() == "unknown"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert _build.installed_source_hash() is None
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.cpp").write_text("int a;")
+    monkeypatch.setattr(build_config, "SRC_DIR", src)
+    before = build_config.source_hash()
+    (src / "a.cpp").write_text("int b;")
+    assert build_config.source_hash() != before and len(before) == 16

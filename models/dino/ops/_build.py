@@ -6,18 +6,16 @@ CUDA sources are compiled only when a GPU is visible and CUDA_HOME is set.
 """
 import contextlib
 import fcntl
+import importlib.util
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-SRC_DIR = Path(__file__).resolve().parent / "src"
-CPU_SOURCES = [SRC_DIR / "msda_cpu.cpp"]
-CUDA_SOURCES = [SRC_DIR / "msda_cuda.cu"]
-CXX_FLAGS = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP in the pip wheels: without it, one thread
-NVCC_FLAGS = ["-O3", "--use_fast_math"]
+from .build_config import CPU_SOURCES, CUDA_SOURCES, CXX_FLAGS, LD_FLAGS, NVCC_FLAGS, SRC_DIR, source_hash
 
 BUILD_HINT = ("build it with `pip install --no-build-isolation ./models/dino/ops` "
               "or make a C++ compiler and ninja available for the just-in-time build")
@@ -72,15 +70,27 @@ def jit_build(with_cuda: Optional[bool] = None, verbose: bool = False) -> Path:
         cpp_extension.load(
             name="msda_ext_jit_cuda" if with_cuda else "msda_ext_jit_cpu",
             sources=sources,
-            extra_cflags=CXX_FLAGS,
+            # the hash changes the build flags whenever any source or header changes, so
+            # torch rebuilds instead of reusing a library built from older headers
+            extra_cflags=CXX_FLAGS + [f"-DMSDA_SOURCE_HASH={source_hash()}"],
             extra_cuda_cflags=NVCC_FLAGS,
-            extra_ldflags=["-fopenmp"],
+            extra_ldflags=LD_FLAGS,
             extra_include_paths=[str(SRC_DIR)],
             build_directory=str(build_dir),
             is_python_module=False,
             verbose=verbose,
         )
     return build_dir
+
+
+def installed_source_hash() -> Optional[str]:
+    """The source hash an installed msda_ext was built from (read from the library file,
+    without loading it), "unknown" for a build without one, None when none is installed."""
+    spec = importlib.util.find_spec("msda_ext")
+    if spec is None or not spec.origin:
+        return None
+    found = re.search(rb"msda-source-hash:([0-9a-f]{16})", Path(spec.origin).read_bytes())
+    return found.group(1).decode() if found else "unknown"
 
 
 def load() -> Optional[str]:
@@ -98,10 +108,15 @@ def load() -> Optional[str]:
         errors = []
         if os.environ.get("MSDA_NO_INSTALLED") != "1":
             try:
-                import msda_ext  # noqa: F401  (importing registers torch.ops.msda)
+                built_from = installed_source_hash()
+                if built_from in (None, source_hash()):  # None: nothing installed, the import says so
+                    import msda_ext  # noqa: F401  (importing registers torch.ops.msda)
 
-                _state["source"] = f"installed msda_ext ({msda_ext.__file__})"
-                return _state["source"]
+                    _state["source"] = f"installed msda_ext ({msda_ext.__file__})"
+                    return _state["source"]
+                # not imported: its operator namespace would clash with the JIT build's
+                errors.append(f"installed msda_ext was built from other sources ({built_from}, these are "
+                              f"{source_hash()}): reinstall it; using a just-in-time build meanwhile")
             except ImportError as exc:
                 errors.append(f"no installed msda_ext ({exc})")
             except OSError as exc:  # e.g. built against another torch

@@ -35,8 +35,11 @@ if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and Path("/u
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = Path(__file__).resolve().parent
-CXX_FLAGS = ["-O3", "-fopenmp"]  # same flags as the JIT build in _build.py
-NVCC_FLAGS = ["-O3", "--use_fast_math"]
+sys.path.insert(0, str(HERE))
+from build_config import CXX_FLAGS, LD_FLAGS, NVCC_FLAGS, source_hash  # noqa: E402  (same flags as the JIT build)
+
+# the module records which sources it was built from, so a stale install is noticed at load time
+CXX_ARGS = CXX_FLAGS + [f"-DMSDA_SOURCE_HASH={source_hash()}"]
 
 
 def extension():
@@ -46,13 +49,13 @@ def extension():
     if not with_cuda:
         print(f"msda setup.py: building the CPU kernel only (CUDA_HOME={CUDA_HOME}, torch CUDA={torch.version.cuda})")
         return CppExtension("msda_ext", sources, include_dirs=[str(HERE / "src")],
-                            extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=["-fopenmp"])
+                            extra_compile_args={"cxx": CXX_ARGS}, extra_link_args=LD_FLAGS)
     if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
     print(f"msda setup.py: building CPU + CUDA kernels (CUDA_HOME={CUDA_HOME}, "
           f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPUs')})")
     return CUDAExtension("msda_ext", sources + ["src/msda_cuda.cu"], include_dirs=[str(HERE / "src")],
-                         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS}, extra_link_args=["-fopenmp"])
+                         extra_compile_args={"cxx": CXX_ARGS, "nvcc": NVCC_FLAGS}, extra_link_args=LD_FLAGS)
 
 
 os.chdir(HERE)  # sources are relative to this folder, whoever calls us

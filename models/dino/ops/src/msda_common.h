@@ -11,6 +11,8 @@
 
 #include <ATen/ATen.h>
 
+#include <tuple>
+
 #ifdef __CUDACC__
 #define MSDA_HD __host__ __device__ __forceinline__
 #define MSDA_UNROLL _Pragma("unroll")
@@ -56,6 +58,46 @@ inline Sizes check_inputs(const at::Tensor& value, const at::Tensor& shapes, con
                   value.device() == shapes.device() && value.device() == starts.device(),
               "msda: all inputs must be on one device (value is on ", value.device(), ")");
   return s;
+}
+
+// Inputs as the kernels read them: checked sizes, contiguous value / shapes / starts
+// (no copy in the usual case; locations and weights keep their strides).
+struct Inputs {
+  Sizes s;
+  at::Tensor value, shapes, starts;
+};
+
+inline Inputs prepare_inputs(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+                             const at::Tensor& loc, const at::Tensor& attn) {
+  return {check_inputs(value, shapes, starts, loc, attn), value.contiguous(), shapes.contiguous(), starts.contiguous()};
+}
+
+// Output buffers of one backward call. grad_value is kept in the accumulation type;
+// grad_loc / grad_attn have one entry per value head (Mv) until finish_backward.
+struct Grads {
+  at::Tensor grad_out, value, loc, attn;
+};
+
+inline Grads backward_buffers(const Inputs& in, const at::Tensor& loc, const at::Tensor& grad_out_in) {
+  const Sizes& s = in.s;
+  at::Tensor grad_out = grad_out_in.to(in.value.scalar_type()).contiguous();
+  TORCH_CHECK(grad_out.numel() == s.N * s.Lq * s.Mv * s.D, "msda: grad_output has shape ", grad_out.sizes(),
+              ", expected (", s.N, ", ", s.Lq, ", ", s.Mv * s.D, ")");
+  const auto acc = loc.options().memory_format(at::MemoryFormat::Contiguous);
+  return {grad_out, at::zeros(in.value.sizes(), acc), at::zeros({s.N, s.Lq, s.Mv, s.L, s.P, 2}, acc),
+          at::zeros({s.N, s.Lq, s.Mv, s.L, s.P}, acc)};
+}
+
+// EMCA layout: value head h used location head h % Ml, so its location and weight
+// gradients are summed over the K stacked maps; grad_value goes back to value's dtype.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_backward(const Inputs& in, Grads g) {
+  const Sizes& s = in.s;
+  if (s.Ml != s.Mv) {
+    const int64_t K = s.Mv / s.Ml;
+    g.loc = g.loc.view({s.N, s.Lq, K, s.Ml, s.L, s.P, 2}).sum(2);
+    g.attn = g.attn.view({s.N, s.Lq, K, s.Ml, s.L, s.P}).sum(2);
+  }
+  return {g.value.to(in.value.scalar_type()), g.loc, g.attn};
 }
 
 // The four bilinear neighbours of (x, y) in [0, 1] on an H x W map, pixel centres at

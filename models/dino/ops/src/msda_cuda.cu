@@ -137,19 +137,18 @@ int64_t num_blocks(const Sizes& s, int G) {
 
 at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes_in, const at::Tensor& starts_in,
                         const at::Tensor& loc, const at::Tensor& attn) {
-  const Sizes s = check_inputs(value_in, shapes_in, starts_in, loc, attn);
   const c10::cuda::CUDAGuard guard(value_in.device());
-  const at::Tensor value = value_in.contiguous();
-  const at::Tensor shapes = shapes_in.contiguous(), starts = starts_in.contiguous();
-  at::Tensor out = at::empty({s.N, s.Lq, s.Mv * s.D}, value.options());
+  const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
+  const Sizes& s = in.s;
+  at::Tensor out = at::empty({s.N, s.Lq, s.Mv * s.D}, in.value.options());
   if (out.numel() == 0) return out;
   const int G = group_size(s.D);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_forward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     forward_kernel<scalar_t, acc_t><<<num_blocks(s, G), kThreads, 0, stream>>>(
-        value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(), loc.data_ptr<acc_t>(),
-        attn.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), s, strides_of(loc, attn), G);
+        in.value.data_ptr<scalar_t>(), in.shapes.data_ptr<int64_t>(), in.starts.data_ptr<int64_t>(),
+        loc.data_ptr<acc_t>(), attn.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), s, strides_of(loc, attn), G);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -158,35 +157,23 @@ at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes_in,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& value_in, const at::Tensor& shapes_in,
                                                              const at::Tensor& starts_in, const at::Tensor& loc,
                                                              const at::Tensor& attn, const at::Tensor& grad_out_in) {
-  const Sizes s = check_inputs(value_in, shapes_in, starts_in, loc, attn);
   const c10::cuda::CUDAGuard guard(value_in.device());
-  const at::Tensor value = value_in.contiguous();
-  const at::Tensor shapes = shapes_in.contiguous(), starts = starts_in.contiguous();
-  const at::Tensor grad_out = grad_out_in.to(value.scalar_type()).contiguous();
-  TORCH_CHECK(grad_out.numel() == s.N * s.Lq * s.Mv * s.D, "msda: grad_output has shape ", grad_out.sizes(),
-              ", expected (", s.N, ", ", s.Lq, ", ", s.Mv * s.D, ")");
-  const auto acc = loc.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor grad_value = at::zeros(value.sizes(), acc);
-  at::Tensor grad_loc = at::zeros({s.N, s.Lq, s.Mv, s.L, s.P, 2}, acc);
-  at::Tensor grad_attn = at::zeros({s.N, s.Lq, s.Mv, s.L, s.P}, acc);
-  if (grad_out.numel() > 0) {
+  const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
+  const Sizes& s = in.s;
+  Grads g = backward_buffers(in, loc, grad_out_in);
+  if (g.grad_out.numel() > 0) {
     const int G = group_size(s.D);
     const auto stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_backward_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       backward_kernel<scalar_t, acc_t><<<num_blocks(s, G), kThreads, 0, stream>>>(
-          value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(), loc.data_ptr<acc_t>(),
-          attn.data_ptr<acc_t>(), grad_out.data_ptr<scalar_t>(), grad_value.data_ptr<acc_t>(),
-          grad_loc.data_ptr<acc_t>(), grad_attn.data_ptr<acc_t>(), s, strides_of(loc, attn), G);
+          in.value.data_ptr<scalar_t>(), in.shapes.data_ptr<int64_t>(), in.starts.data_ptr<int64_t>(),
+          loc.data_ptr<acc_t>(), attn.data_ptr<acc_t>(), g.grad_out.data_ptr<scalar_t>(), g.value.data_ptr<acc_t>(),
+          g.loc.data_ptr<acc_t>(), g.attn.data_ptr<acc_t>(), s, strides_of(loc, attn), G);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  if (s.Ml != s.Mv) {  // EMCA layout: value head h used location head h % Ml
-    const int64_t K = s.Mv / s.Ml;
-    grad_loc = grad_loc.view({s.N, s.Lq, K, s.Ml, s.L, s.P, 2}).sum(2);
-    grad_attn = grad_attn.view({s.N, s.Lq, K, s.Ml, s.L, s.P}).sum(2);
-  }
-  return {grad_value.to(value.scalar_type()), grad_loc, grad_attn};
+  return finish_backward(in, std::move(g));
 }
 
 }  // namespace
