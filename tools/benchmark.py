@@ -136,11 +136,13 @@ def peak_memory_step(step, device: torch.device) -> int:
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    # replay the allocation/free events in order; the running maximum is the peak above the start
-    events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
+    # replay the allocation/free events in order; the running maximum is the peak above the start.
+    # Self usage only: an op's total includes its children's allocations (linear -> addmm), so
+    # summing totals would count nested allocations twice or more.
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     current = peak = 0
     for e in events:
-        current += e.cpu_memory_usage
+        current += e.self_cpu_memory_usage
         peak = max(peak, current)
     return peak
 

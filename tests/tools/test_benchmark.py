@@ -58,3 +58,14 @@ def test_train_step_table(tiny_cfg, capsys):
 def test_bad_variant():
     with pytest.raises(SystemExit, match="choose from"):
         benchmark.main(["--train-step", "--variants", "dino,foo"])
+
+
+def test_cpu_peak_memory_counts_nested_allocations_once():
+    x = torch.randn(1000, 1000)
+    lin = torch.nn.Linear(1000, 4000)
+
+    def step():  # linear's output (16 MB) is allocated by its child op addmm; relu's by clamp_min
+        torch.relu(lin(x)).sum()
+
+    peak = benchmark.peak_memory_step(step, torch.device("cpu"))
+    assert 31e6 <= peak <= 33e6  # both 16 MB tensors alive at once, each counted once
