@@ -11,6 +11,7 @@ the smaller box, so no object is hidden).
 Same arguments -> byte-identical files.
 """
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -177,7 +178,8 @@ def ensure_synthetic_dataset(root: str, num_train: int = DEFAULTS["num_train"], 
     """Generate the dataset at ``root`` unless its marker already has these parameters; return ``root``.
 
     Generation goes to a temporary sibling folder that is renamed into place, so an
-    interrupted run never leaves a half-written dataset at ``root``. A folder at ``root``
+    interrupted run never leaves a half-written dataset at ``root``; a lock file next to it
+    lets concurrent processes (e.g. the ranks of a distributed run) generate it once. A folder at ``root``
     that is not empty and has no marker is never overwritten.
     """
     root = os.path.abspath(os.path.expanduser(str(root)))
@@ -189,20 +191,22 @@ def ensure_synthetic_dataset(root: str, num_train: int = DEFAULTS["num_train"], 
                               "choose another --options synthetic_dir=DIR or empty it")
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".synthetic-tmp-", dir=parent)
-    try:
-        generate(tmp, num_train, num_val, image_size, seed)
-        if os.path.isdir(root):  # stale parameters: move the old one aside, then swap in
-            old = tempfile.mkdtemp(prefix=".synthetic-old-", dir=parent)
-            os.rename(root, os.path.join(old, "data"))
-            shutil.rmtree(old, ignore_errors=True)
+    # one generator at a time: a second process waits, then finds the dataset ready instead of
+    # replacing the folder the first one may already be reading
+    with open(root + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _read_marker(root) == wanted:
+            return root
+        tmp = tempfile.mkdtemp(prefix=".synthetic-tmp-", dir=parent)
         try:
+            generate(tmp, num_train, num_val, image_size, seed)
+            if os.path.isdir(root):  # stale parameters: move the old one aside, then swap in
+                old = tempfile.mkdtemp(prefix=".synthetic-old-", dir=parent)
+                os.rename(root, os.path.join(old, "data"))
+                shutil.rmtree(old, ignore_errors=True)
             os.rename(tmp, root)
-        except OSError:
-            if _read_marker(root) != wanted:  # lost a race to a process with other parameters
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

@@ -91,7 +91,7 @@ def test_ensure_reuses_regenerates_and_is_atomic(tmp_path, monkeypatch):
     ensure_synthetic_dataset(root, 5, 2, 64, 0)
     assert json.load(open(marker))["num_train"] == 5
     assert len(os.listdir(os.path.join(root, "train2017"))) == 5
-    assert sorted(os.listdir(tmp_path / "cache")) == ["syn"]  # no temp folders left
+    assert sorted(os.listdir(tmp_path / "cache")) == ["syn", "syn.lock"]  # no temp folders left
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
@@ -100,7 +100,7 @@ def test_ensure_reuses_regenerates_and_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic_dataset(root, 7, 2, 64, 0)
     assert json.load(open(marker))["num_train"] == 5  # old dataset intact
-    assert sorted(os.listdir(tmp_path / "cache")) == ["syn"]
+    assert sorted(os.listdir(tmp_path / "cache")) == ["syn", "syn.lock"]
     fresh = str(tmp_path / "cache" / "fresh")
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic_dataset(fresh, 4, 2, 64, 0)
@@ -124,3 +124,18 @@ def test_cli(tmp_path, capsys):
     main(["--out", out, "--num-train", "3", "--num-val", "2", "--image-size", "64", "--seed", "4"])
     assert "3 train, 2 val" in capsys.readouterr().out
     assert len(os.listdir(os.path.join(out, "val2017"))) == 2
+
+
+def test_concurrent_generation_builds_once_and_keeps_the_first_copy(tmp_path):
+    import multiprocessing as mp
+
+    root = tmp_path / "syn"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=ensure_synthetic_dataset, args=(str(root), 4, 2, 64, 0)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert sorted(os.listdir(tmp_path)) == ["syn", "syn.lock"]  # no leftover temp or old folders
+    assert len(os.listdir(root / "train2017")) == 4
