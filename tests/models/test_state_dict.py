@@ -3,9 +3,10 @@ import os
 
 from models import build_model
 
-from dino_fixtures import ROOT, config_args
+from dino_fixtures import config_args
 
-REFERENCE = os.path.join(os.path.dirname(ROOT), "shared", "reference", "dino_4scale_r50_state_dict_keys.tsv")
+# the official model's keys and shapes (IDEA-Research/DINO, DINO_4scale.py, num_classes=91)
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "dino_4scale_r50_state_dict_keys.tsv")
 
 
 def read_reference():
