@@ -4,6 +4,7 @@ Weights are never downloaded: ImageNet weights load only from a local file given
 config key `backbone_weights` (a torchvision ResNet state_dict, e.g. resnet50-0676ba61.pth).
 """
 import os
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -94,6 +95,12 @@ class Joiner(nn.Sequential):
 
 def build_backbone(args) -> Joiner:
     train_backbone = args.lr_backbone > 0
+    if not getattr(args, "backbone_weights", None) and getattr(args, "backbone_freeze_stem", True):
+        # a frozen random stem is only sensible when a checkpoint (--resume / --pretrain_model_path)
+        # will overwrite it; DINO's recipe starts from ImageNet weights
+        warnings.warn(f"backbone_weights is not set: the {args.backbone} starts from random weights with a frozen "
+                      "stem; for training pass --options backbone_weights=/path/to/torchvision_resnet.pth "
+                      "(ignore this when loading a full checkpoint)", stacklevel=2)
     backbone = Backbone(args.backbone, train_backbone, args.dilation, args.return_interm_indices,
                         norm_layer=getattr(args, "batch_norm_type", "FrozenBatchNorm2d"),
                         weights_path=getattr(args, "backbone_weights", None),
