@@ -30,9 +30,11 @@ def _oom_error(err: BaseException, where: str, samples) -> ResourceError:
                          f"({first}); try --amp, {size_fix}, or smaller data_aug_scales / data_aug_max_size")
 
 
-def _skipped_ids(targets) -> List[int]:
-    """Image ids the dataset skipped (skip_bad_images) to produce this batch."""
-    return [int(i) for t in targets for i in t.get("skipped_image_ids", ())]
+def _batch_to(samples, targets, device: torch.device, skipped: set):
+    """Move a batch to `device`, adding to `skipped` the image ids the dataset skipped
+    (skip_bad_images) to produce it."""
+    skipped.update(int(i) for t in targets for i in t.get("skipped_image_ids", ()))
+    return samples.to(device), targets_to(targets, device)
 
 
 def _count_across_ranks(ids: set) -> int:
@@ -77,9 +79,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimiz
     skipped = set()
     total = len(data_loader)
     for it, (samples, targets) in enumerate(meters.log_every(data_loader, f"Epoch: [{epoch}]", total)):
-        skipped.update(_skipped_ids(targets))
-        samples = samples.to(device)
-        targets = targets_to(targets, device)
+        samples, targets = _batch_to(samples, targets, device, skipped)
         try:
             with autocast(device, amp):
                 outputs = model(samples, targets)
@@ -193,9 +193,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_
     evaluator = CocoEvaluator(base_ds, iou_types=("bbox",), backend=eval_backend)
     skipped = set()
     for it, (samples, targets) in enumerate(meters.log_every(data_loader, "Test:", len(data_loader))):
-        skipped.update(_skipped_ids(targets))
-        samples = samples.to(device)
-        targets = targets_to(targets, device)
+        samples, targets = _batch_to(samples, targets, device, skipped)
         try:
             with autocast(device, amp):
                 outputs = model(samples, targets)

@@ -7,6 +7,7 @@ CUDA sources are compiled only when a GPU is visible and CUDA_HOME is set.
 import contextlib
 import fcntl
 import importlib.util
+import logging
 import os
 import re
 import threading
@@ -60,6 +61,9 @@ def _file_lock(path: Path):
 
 def jit_build(with_cuda: Optional[bool] = None, verbose: bool = False) -> Path:
     """Compile (or reuse) the kernels with torch.utils.cpp_extension.load and load them into this process."""
+    # importing cpp_extension on a machine without a GPU logs "No CUDA runtime is found": noise
+    # for a CPU build, and it would break main.py's one-line error messages
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
     if with_cuda is None:
