@@ -163,28 +163,25 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(s)
 
 
-def _best_ap_from_log(path: str) -> float:
-    best = -1.0
+def _read_log(path: str) -> List[dict]:
+    """The JSON records of log.txt; unreadable lines (e.g. a half-written last line after a
+    kill) are skipped."""
+    records = []
     if os.path.isfile(path):
         with open(path) as f:
             for line in f:
                 try:
-                    best = max(best, json.loads(line).get("test_coco_eval_bbox", [-1.0])[0])
-                except (ValueError, IndexError, AttributeError):
+                    record = json.loads(line)
+                except ValueError:
                     continue
-    return best
+                if isinstance(record, dict):
+                    records.append(record)
+    return records
 
 
-def _logged_epochs(path: str) -> set:
-    epochs = set()
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    epochs.add(json.loads(line).get("epoch"))
-                except (ValueError, AttributeError):
-                    continue
-    return epochs
+def _append_log(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def main(args: argparse.Namespace):
@@ -317,29 +314,27 @@ def _run(args):
                 log.info("EMCA fusion weights (mean per encoder layer): %s",
                          ", ".join(f"E{l}={m:.3f}" for l, m in zip(summary["enc_layers"], summary["mean"])))
         if main_proc:
-            with open(log_path, "a") as f:
-                f.write(json.dumps({**{f"test_{k}": v for k, v in test_stats.items()}, **data_counts,
-                                    "n_parameters": n_parameters}) + "\n")
+            _append_log(log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **data_counts,
+                                   "n_parameters": n_parameters})
         return test_stats
 
     tb_writer = None
     if args.tensorboard and main_proc:
         from torch.utils.tensorboard import SummaryWriter
         tb_writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
-    best_ap = _best_ap_from_log(log_path)
+    previous = _read_log(log_path)
+    best_ap = max((r["test_coco_eval_bbox"][0] for r in previous if r.get("test_coco_eval_bbox")), default=-1.0)
     log_stats = {}
     # a kill between an epoch's checkpoint and its log line loses that line: evaluate it again
-    missing = main_proc and args.start_epoch > 0 and (args.start_epoch - 1) not in _logged_epochs(log_path)
+    missing = main_proc and args.start_epoch > 0 and (args.start_epoch - 1) not in {r.get("epoch") for r in previous}
     if dist_utils.all_gather_object(missing)[0]:
         log.warning("log.txt has no line for epoch %d (the run stopped after its checkpoint); evaluating it "
                     "again", args.start_epoch - 1)
         test_stats, _ = evaluate(model, criterion, postprocessors, loader_val, base_ds, device, **eval_kwargs)
         best_ap = max(best_ap, test_stats["coco_eval_bbox"][0])
         if main_proc:
-            with open(log_path, "a") as f:
-                f.write(json.dumps({**{f"test_{k}": v for k, v in test_stats.items()}, **data_counts,
-                                    "epoch": args.start_epoch - 1, "recovered": True,
-                                    "n_parameters": n_parameters}) + "\n")
+            _append_log(log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **data_counts,
+                                   "epoch": args.start_epoch - 1, "recovered": True, "n_parameters": n_parameters})
     try:
         for epoch in range(args.start_epoch, args.epochs):
             t0 = time.time()
@@ -383,8 +378,7 @@ def _run(args):
             log_stats.update(epoch=epoch, n_parameters=n_parameters, best_ap=best_ap,
                              now_time=time.strftime("%Y-%m-%d %H:%M:%S"), epoch_time=time.time() - t0)
             if main_proc:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(log_stats) + "\n")
+                _append_log(log_path, log_stats)
             if tb_writer is not None:
                 tb_writer.add_scalar("test/AP", ap, epoch)
                 tb_writer.add_scalar("test/AP50", test_stats["coco_eval_bbox"][1], epoch)
