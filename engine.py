@@ -5,6 +5,7 @@ import math
 import os
 from typing import Dict, Iterable, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -150,7 +151,7 @@ def _backward_and_step(losses, model, optimizer, scaler, max_norm: float) -> Non
         optimizer.step()
 
 
-def write_coco_results(detections: Dict[int, "numpy.ndarray"], path: str) -> int:
+def write_coco_results(detections: Dict[int, np.ndarray], path: str) -> int:
     """Stream {image_id: (K, 6) [x, y, w, h, score, label]} to a COCO results JSON list.
 
     Written one detection at a time (no second copy of all results in memory), to a temp
