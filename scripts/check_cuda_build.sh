@@ -24,8 +24,11 @@ if ! python setup.py build_ext --build-lib "$tmp/lib" --build-temp "$tmp/build" 
 fi
 so="$(ls "$tmp"/lib/msda_ext*.so)"
 grep -q "building CPU + CUDA kernels" "$tmp/log" || { echo "check_cuda_build: CUDA kernel was not built" >&2; exit 1; }
-# the linked library must carry device code (a fatbin) for the kernels
-if ! readelf -S "$so" | grep -q "nv_fatbin"; then
+# the linked library must carry device code (a fatbin) for the kernels. The section list goes
+# through a file: `readelf | grep -q` under pipefail fails at random when grep exits early and
+# readelf's next write gets SIGPIPE.
+readelf -S "$so" >"$tmp/sections"
+if ! grep -q "nv_fatbin" "$tmp/sections"; then
   echo "check_cuda_build: $so has no .nv_fatbin section (no device code linked)" >&2
   exit 1
 fi

@@ -63,3 +63,23 @@ def test_submitit_args_split():
     assert (opts.nodes, opts.ngpus, opts.partition) == (2, 4, "p") and rest == ["-c", "x.py", "--use_hae"]
     with pytest.raises(SystemExit, match=">= 1"):
         run_with_submitit.main(["--nodes", "0"])
+
+
+def test_slurm_script_master_addr_from_long_host_list(tmp_path):
+    """srun gets main.py with the variant's flags and MASTER_ADDR is the allocation's first host, also when
+    the host list is longer than a pipe buffer (scontrol and srun are stand-ins on PATH)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/sh\nfor i in $(seq 1 20000); do echo "node-$i"; done\n')
+    (bin_dir / "srun").write_text('#!/bin/sh\necho "MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT ARGS=$*"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_NODELIST="node-[1-20000]",
+               SLURM_SUBMIT_DIR=ROOT)
+    env.pop("MASTER_ADDR", None)
+    env.pop("MASTER_PORT", None)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_slurm.sh"), "augdetr4", "/coco", "/out"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("MASTER_ADDR=node-1 MASTER_PORT=29500 ARGS=python main.py")
+    assert "--use_hae --use_emca" in proc.stdout and "--coco_path /coco --output_dir /out" in proc.stdout
