@@ -179,6 +179,11 @@ def _read_log(path: str) -> List[dict]:
     return records
 
 
+def _best_logged_ap(records: List[dict], key: str) -> float:
+    """Best AP (first of the 12 COCO numbers) under `key` in log.txt records; -1 when none."""
+    return max((r[key][0] for r in records if r.get(key)), default=-1.0)
+
+
 def _append_log(path: str, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -323,7 +328,8 @@ def _run(args):
         from torch.utils.tensorboard import SummaryWriter
         tb_writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
     previous = _read_log(log_path)
-    best_ap = max((r["test_coco_eval_bbox"][0] for r in previous if r.get("test_coco_eval_bbox")), default=-1.0)
+    best_ap = _best_logged_ap(previous, "test_coco_eval_bbox")
+    best_ema_ap = _best_logged_ap(previous, "ema_test_coco_eval_bbox")
     log_stats = {}
     # a kill between an epoch's checkpoint and its log line loses that line: evaluate it again
     missing = main_proc and args.start_epoch > 0 and (args.start_epoch - 1) not in {r.get("epoch") for r in previous}
@@ -374,6 +380,13 @@ def _run(args):
                 ema_stats, _ = evaluate(ema.module, criterion, postprocessors, loader_val, base_ds, device,
                                         **{**eval_kwargs, "save_results": False})
                 log_stats.update({f"ema_test_{k}": v for k, v in ema_stats.items()})
+                ema_ap = ema_stats["coco_eval_bbox"][0]
+                if ema_ap > best_ema_ap:
+                    best_ema_ap = ema_ap
+                    if main_proc:  # the EMA weights as "model", so --resume / inference load them directly
+                        save_checkpoint({"model": ckpt["ema_model"], "epoch": epoch, "args": ckpt["args"]},
+                                        os.path.join(args.output_dir, "checkpoint_best_ema.pth"))
+                log_stats["best_ema_ap"] = best_ema_ap
             log_stats.update(data_counts)
             log_stats.update(epoch=epoch, n_parameters=n_parameters, best_ap=best_ap,
                              now_time=time.strftime("%Y-%m-%d %H:%M:%S"), epoch_time=time.time() - t0)

@@ -86,20 +86,23 @@ def read_log(out):
         return [json.loads(line) for line in f]
 
 
+EMA = ["use_ema=True", "ema_decay=0.9"]
+
+
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory, synthetic_dir):
-    """A 1-epoch run, then an auto-resumed run to 2 epochs in the same output_dir."""
+    """A 1-epoch run, then an auto-resumed run to 2 epochs in the same output_dir (both with EMA)."""
     out = tmp_path_factory.mktemp("resumed")
-    main.main(tiny_args(out, synthetic_dir))
+    main.main(tiny_args(out, synthetic_dir, options=EMA))
     first = set(os.listdir(out))
-    main.main(tiny_args(out, synthetic_dir, options=["epochs=2"]))
+    main.main(tiny_args(out, synthetic_dir, options=["epochs=2", *EMA]))
     return out, first
 
 
 def test_train_writes_checkpoints_and_logs(resumed_run):
     out, first = resumed_run
-    assert {"checkpoint.pth", "checkpoint0000.pth", "checkpoint_best_regular.pth", "log.txt", "info.txt",
-            "config_cfg.py", "config_args_all.json"} <= first
+    assert {"checkpoint.pth", "checkpoint0000.pth", "checkpoint_best_regular.pth", "checkpoint_best_ema.pth",
+            "log.txt", "info.txt", "config_cfg.py", "config_args_all.json"} <= first
     ckpt = load_checkpoint(str(out / "checkpoint0000.pth"))
     assert ckpt["epoch"] == 0 and isinstance(ckpt["args"], dict) and ckpt["args"]["hidden_dim"] == 64
     line = read_log(out)[0]
@@ -113,13 +116,28 @@ def test_train_writes_checkpoints_and_logs(resumed_run):
 
 def test_exact_resume_matches_uninterrupted_run(tmp_path, resumed_run, synthetic_dir):
     out, _ = resumed_run
-    main.main(tiny_args(tmp_path, synthetic_dir, options=["epochs=2"]))
+    main.main(tiny_args(tmp_path, synthetic_dir, options=["epochs=2", *EMA]))
     a = load_checkpoint(str(tmp_path / "checkpoint.pth"))
     b = load_checkpoint(str(out / "checkpoint.pth"))
     assert a["epoch"] == b["epoch"] == 1
-    assert a["model"].keys() == b["model"].keys()
-    diff = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
-    assert diff == []
+    for part in ("model", "ema_model"):  # the EMA state is restored on resume, not restarted
+        assert a[part].keys() == b[part].keys()
+        diff = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
+        assert diff == [], part
+
+
+def test_ema_is_evaluated_and_its_best_checkpoint_saved(resumed_run):
+    out, _ = resumed_run
+    lines = read_log(out)
+    ema_aps = [line["ema_test_coco_eval_bbox"][0] for line in lines]
+    assert len(lines[-1]["ema_test_coco_eval_bbox"]) == 12 and lines[-1]["best_ema_ap"] == max(ema_aps)
+    best = load_checkpoint(str(out / "checkpoint_best_ema.pth"))
+    best_epoch = ema_aps.index(max(ema_aps))
+    assert best["epoch"] == best_epoch and set(best) == {"model", "epoch", "args"}
+    # "model" holds that epoch's EMA weights, which differ from its trained weights
+    same_epoch = load_checkpoint(str(out / ("checkpoint0000.pth" if best_epoch == 0 else "checkpoint.pth")))
+    assert all(torch.equal(best["model"][k], v) for k, v in same_epoch["ema_model"].items())
+    assert any(not torch.equal(same_epoch["model"][k], v) for k, v in best["model"].items() if v.is_floating_point())
 
 
 def test_eval_only_explicit_resume_wins_and_saves_results(resumed_run, synthetic_dir, capsys):
