@@ -9,6 +9,7 @@ forward+backward, and the peak extra memory of forward+backward (CUDA: max_memor
 CPU: the running sum of allocations/frees recorded by torch.profiler).
 """
 import argparse
+import contextlib
 import math
 import os
 import statistics
@@ -24,6 +25,22 @@ from models.dino.ops import ms_deform_attn_pytorch  # noqa: E402
 from models.dino.ops import _build, _library  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Kineto prints a `USDT: ... profiler_start/stop` line to fd 2 for every profile, whatever
+    KINETO_LOG_LEVEL says; point fd 2 at /dev/null meanwhile (Python exceptions still propagate)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def level_shapes(h: int, w: int):
@@ -89,7 +106,8 @@ def peak_extra_bytes(fn, device):
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                            profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     running, peak = 0, 0
@@ -116,18 +134,20 @@ def bench(name, fn, inputs, device, repeats):
             "peak_mib": peak_extra_bytes(fwd_bwd, device) / 2**20}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="512x512 image shapes (ends within a minute on 2 cores)")
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="image size the level shapes come from (default 800 1333; 512 512 with --quick)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; 5 with --quick)")
+    args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("benchmark_msda: --device cuda but no CUDA device is visible")
     dtype = DTYPES[args.dtype]
     repeats = args.repeats or (5 if args.quick else 3)
-    h, w = (512, 512) if args.quick else (800, 1333)
+    h, w = args.image_size or ((512, 512) if args.quick else (800, 1333))
     shapes = level_shapes(h, w)
     tokens = sum(a * b for a, b in shapes)
 
