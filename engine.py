@@ -172,6 +172,42 @@ def write_coco_results(detections: Dict[int, np.ndarray], path: str) -> int:
     return n
 
 
+def _detections(outputs: Dict, targets: List[Dict], postprocessors: Dict) -> Dict[int, Dict[str, torch.Tensor]]:
+    """image_id -> {'boxes' (K, 4) xyxy in pixels of the stored image, 'scores' (K,), 'labels' (K,)}."""
+    orig_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
+    results = postprocessors["bbox"](outputs, orig_sizes)
+    return {int(t["image_id"].item()): r for t, r in zip(targets, results)}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, postprocessors: Dict, data_loader, device: torch.device, *, amp: bool = False,
+            debug: bool = False, print_freq: int = 10) -> Dict[int, np.ndarray]:
+    """Detections for every image of data_loader, gathered from all ranks, without evaluation
+    (COCO test-dev): image_id -> (K, 6) float32 [x, y, w, h, score, label], absolute COCO xywh."""
+    from datasets.coco_eval import DetectionStore
+
+    model.eval()
+    meters = MetricLogger(logging.getLogger(LOGGER_NAME), print_freq)
+    store = DetectionStore()
+    skipped = set()
+    for it, (samples, targets) in enumerate(meters.log_every(data_loader, "Predict:", len(data_loader))):
+        samples, targets = _batch_to(samples, targets, device, skipped)
+        try:
+            with autocast(device, amp):
+                outputs = model(samples)
+        except torch.OutOfMemoryError as e:
+            oom = _oom_error(e, f"evaluation (iteration {it})", samples)
+        else:
+            oom = None
+        if oom is not None:
+            raise oom
+        store.update(_detections(outputs, targets, postprocessors))
+        if debug and it + 1 >= DEBUG_ITERATIONS:
+            break
+    store.synchronize_between_processes()
+    return store.detections
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_loader, base_ds,
              device: torch.device, *, output_dir: Optional[str] = None, amp: bool = False,
@@ -212,10 +248,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_
                       **{f"{k}_unscaled": float(v) for k, v in reduced.items()})
         if emca_recorder is not None:
             emca_recorder.update(outputs, targets)
-        orig_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
-        results = postprocessors["bbox"](outputs, orig_sizes)
-        res = {int(t["image_id"].item()): r for t, r in zip(targets, results)}
-        evaluator.update(res)
+        evaluator.update(_detections(outputs, targets, postprocessors))
         if debug and it + 1 >= DEBUG_ITERATIONS:
             break
     evaluator.synchronize_between_processes()

@@ -41,6 +41,8 @@ EPILOG = """examples:
       dn_box_noise_scale=1.0 --use_hae --use_emca
   # evaluate a checkpoint
   python main.py -c config/DINO/DINO_4scale.py --coco_path /data/coco --eval --resume ckpt.pth
+  # COCO test-dev detections for the evaluation server
+  python main.py -c config/DINO/DINO_4scale.py --coco_path /data/coco --test --resume ckpt.pth
   # 8 GPUs
   torchrun --nproc_per_node=8 main.py -c config/DINO/DINO_4scale.py --coco_path /data/coco
 """
@@ -75,6 +77,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="drop pretrain keys containing any of these substrings, e.g. label_enc.weight class_embed")
     g.add_argument("--start_epoch", type=int, default=0, help="first epoch (set from the checkpoint on resume)")
     g.add_argument("--eval", action="store_true", help="evaluate once and exit")
+    g.add_argument("--test", action="store_true",
+                   help="COCO test-dev: detect on coco_path/test2017 (images listed in annotations/"
+                        "image_info_test-dev2017.json) with the weights of --resume and write output_dir/"
+                        "detections_test-dev2017_<name>_results.json for the evaluation server; no metrics")
     g.add_argument("--amp", action="store_true", help="mixed precision: fp16 + GradScaler on CUDA, bf16 on CPU")
     g.add_argument("--save_results", action="store_true",
                    help="eval writes COCO-format detections to output_dir/results.json")
@@ -135,6 +141,8 @@ def build_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.output_dir = os.path.join("logs", os.path.splitext(os.path.basename(args.config_file))[0])
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.test:
+        args.eval = True  # no training; the test split replaces the val split
     if args.dataset_file == "coco" and not args.coco_path:
         raise ConfigError("dataset_file='coco' needs --coco_path /path/to/coco "
                           "(or use -c config/DINO/DINO_synthetic.py for the synthetic dataset)")
@@ -209,7 +217,7 @@ def _build_loaders(args, datasets_mod):
     first = args.local_rank in (0, None)
     if args.distributed and not first:
         dist_utils.barrier()
-    dataset_val = datasets_mod.build_dataset("val", args)
+    dataset_val = datasets_mod.build_dataset("test" if args.test else "val", args)
     dataset_train = None if args.eval else datasets_mod.build_dataset("train", args)
     if args.distributed and first:
         dist_utils.barrier()
@@ -304,6 +312,10 @@ def _run(args):
     eval_kwargs = dict(output_dir=args.output_dir, amp=args.amp, eval_backend=args.eval_backend,
                        save_results=args.save_results, debug=args.debug)
     log_path = os.path.join(args.output_dir, "log.txt")
+    if args.test:
+        if not (resume or args.pretrain_model_path):
+            raise ConfigError("--test needs trained weights: pass --resume CHECKPOINT")
+        return _write_test_dev(args, model, postprocessors, loader_val, device, log_path)
     if args.eval:
         recorder = None
         if args.save_emca_weights:
@@ -400,6 +412,28 @@ def _run(args):
         if tb_writer is not None:
             tb_writer.close()
     return log_stats
+
+
+def test_dev_file_name(args: argparse.Namespace) -> str:
+    """COCO's evaluation server wants detections_test-dev2017_<method>_results.json (zipped);
+    <method> is --note (letters, digits, '-' kept) or the model's name."""
+    method = re.sub(r"[^A-Za-z0-9-]+", "", args.note) or ("augdetr" if args.use_hae or args.use_emca else "dino")
+    return f"detections_test-dev2017_{method}_results.json"
+
+
+def _write_test_dev(args, model, postprocessors, loader, device, log_path) -> dict:
+    """--test: detections for every test-dev image, written by rank 0; returns what was written."""
+    from engine import predict, write_coco_results
+    detections = predict(model, postprocessors, loader, device, amp=args.amp, debug=args.debug)
+    stats = {"test_dev_images": len(detections), "test_dev_results": test_dev_file_name(args)}
+    if dist_utils.is_main_process():
+        stats["test_dev_detections"] = write_coco_results(
+            detections, os.path.join(args.output_dir, stats["test_dev_results"]))
+        _append_log(log_path, stats)
+        logging.getLogger("detr").info("wrote %d detections on %d test-dev images to %s; zip it and upload it "
+                                       "to the COCO evaluation server", stats["test_dev_detections"],
+                                       len(detections), stats["test_dev_results"])
+    return stats
 
 
 def user_error_types() -> tuple:

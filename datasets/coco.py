@@ -1,6 +1,7 @@
 """COCO-format detection dataset with DINO's targets and strict input checks.
 
-Layout at ``coco_path``: ``train2017/``, ``val2017/``, ``annotations/instances_{train,val}2017.json``.
+Layout at ``coco_path``: ``train2017/``, ``val2017/``, ``annotations/instances_{train,val}2017.json``;
+for test-dev (``--test``) also ``test2017/`` and ``annotations/image_info_test-dev2017.json``.
 
 Conventions:
 
@@ -45,8 +46,12 @@ class BadImageError(DataError):
     """An image file that is missing, truncated, not an image, or of the wrong size."""
 
 
-def load_coco_json(ann_file: str) -> Dict[str, Any]:
-    """Read and check a COCO instances JSON; fill optional annotation fields (id, area, iscrowd)."""
+def load_coco_json(ann_file: str, images_only: bool = False) -> Dict[str, Any]:
+    """Read and check a COCO instances JSON; fill optional annotation fields (id, area, iscrowd).
+
+    images_only: an image-info file (COCO's image_info_test-dev2017.json) with no 'annotations'
+    list is accepted and gets an empty one.
+    """
     try:
         with open(ann_file, "r", encoding="utf-8") as f:
             data = json.load(f)
@@ -57,6 +62,8 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
                         "fix or regenerate the file") from None
     if not isinstance(data, dict):
         raise DataError(f"annotation file {ann_file}: top level must be an object with 'images', 'annotations', 'categories'")
+    if images_only:
+        data.setdefault("annotations", [])
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(f"annotation file {ann_file}: missing required list '{key}' (COCO instances format)")
@@ -158,12 +165,12 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __init__(self, img_folder: str, ann_file: str, transforms: Optional[Callable] = None,
                  num_classes: Optional[int] = None, dn_labelbook_size: Optional[int] = None,
-                 skip_bad_images: bool = False):
+                 skip_bad_images: bool = False, images_only: bool = False):
         self.img_folder = str(img_folder)
         self.ann_file = str(ann_file)
         self.transforms = transforms
         self.skip_bad_images = bool(skip_bad_images)
-        data = load_coco_json(self.ann_file)
+        data = load_coco_json(self.ann_file, images_only=images_only)
         check_category_ids(data, self.ann_file, num_classes, dn_labelbook_size)
         self.coco = COCO()
         self.coco.dataset = data
@@ -255,24 +262,33 @@ def transforms_from_args(image_set: str, args):
                                 fix_size=bool(getattr(args, "fix_size", False)))
 
 
+# image_set -> (image folder, annotation file) inside coco_path; 'test' is COCO test-dev: the
+# test2017 images listed in the image-info file of COCO's evaluation server (no annotations)
+SPLITS = {"train": ("train2017", "instances_train2017.json"), "val": ("val2017", "instances_val2017.json"),
+          "test": ("test2017", "image_info_test-dev2017.json")}
+
+
 def build(image_set: str, args, root: Optional[str] = None) -> CocoDetection:
-    """Builder: COCO layout at ``root`` (default ``args.coco_path``) for 'train' or 'val'."""
-    if image_set not in ("train", "val"):
-        raise DataError(f"unknown image_set {image_set!r}: use 'train' or 'val'")
+    """Builder: COCO layout at ``root`` (default ``args.coco_path``) for 'train', 'val' or 'test'."""
+    if image_set not in SPLITS:
+        raise DataError(f"unknown image_set {image_set!r}: use 'train', 'val' or 'test'")
     raw = root if root is not None else getattr(args, "coco_path", None)
     if not raw or not os.path.isdir(raw):
         raise DataError(f"coco_path {raw!r} is not a directory; pass --coco_path DIR with train2017/, val2017/, annotations/")
     root = Path(raw)
-    img_folder = root / f"{image_set}2017"
-    ann_file = root / "annotations" / f"instances_{image_set}2017.json"
+    folder, ann_name = SPLITS[image_set]
+    img_folder = root / folder
+    ann_file = root / "annotations" / ann_name
     if not img_folder.is_dir():
-        raise DataError(f"image folder {img_folder} is missing; coco_path must hold {image_set}2017/ with the images")
+        raise DataError(f"image folder {img_folder} is missing; coco_path must hold {folder}/ with the images")
     if not ann_file.is_file():
-        raise DataError(f"annotation file {ann_file} is missing; coco_path must hold annotations/instances_{image_set}2017.json")
+        raise DataError(f"annotation file {ann_file} is missing; coco_path must hold annotations/{ann_name}")
     num_classes = getattr(args, "num_classes", None)
     dn_size = getattr(args, "dn_labelbook_size", None)
     if dn_size is None:
         dn_size = num_classes
-    return CocoDetection(img_folder, ann_file, transforms=transforms_from_args(image_set, args),
+    transforms = transforms_from_args("train" if image_set == "train" else "val", args)  # test: val's
+    return CocoDetection(img_folder, ann_file, transforms=transforms,
                          num_classes=num_classes, dn_labelbook_size=dn_size,
-                         skip_bad_images=bool(getattr(args, "skip_bad_images", False)))
+                         skip_bad_images=bool(getattr(args, "skip_bad_images", False)),
+                         images_only=image_set == "test")

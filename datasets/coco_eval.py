@@ -22,27 +22,12 @@ from torchvision.ops import box_convert
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
-class CocoEvaluator:
-    """Accumulates detections and computes the 12 COCO box stats.
+class DetectionStore:
+    """Detections per image as compact (K, 6) arrays, gathered across ranks (no evaluation:
+    what COCO test-dev, which has no public ground truth, needs)."""
 
-    coco_gt: pycocotools COCO ground truth (crowd boxes included, as COCO requires).
-    Only images passed to :meth:`update` are evaluated (lets a partial val run make sense).
-    """
-
-    def __init__(self, coco_gt, iou_types: Sequence[str] = ("bbox",), backend: str = "pycocotools",
-                 use_cats: bool = True):
-        unsupported = [t for t in iou_types if t != "bbox"]
-        if unsupported:
-            raise ValueError(f"CocoEvaluator: iou type {unsupported[0]!r} is not supported; only 'bbox'")
-        if backend not in BACKENDS:
-            raise ValueError(f"CocoEvaluator: unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-        self.coco_gt = coco_gt
-        self.iou_types = list(iou_types)
-        self.backend = backend
-        self.use_cats = bool(use_cats)
+    def __init__(self):
         self.detections: Dict[int, np.ndarray] = {}
-        self.coco_eval: Dict[str, object] = {}
-        self._summary: Dict[str, str] = {}
 
     @property
     def img_ids(self) -> List[int]:
@@ -58,7 +43,7 @@ class CocoEvaluator:
             scores = torch.as_tensor(pred["scores"]).detach().float().cpu().reshape(-1, 1)
             labels = torch.as_tensor(pred["labels"]).detach().float().cpu().reshape(-1, 1)
             if not (len(boxes) == len(scores) == len(labels)):
-                raise ValueError(f"CocoEvaluator.update: image {image_id} has {len(boxes)} boxes, "
+                raise ValueError(f"{type(self).__name__}.update: image {image_id} has {len(boxes)} boxes, "
                                  f"{len(scores)} scores and {len(labels)} labels; they must match")
             xywh = box_convert(boxes, "xyxy", "xywh")
             self.detections[int(image_id)] = torch.cat([xywh, scores, labels], dim=1).numpy()
@@ -73,6 +58,29 @@ class CocoEvaluator:
         for part in parts:
             merged.update(part)
         self.detections = merged
+
+
+class CocoEvaluator(DetectionStore):
+    """Accumulates detections and computes the 12 COCO box stats.
+
+    coco_gt: pycocotools COCO ground truth (crowd boxes included, as COCO requires).
+    Only images passed to :meth:`update` are evaluated (lets a partial val run make sense).
+    """
+
+    def __init__(self, coco_gt, iou_types: Sequence[str] = ("bbox",), backend: str = "pycocotools",
+                 use_cats: bool = True):
+        super().__init__()
+        unsupported = [t for t in iou_types if t != "bbox"]
+        if unsupported:
+            raise ValueError(f"CocoEvaluator: iou type {unsupported[0]!r} is not supported; only 'bbox'")
+        if backend not in BACKENDS:
+            raise ValueError(f"CocoEvaluator: unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        self.coco_gt = coco_gt
+        self.iou_types = list(iou_types)
+        self.backend = backend
+        self.use_cats = bool(use_cats)
+        self.coco_eval: Dict[str, object] = {}
+        self._summary: Dict[str, str] = {}
 
     def _as_coco_array(self) -> np.ndarray:
         """(N, 7) float64 ``[image_id, x, y, w, h, score, label]``: the array form loadRes accepts."""

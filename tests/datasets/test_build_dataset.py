@@ -34,7 +34,9 @@ def test_default_synthetic_dir_uses_env(monkeypatch, tmp_path):
 def test_unknown_dataset_file_and_split(synthetic_root):
     with pytest.raises(DataError, match="'voc'"):
         build_dataset("val", data_args(dataset_file="voc"))
-    with pytest.raises(DataError, match="'test'"):
+    with pytest.raises(DataError, match="'minival'"):
+        build_dataset("minival", data_args(coco_path=synthetic_root))
+    with pytest.raises(DataError, match="test2017/ with the images"):  # test-dev needs its own folder
         build_dataset("test", data_args(coco_path=synthetic_root))
 
 
