@@ -56,21 +56,45 @@ def export(model: nn.Module, images: torch.Tensor, path: str) -> None:
                       input_names=["images"], output_names=["pred_logits", "pred_boxes"])
 
 
+def _set_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max over rows of a (N, C) of the L-inf distance to the nearest row of b (M, C)."""
+    if len(a) == 0:
+        return 0.0
+    return float(torch.cdist(a.double(), b.double(), p=float("inf")).min(1).values.max())
+
+
 def compare(model: nn.Module, postprocessors: Dict, path: str, images: torch.Tensor,
             atol: float = 1e-3) -> Dict[str, float]:
-    """Max abs differences of raw outputs and of the top-k post-processed scores / boxes (pixels)."""
+    """Differences between onnxruntime and PyTorch: raw outputs and top-k post-processed detections.
+
+    Compared as sets of queries, not position by position: where two-stage proposal scores tie
+    exactly (seen with random weights at 800x1333), torch.topk and ONNX TopK order the tied
+    proposals differently, and the decoder, permutation-equivariant over queries, then returns
+    the same queries in another order. 'logits'/'boxes': for each ONNX query the distance to the
+    nearest PyTorch query; 'post_scores': sorted top-k scores; 'post_boxes_px': each ONNX
+    detection to the nearest PyTorch one of the same label, leaving out those within atol of the
+    k-th score (a tie there may select a different query).
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     logits_o, boxes_o = (torch.from_numpy(a) for a in session.run(None, {"images": images.numpy()}))
     with torch.no_grad():
         logits_t, boxes_t = ExportWrapper(model)(images)
+    # pair each ONNX query with its nearest PyTorch query (logits and box together)
+    nearest = torch.cdist(torch.cat([logits_o, boxes_o], -1)[0].double(),
+                          torch.cat([logits_t, boxes_t], -1)[0].double(), p=float("inf")).argmin(1)
+    diffs = {"logits": float((logits_o[0] - logits_t[0, nearest]).abs().max()),
+             "boxes": float((boxes_o[0] - boxes_t[0, nearest]).abs().max())}
     size = torch.tensor([images.shape[-2:]])
     post_t = postprocessors["bbox"]({"pred_logits": logits_t, "pred_boxes": boxes_t}, size)[0]
     post_o = postprocessors["bbox"]({"pred_logits": logits_o, "pred_boxes": boxes_o}, size)[0]
-    diffs = {"logits": float((logits_t - logits_o).abs().max()), "boxes": float((boxes_t - boxes_o).abs().max()),
-             "post_scores": float((post_t["scores"] - post_o["scores"]).abs().max()),
-             "post_boxes_px": float((post_t["boxes"] - post_o["boxes"]).abs().max())}
+    diffs["post_scores"] = float((post_t["scores"].sort().values - post_o["scores"].sort().values).abs().max())
+    clear = post_o["scores"] > post_o["scores"].min() + atol
+    big = 1e6  # separates labels: a detection only matches one of its own label
+    rows_o = torch.cat([post_o["labels"][clear, None] * big, post_o["boxes"][clear]], 1)
+    rows_t = torch.cat([post_t["labels"][:, None] * big, post_t["boxes"]], 1)
+    diffs["post_boxes_px"] = _set_distance(rows_o, rows_t)
     if diffs["boxes"] > atol or diffs["post_scores"] > atol:
         raise SystemExit(f"export_onnx.py: error: onnxruntime differs from PyTorch beyond {atol}: {diffs}")
     return diffs

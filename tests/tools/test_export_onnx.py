@@ -26,3 +26,44 @@ def test_missing_check_image(tiny_cfg, tmp_path):
     with pytest.raises(SystemExit, match="no such file"):
         export_onnx.main(["-c", config, "--output", str(tmp_path / "m.onnx"), "--image-size", "64", "96",
                           "--check", str(tmp_path / "none.png"), "--options", *opts])
+
+
+class _FakeSession:
+    """Stands in for onnxruntime.InferenceSession: returns given outputs."""
+    outputs = None
+
+    def __init__(self, path, providers=None):
+        pass
+
+    def run(self, names, feeds):
+        return [a.numpy() for a in _FakeSession.outputs]
+
+
+@pytest.fixture
+def tiny_model_and_outputs(tiny_cfg, tiny_checkpoint):
+    import torch
+    from tools.common import build_eval_model, tool_args
+    config, opts = tiny_cfg
+    model, post = build_eval_model(tool_args(config, opts), tiny_checkpoint)
+    images = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, boxes = export_onnx.ExportWrapper(model)(images)
+    return model, post, images, logits, boxes
+
+
+def test_compare_ignores_query_order_but_not_values(tiny_model_and_outputs, monkeypatch):
+    """Tied two-stage proposals may come out of ONNX TopK in another order: the same queries
+    permuted must pass; a moved box must not."""
+    import onnxruntime
+    import torch
+    model, post, images, logits, boxes = tiny_model_and_outputs
+    monkeypatch.setattr(onnxruntime, "InferenceSession", _FakeSession)
+    perm = torch.randperm(logits.shape[1], generator=torch.Generator().manual_seed(0))
+    _FakeSession.outputs = (logits[:, perm], boxes[:, perm])
+    diffs = export_onnx.compare(model, post, "unused.onnx", images)
+    assert max(diffs.values()) < 1e-6
+    moved = boxes[:, perm].clone()
+    moved[0, 3, 0] += 0.05
+    _FakeSession.outputs = (logits[:, perm], moved)
+    with pytest.raises(SystemExit, match="differs from PyTorch"):
+        export_onnx.compare(model, post, "unused.onnx", images)
