@@ -15,6 +15,7 @@ import sys
 import pytest
 
 import main
+from coco_layouts import make_test_dev_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
@@ -100,3 +101,22 @@ def test_two_process_eval_matches_one_process(trained, tmp_path):
         dets1 = json.load(f)
     assert {d["image_id"] for d in dets2} == {d["image_id"] for d in dets1}
     assert len({d["image_id"] for d in dets1}) == 5
+
+
+def test_two_process_test_dev_writes_every_image_once(trained, tmp_path):
+    """--test on 2 ranks: rank 0 writes one file with the gathered detections of all 5 images (the
+    sampler pads one duplicate), equal to a 1-process run's."""
+    out, data, _, _ = trained
+    image_ids = make_test_dev_layout(tmp_path / "coco", str(data))
+    argv = ["--test", "--resume", str(out / "checkpoint.pth"), "--dataset_file", "coco",
+            "--coco_path", str(tmp_path / "coco"), "--note", "ddp"]
+    two = torchrun(tmp_path / "report_test", main_argv(tmp_path / "two", data, *argv))
+    one = main.main(main.build_args(main_argv(tmp_path / "one", data, *argv)))
+    name = "detections_test-dev2017_ddp_results.json"
+    assert two[0]["stats"] == one and two[0]["stats"]["test_dev_images"] == len(image_ids) == 5
+    assert "test_dev_detections" not in two[1]["stats"]  # only rank 0 writes
+    with open(tmp_path / "two" / name) as f:
+        dets2 = json.load(f)
+    with open(tmp_path / "one" / name) as f:
+        dets1 = json.load(f)
+    assert {d["image_id"] for d in dets2} == image_ids and dets2 == dets1

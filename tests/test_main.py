@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import main
+from coco_layouts import make_test_dev_layout
 from util.checkpoint import load_checkpoint
 from util.slconfig import ConfigError
 
@@ -158,24 +159,12 @@ def test_mismatched_checkpoint_is_clear_error(tmp_path, resumed_run, synthetic_d
                             options=["hidden_dim=32"]))
 
 
-def _test_dev_layout(root, synthetic_dir):
-    """COCO's test-dev layout made from the synthetic val split: test2017/ and an image-info file
-    (images and categories, no annotations)."""
-    os.makedirs(root / "annotations")
-    os.symlink(os.path.join(synthetic_dir, "val2017"), root / "test2017")
-    with open(os.path.join(synthetic_dir, "annotations", "instances_val2017.json")) as f:
-        val = json.load(f)
-    with open(root / "annotations" / "image_info_test-dev2017.json", "w") as f:
-        json.dump({"info": {"description": "test"}, "images": val["images"], "categories": val["categories"]}, f)
-    return {img["id"] for img in val["images"]}
-
-
 def test_test_dev_detections_equal_eval_results(tmp_path, resumed_run, synthetic_dir):
     """--test writes the server's file name with the same detections --eval --save_results gives on the
     same images."""
     out, _ = resumed_run
     ckpt = str(out / "checkpoint.pth")
-    image_ids = _test_dev_layout(tmp_path / "coco", synthetic_dir)
+    image_ids = make_test_dev_layout(tmp_path / "coco", synthetic_dir)
     stats = main.main(tiny_args(tmp_path / "test", synthetic_dir, "--test", "--resume", ckpt, "--note", "my run!",
                                 "--dataset_file", "coco", "--coco_path", str(tmp_path / "coco")))
     name = "detections_test-dev2017_myrun_results.json"
@@ -191,7 +180,7 @@ def test_test_dev_detections_equal_eval_results(tmp_path, resumed_run, synthetic
 
 def test_test_dev_needs_weights_and_the_split(tmp_path, resumed_run, synthetic_dir):  # resumed_run: data made
     with pytest.raises(main.ConfigError, match="--test needs trained weights"):
-        _test_dev_layout(tmp_path / "coco", synthetic_dir)
+        make_test_dev_layout(tmp_path / "coco", synthetic_dir)
         main.main(tiny_args(tmp_path / "a", synthetic_dir, "--test", "--dataset_file", "coco",
                             "--coco_path", str(tmp_path / "coco")))
     from datasets import DataError
