@@ -172,6 +172,20 @@ def write_coco_results(detections: Dict[int, np.ndarray], path: str) -> int:
     return n
 
 
+def _eval_step(model: nn.Module, criterion: Optional[nn.Module], samples, targets: List[Dict],
+               device: torch.device, amp: bool, it: int):
+    """Eval forward of one batch and, with a criterion, its loss dict: (outputs, loss_dict or None).
+    Out of memory becomes a ResourceError, raised outside the except block so that the failed
+    step's tensors are freed first."""
+    try:
+        with autocast(device, amp):
+            outputs = model(samples, targets)
+            return outputs, (criterion(outputs, targets) if criterion is not None else None)
+    except torch.OutOfMemoryError as e:
+        oom = _oom_error(e, f"evaluation (iteration {it})", samples)
+    raise oom
+
+
 def _detections(outputs: Dict, targets: List[Dict], postprocessors: Dict) -> Dict[int, Dict[str, torch.Tensor]]:
     """image_id -> {'boxes' (K, 4) xyxy in pixels of the stored image, 'scores' (K,), 'labels' (K,)}."""
     orig_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
@@ -192,15 +206,7 @@ def predict(model: nn.Module, postprocessors: Dict, data_loader, device: torch.d
     skipped = set()
     for it, (samples, targets) in enumerate(meters.log_every(data_loader, "Predict:", len(data_loader))):
         samples, targets = _batch_to(samples, targets, device, skipped)
-        try:
-            with autocast(device, amp):
-                outputs = model(samples)
-        except torch.OutOfMemoryError as e:
-            oom = _oom_error(e, f"evaluation (iteration {it})", samples)
-        else:
-            oom = None
-        if oom is not None:
-            raise oom
+        outputs, _ = _eval_step(model, None, samples, targets, device, amp, it)
         store.update(_detections(outputs, targets, postprocessors))
         if debug and it + 1 >= DEBUG_ITERATIONS:
             break
@@ -231,16 +237,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_
     skipped = set()
     for it, (samples, targets) in enumerate(meters.log_every(data_loader, "Test:", len(data_loader))):
         samples, targets = _batch_to(samples, targets, device, skipped)
-        try:
-            with autocast(device, amp):
-                outputs = model(samples, targets)
-                loss_dict = criterion(outputs, targets)
-        except torch.OutOfMemoryError as e:
-            oom = _oom_error(e, f"evaluation (iteration {it})", samples)
-        else:
-            oom = None
-        if oom is not None:
-            raise oom
+        outputs, loss_dict = _eval_step(model, criterion, samples, targets, device, amp, it)
         reduced = dist_utils.all_reduce_mean({k: v.float() for k, v in loss_dict.items()})
         reduced_weighted = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
         meters.update(loss=float(sum(reduced_weighted.values())),
