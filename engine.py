@@ -203,9 +203,9 @@ def predict(model: nn.Module, postprocessors: Dict, data_loader, device: torch.d
     model.eval()
     meters = MetricLogger(logging.getLogger(LOGGER_NAME), print_freq)
     store = DetectionStore()
-    skipped = set()
     for it, (samples, targets) in enumerate(meters.log_every(data_loader, "Predict:", len(data_loader))):
-        samples, targets = _batch_to(samples, targets, device, skipped)
+        # an image skipped by skip_bad_images is simply absent from the result (the caller counts images)
+        samples, targets = _batch_to(samples, targets, device, set())
         outputs, _ = _eval_step(model, None, samples, targets, device, amp, it)
         store.update(_detections(outputs, targets, postprocessors))
         if debug and it + 1 >= DEBUG_ITERATIONS:

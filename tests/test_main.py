@@ -179,8 +179,8 @@ def test_test_dev_detections_equal_eval_results(tmp_path, resumed_run, synthetic
 
 
 def test_test_dev_needs_weights_and_the_split(tmp_path, resumed_run, synthetic_dir):  # resumed_run: data made
+    make_test_dev_layout(tmp_path / "coco", synthetic_dir)
     with pytest.raises(main.ConfigError, match="--test needs trained weights"):
-        make_test_dev_layout(tmp_path / "coco", synthetic_dir)
         main.main(tiny_args(tmp_path / "a", synthetic_dir, "--test", "--dataset_file", "coco",
                             "--coco_path", str(tmp_path / "coco")))
     from datasets import DataError
