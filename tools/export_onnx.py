@@ -56,24 +56,26 @@ def export(model: nn.Module, images: torch.Tensor, path: str) -> None:
                       input_names=["images"], output_names=["pred_logits", "pred_boxes"])
 
 
-def _set_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max over rows of a (N, C) of the L-inf distance to the nearest row of b (M, C)."""
-    if len(a) == 0:
-        return 0.0
-    return float(torch.cdist(a.double(), b.double(), p=float("inf")).min(1).values.max())
+def _nearest_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N,) index of the row of b (M, C) nearest (L-inf) to each row of a (N, C)."""
+    return torch.cdist(a.double(), b.double(), p=float("inf")).argmin(1)
 
 
 def compare(model: nn.Module, postprocessors: Dict, path: str, images: torch.Tensor,
             atol: float = 1e-3) -> Dict[str, float]:
-    """Differences between onnxruntime and PyTorch: raw outputs and top-k post-processed detections.
+    """Differences between onnxruntime and PyTorch; fails on the post-processed detections.
 
-    Compared as sets of queries, not position by position: where two-stage proposal scores tie
-    exactly (seen with random weights at 800x1333), torch.topk and ONNX TopK order the tied
-    proposals differently, and the decoder, permutation-equivariant over queries, then returns
-    the same queries in another order. 'logits'/'boxes': for each ONNX query the distance to the
-    nearest PyTorch query; 'post_scores': sorted top-k scores; 'post_boxes_px': each ONNX
-    detection to the nearest PyTorch one of the same label, leaving out those within atol of the
-    k-th score (a tie there may select a different query).
+    The raw outputs are not required to match query by query. DINO's two-stage selection sorts the
+    encoder proposals by score and gives the i-th one the i-th learned content query, so proposals
+    whose scores tie, or differ by less than the ~1e-5 noise between the two runtimes, can swap
+    places and then legitimately get other content queries: a few queries change and, through
+    self-attention, all others move slightly (seen in most random-weight exports at 800x1333; with
+    trained weights scores are further apart). The check therefore judges what users get: the
+    sorted top-k scores ('post_scores', within atol) and each top-k box against the nearest one of
+    the same label ('post_boxes_px', within atol x the longer image side; detections within atol of
+    the k-th score are left out, a tie there may select another query). For information it reports,
+    after pairing each ONNX query with its nearest PyTorch query, the largest 'logits' / 'boxes'
+    differences and how many queries differ by more than atol ('queries_off').
     """
     import onnxruntime as ort
 
@@ -81,22 +83,24 @@ def compare(model: nn.Module, postprocessors: Dict, path: str, images: torch.Ten
     logits_o, boxes_o = (torch.from_numpy(a) for a in session.run(None, {"images": images.numpy()}))
     with torch.no_grad():
         logits_t, boxes_t = ExportWrapper(model)(images)
-    # pair each ONNX query with its nearest PyTorch query (logits and box together)
-    nearest = torch.cdist(torch.cat([logits_o, boxes_o], -1)[0].double(),
-                          torch.cat([logits_t, boxes_t], -1)[0].double(), p=float("inf")).argmin(1)
+    rows_o, rows_t = torch.cat([logits_o, boxes_o], -1)[0], torch.cat([logits_t, boxes_t], -1)[0]
+    nearest = _nearest_rows(rows_o, rows_t)
+    off = (rows_o - rows_t[nearest]).abs().amax(1)
     diffs = {"logits": float((logits_o[0] - logits_t[0, nearest]).abs().max()),
-             "boxes": float((boxes_o[0] - boxes_t[0, nearest]).abs().max())}
+             "boxes": float((boxes_o[0] - boxes_t[0, nearest]).abs().max()), "queries_off": int((off > atol).sum())}
     size = torch.tensor([images.shape[-2:]])
     post_t = postprocessors["bbox"]({"pred_logits": logits_t, "pred_boxes": boxes_t}, size)[0]
     post_o = postprocessors["bbox"]({"pred_logits": logits_o, "pred_boxes": boxes_o}, size)[0]
     diffs["post_scores"] = float((post_t["scores"].sort().values - post_o["scores"].sort().values).abs().max())
     clear = post_o["scores"] > post_o["scores"].min() + atol
     big = 1e6  # separates labels: a detection only matches one of its own label
-    rows_o = torch.cat([post_o["labels"][clear, None] * big, post_o["boxes"][clear]], 1)
-    rows_t = torch.cat([post_t["labels"][:, None] * big, post_t["boxes"]], 1)
-    diffs["post_boxes_px"] = _set_distance(rows_o, rows_t)
-    if diffs["boxes"] > atol or diffs["post_scores"] > atol:
-        raise SystemExit(f"export_onnx.py: error: onnxruntime differs from PyTorch beyond {atol}: {diffs}")
+    dets_o = torch.cat([post_o["labels"][clear, None] * big, post_o["boxes"][clear]], 1)
+    dets_t = torch.cat([post_t["labels"][:, None] * big, post_t["boxes"]], 1)
+    diffs["post_boxes_px"] = float((dets_o - dets_t[_nearest_rows(dets_o, dets_t)]).abs().max()) if len(dets_o) else 0.0
+    atol_px = atol * max(images.shape[-2:])
+    if diffs["post_scores"] > atol or diffs["post_boxes_px"] > atol_px:
+        raise SystemExit(f"export_onnx.py: error: onnxruntime's detections differ from PyTorch's beyond {atol} "
+                         f"(scores) / {atol_px:.2f} px (boxes): {diffs}")
     return diffs
 
 
@@ -109,7 +113,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                    help="fixed input size of the graph (default 800 1333)")
     p.add_argument("--check", default=None, metavar="IMAGE", help="compare ONNX vs PyTorch on this image")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    p.add_argument("--atol", type=float, default=1e-3, help="tolerance on boxes (normalised) and scores")
+    p.add_argument("--atol", type=float, default=1e-3,
+                   help="tolerance on detection scores; on boxes, this x the longer image side in pixels")
     p.add_argument("--options", nargs="+", default=None, metavar="KEY=VALUE", help="config overrides as in main.py")
     p.add_argument("--use_hae", action="store_true", help="AugDETR Hybrid Attention Encoder")
     p.add_argument("--use_emca", action="store_true", help="AugDETR Encoder-Mixing Cross-Attention")
@@ -130,7 +135,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     if opts.no_check:
         return {}
     diffs = compare(model, postprocessors, opts.output, images, opts.atol)
-    print("onnxruntime vs PyTorch max abs diff: " + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
+    shown = (f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in diffs.items())
+    print("onnxruntime vs PyTorch max abs diff: " + ", ".join(shown))
     return diffs
 
 
