@@ -8,41 +8,9 @@ the densely attended ones as both query and value (the paper's P5' in Concat(P3,
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .transformer_layers import DeformableEncoderLayer, with_pos
-
-
-class DenseSelfAttention(nn.Module):
-    """Multi-head attention on torch's scaled_dot_product_attention.
-
-    Parameters match nn.MultiheadAttention's (in_proj packs W_q, W_k, W_v).
-    """
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
-        super().__init__()
-        self.n_heads = n_heads
-        self.dropout = dropout
-        self.in_proj = nn.Linear(d_model, 3 * d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-        nn.init.xavier_uniform_(self.in_proj.weight)
-        nn.init.constant_(self.in_proj.bias, 0.0)
-        nn.init.constant_(self.out_proj.bias, 0.0)
-
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        """query/key/value (B, T, C); key_padding_mask (B, T) True = padding -> (B, T, C)."""
-        b, t, c = query.shape
-        w_q, w_k, w_v = self.in_proj.weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj.bias.chunk(3)
-
-        def heads(x, w, bias):  # (B, T, C) -> (B, M, T, C/M)
-            return F.linear(x, w, bias).view(b, t, self.n_heads, c // self.n_heads).transpose(1, 2)
-
-        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # True = attend
-        out = F.scaled_dot_product_attention(heads(query, w_q, b_q), heads(key, w_k, b_k), heads(value, w_v, b_v),
-                                             attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, c))
 
 
 class HybridEncoderLayer(DeformableEncoderLayer):
@@ -60,7 +28,9 @@ class HybridEncoderLayer(DeformableEncoderLayer):
         if not -n_levels <= dense_level < n_levels:
             raise ValueError(f"hae_dense_level={dense_level} is not a level index for {n_levels} levels")
         self.dense_level = dense_level % n_levels
-        self.dense_attn = DenseSelfAttention(d_model, n_heads, dropout)
+        # torch's own attention (its parameter layout: in_proj_weight packs W_q, W_k, W_v); with
+        # need_weights=False it runs on scaled_dot_product_attention
+        self.dense_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.dense_dropout = nn.Dropout(dropout)
         self.dense_norm = nn.LayerNorm(d_model)
         self.dense_ffn = dense_ffn
@@ -74,7 +44,8 @@ class HybridEncoderLayer(DeformableEncoderLayer):
         """x, pos (B, T, C) for the tokens of the dense level -> (B, T, C). Post-norm residual;
         position (sine + level embedding) on queries and keys only, as in DETR."""
         qk = with_pos(x, pos)
-        x = self.dense_norm(x + self.dense_dropout(self.dense_attn(qk, qk, x, mask)))
+        attended = self.dense_attn(qk, qk, x, key_padding_mask=mask, need_weights=False)[0]
+        x = self.dense_norm(x + self.dense_dropout(attended))
         if self.dense_ffn:
             x2 = self.dense_linear2(self.dense_ffn_dropout(self.activation(self.dense_linear1(x))))
             x = self.dense_norm2(x + self.dense_ffn_dropout(x2))
