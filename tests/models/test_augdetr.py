@@ -8,9 +8,9 @@ from models.dino.emca import EncoderMixingAttention
 from models.dino.hybrid_encoder import HybridEncoderLayer
 from models.dino.ops import ms_deform_attn_pytorch
 
-from dino_fixtures import tiny_args, tiny_batch
+from tiny_configs import MODEL, tiny_args, tiny_batch
 
-D, HEADS, FFN, ENC, DEC = 64, 4, 128, 2, 2
+D, HEADS, FFN, ENC, DEC = (MODEL[k] for k in ("hidden_dim", "nheads", "dim_feedforward", "enc_layers", "dec_layers"))
 
 
 def eval_out(model, samples):

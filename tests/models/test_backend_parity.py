@@ -5,7 +5,7 @@ import torch
 from models import build_model
 from models.dino import ops
 
-from dino_fixtures import tiny_args, tiny_batch
+from tiny_configs import tiny_args, tiny_batch
 
 
 def compiled_available() -> bool:

@@ -3,7 +3,7 @@ import torch
 
 from models import build_model
 
-from dino_fixtures import tiny_args, tiny_batch
+from tiny_configs import MODEL, tiny_args, tiny_batch
 
 
 def total_loss(criterion, losses):
@@ -18,8 +18,9 @@ def test_train_forward_backward_reaches_every_parameter(levels, seeded):
     criterion.train()
     samples, targets = tiny_batch()
     out = model(samples, targets)
-    assert out["pred_logits"].shape == (2, 30, 7)
-    assert out["pred_boxes"].shape == (2, 30, 4)
+    q = MODEL["num_queries"]
+    assert out["pred_logits"].shape == (2, q, 7)
+    assert out["pred_boxes"].shape == (2, q, 4)
     assert len(out["aux_outputs"]) == 1
     assert out["dn_meta"]["pad_size"] > 0
     losses = criterion(out, targets)
@@ -40,7 +41,7 @@ def test_eval_forward_and_postprocess(seeded):
     assert out["dn_meta"] is None
     assert out["pred_boxes"].min() >= 0 and out["pred_boxes"].max() <= 1
     results = post["bbox"](out, torch.tensor([[480, 640], [300, 400]]))
-    assert [r["boxes"].shape for r in results] == [(20, 4), (20, 4)]
+    assert [r["boxes"].shape for r in results] == [(MODEL["num_select"], 4)] * 2
     # the best (query, class) pair, recomputed by hand: boxes scaled by (w, h, w, h)
     prob = out["pred_logits"][1].sigmoid()
     q, c = divmod(int(prob.argmax()), prob.shape[1])
@@ -54,7 +55,7 @@ def test_dn_scalar_replaces_dn_number_and_coefs_scale_dn_weights():
     from models.dino.dino import resolve_dn_number
     args = tiny_args(dn_scalar=100, dn_label_coef=0.5, dn_bbox_coef=2.0)
     assert resolve_dn_number(args) == 100
-    assert resolve_dn_number(tiny_args(dn_scalar=None)) == 50
+    assert resolve_dn_number(tiny_args(dn_scalar=None)) == MODEL["dn_number"]
     _, criterion, _ = build_model(args)
     w = criterion.weight_dict
     assert w["loss_ce_dn"] == 0.5 * w["loss_ce"]

@@ -4,7 +4,7 @@ import torch
 from models import build_model
 from models.dino.emca_analysis import EmcaWeightRecorder
 
-from dino_fixtures import tiny_args, tiny_batch
+from tiny_configs import tiny_args, tiny_batch
 
 
 def test_recorder_averages_the_matched_queries_gates(seeded):

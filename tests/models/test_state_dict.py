@@ -3,7 +3,7 @@ import os
 
 from models import build_model
 
-from dino_fixtures import config_args
+from tiny_configs import config_args
 
 # the official model's keys and shapes (IDEA-Research/DINO, DINO_4scale.py, num_classes=91)
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "dino_4scale_r50_state_dict_keys.tsv")

@@ -1,0 +1,65 @@
+"""The one tiny configuration every test builds on: the project's config files with small sizes.
+
+Two views of the same sizes:
+  * MODEL: the model the model tests build in-process (2 encoder + 2 decoder layers, so that
+    EMCA mixes layers and the decoder refines boxes twice), pure-PyTorch deformable attention
+    so the numbers do not depend on which kernel a machine compiled;
+  * RUN: the same widths with 1 + 1 layers and 64-96 px training scales, for end-to-end
+    runs of main.py and the tools (`--options` strings from `options()`).
+A test states only what it changes (e.g. `options(RUN, epochs=2)`); the sizes live here.
+"""
+import argparse
+import os
+from typing import Any, Dict, List
+
+import torch
+
+from util.slconfig import SLConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MODEL: Dict[str, Any] = dict(
+    backbone="resnet18", hidden_dim=32, nheads=4, dim_feedforward=64, enc_layers=2, dec_layers=2,
+    num_queries=10, num_select=10, num_classes=7, dn_labelbook_size=7, dn_number=4, msda_backend="pytorch")
+
+RUN: Dict[str, Any] = dict(
+    {k: v for k, v in MODEL.items() if k != "msda_backend"}, enc_layers=1, dec_layers=1,
+    data_aug_scales=[64], data_aug_max_size=96, data_aug_scales2_resize=[64], data_aug_scales2_crop=[48, 64])
+
+
+def _format(value: Any) -> str:
+    """A config value as `--options` text (util.slconfig.parse_option_value reads it back)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_format(v) for v in value) + "]"
+    return str(value)
+
+
+def options(base: Dict[str, Any] = RUN, **overrides) -> List[str]:
+    """`KEY=VALUE` strings for main.py / tools `--options`: `base` updated with `overrides`."""
+    return [f"{k}={_format(v)}" for k, v in dict(base, **overrides).items()]
+
+
+def config_args(config: str = "DINO_4scale.py", **overrides) -> argparse.Namespace:
+    """Every key of config/DINO/<config> as a namespace, with `overrides` applied."""
+    cfg = SLConfig.fromfile(os.path.join(ROOT, "config", "DINO", config)).to_dict()
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise KeyError(f"tests/tiny_configs.py: {unknown} are not keys of config/DINO/{config}")
+    cfg.update(overrides)
+    return argparse.Namespace(**cfg)
+
+
+def tiny_args(**overrides) -> argparse.Namespace:
+    """DINO_4scale.py with MODEL's sizes (and `overrides`), as build_model reads it."""
+    return config_args(**dict(MODEL, **overrides))
+
+
+def tiny_batch(seed: int = 0):
+    """Two padded images of different sizes, (3, 64, 96) and (3, 48, 64), and their targets
+    (3 boxes in all, normalised cxcywh); the pixels come from a generator seeded with `seed`."""
+    from util.misc import nested_tensor_from_tensor_list
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.randn(3, 64, 96, generator=g), torch.randn(3, 48, 64, generator=g)]
+    targets = [dict(labels=torch.tensor([1, 3]), boxes=torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.3, 0.1, 0.1]])),
+               dict(labels=torch.tensor([2]), boxes=torch.tensor([[0.4, 0.6, 0.3, 0.2]]))]
+    return nested_tensor_from_tensor_list(images), targets
