@@ -1,27 +1,39 @@
-"""Checkpoint save/load: atomic writes, safe (weights_only) loads, clear mismatch errors.
+"""Checkpoint save/load: atomic writes, safe (weights_only) loads, integrity digests, clear mismatch errors.
 
 Files are written to a temp file in the target directory, flushed and fsynced,
 then moved over the target with os.replace and the directory fsynced, so a kill
 at any moment leaves either the old or the new complete file.
+
+Integrity: torch.load checks no checksum of tensor data (a flipped byte in a
+weight loads silently), so save_checkpoint stores a SHA-256 of every tensor's
+bytes (and of the other entries: epoch, args, ...) inside the checkpoint under
+'_integrity'; it travels with the file under a plain cp. load_checkpoint
+recomputes them and raises CheckpointError naming the first tensor that differs.
+Files without a record (official DINO checkpoints, older files) load with one
+info line saying they were not verified. `python -m util.checkpoint verify FILE...`
+checks files on demand.
 
 Loads always use torch.load(weights_only=True). Official DINO checkpoints pickle
 an argparse.Namespace under 'args'; that one class is allow-listed. Anything
 else that needs arbitrary unpickling is refused.
 """
 import argparse
+import hashlib
 import json
 import logging
 import os
 import pickle
 import re
+import sys
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 logger = logging.getLogger("detr")
 
 TMP_PREFIX = ".tmp-ckpt-"
+INTEGRITY_KEY = "_integrity"
 
 
 class CheckpointError(RuntimeError):
@@ -43,8 +55,86 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _walk(obj: Any, prefix: str = "") -> Iterator[Tuple[str, Any]]:
+    """(path, leaf) for every leaf of nested dicts/lists/tuples/Namespaces, in insertion order.
+
+    Paths join keys with '/', e.g. 'model/backbone.0.body.conv1.weight', 'optimizer/state/3/exp_avg'.
+    """
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        yield prefix, obj
+        return
+    for key, value in items:
+        yield from _walk(value, f"{prefix}/{key}" if prefix else str(key))
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 hex of dtype, shape and the raw bytes of `t` (any shape/device; hashed in memory order)."""
+    t = t.detach()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    t = t.cpu().resolve_conj().resolve_neg().contiguous()
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # zero-copy byte view
+    return h.hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    """A stable text form of a non-tensor leaf (sets are sorted: their order varies between processes)."""
+    if isinstance(value, (set, frozenset)):
+        return "{" + ", ".join(sorted(repr(v) for v in value)) + "}"
+    return repr(value)
+
+
+def compute_integrity(obj: Dict[str, Any]) -> Dict[str, Any]:
+    """The '_integrity' record of a checkpoint dict: SHA-256 per tensor path, and per top-level key
+    one SHA-256 over that key's non-tensor leaves (epoch, args, optimizer param_groups, ...)."""
+    tensors: Dict[str, str] = {}
+    entries: Dict[str, Any] = {}
+    for path, leaf in _walk({k: v for k, v in obj.items() if k != INTEGRITY_KEY}):
+        if isinstance(leaf, torch.Tensor):
+            tensors[path] = tensor_digest(leaf)
+        else:
+            top = path.split("/", 1)[0]
+            entries.setdefault(top, hashlib.sha256()).update(f"{path}={_canonical(leaf)}\n".encode())
+    return {"algo": "sha256", "tensors": tensors, "entries": {k: h.hexdigest() for k, h in entries.items()}}
+
+
+def verify_integrity(obj: Dict[str, Any], record: Any, source: str) -> int:
+    """Check `obj` (without its '_integrity' key) against `record`; returns the number of tensors verified.
+
+    Raises CheckpointError naming `source` and the first tensor (in file order) or entry that differs.
+    """
+    fix = ("the file changed after it was saved (bad disk, partial or faulty copy); "
+           "use another copy or an older checkpoint")
+    if not (isinstance(record, dict) and record.get("algo") == "sha256" and isinstance(record.get("tensors"), dict)
+            and isinstance(record.get("entries"), dict)):
+        raise CheckpointError(f"{source}: integrity check failed: the '{INTEGRITY_KEY}' record is unreadable; {fix}")
+    actual = compute_integrity(obj)
+    for path, digest in actual["tensors"].items():
+        if record["tensors"].get(path) != digest:
+            what = "differs from its recorded SHA-256" if path in record["tensors"] else "has no recorded SHA-256"
+            raise CheckpointError(f"{source}: integrity check failed: tensor '{path}' {what}; {fix}")
+    for path in record["tensors"]:
+        if path not in actual["tensors"]:
+            raise CheckpointError(f"{source}: integrity check failed: tensor '{path}' is recorded but missing; {fix}")
+    for key in sorted(set(actual["entries"]) | set(record["entries"])):
+        if actual["entries"].get(key) != record["entries"].get(key):
+            raise CheckpointError(f"{source}: integrity check failed: the non-tensor values under '{key}' differ "
+                                  f"from their recorded SHA-256; {fix}")
+    return len(actual["tensors"])
+
+
 def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
-    """torch.save `obj` to `path` atomically (temp file + fsync + os.replace + dir fsync)."""
+    """torch.save `obj` plus its '_integrity' record to `path` atomically
+    (temp file + fsync + os.replace + dir fsync). `obj` itself is not modified."""
+    obj = {**{k: v for k, v in obj.items() if k != INTEGRITY_KEY}, INTEGRITY_KEY: compute_integrity(obj)}
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pth", dir=directory)
@@ -85,12 +175,41 @@ def _unpickler_reason(text: str) -> str:
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Load a checkpoint dict safely; 'args' comes back as a plain dict.
+    """Load a checkpoint dict safely and verify its '_integrity' record; 'args' comes back as a plain dict.
 
-    A bare state_dict (tensors only) is returned as {'model': state_dict}.
-    Raises CheckpointError (unreadable/truncated/not a checkpoint) or
+    The record is removed from the returned dict. A file without one loads with one info line
+    ("not verified"). A bare state_dict (tensors only) is returned as {'model': state_dict}.
+    Raises CheckpointError (unreadable/truncated/not a checkpoint, or integrity mismatch) or
     UnsafeCheckpointError (needs arbitrary unpickling).
     """
+    obj, verified = _load_verified(path)
+    if verified is None:
+        logger.info("%s: no integrity digest (an official DINO file or saved before digests were added): "
+                    "loaded without verification", path)
+    return obj
+
+
+def _load_verified(path: str) -> Tuple[Dict[str, Any], Optional[int]]:
+    """(checkpoint dict, number of tensors verified, or None when the file has no integrity record)."""
+    obj = _torch_load(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    verified = None
+    if INTEGRITY_KEY in obj:
+        record = obj.pop(INTEGRITY_KEY)
+        verified = verify_integrity(obj, record, path)
+    if "model" not in obj:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            obj = {"model": obj}
+        else:
+            raise CheckpointError(f"{path}: checkpoint has no 'model' entry (keys: {sorted(obj)[:10]})")
+    if isinstance(obj.get("args"), argparse.Namespace):
+        obj["args"] = args_to_dict(obj["args"])
+    return obj, verified
+
+
+def _torch_load(path: str) -> Any:
+    """torch.load(weights_only=True) with every failure turned into a one-line CheckpointError."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
@@ -107,15 +226,6 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: "
                               f"{type(e).__name__}: {first})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
-    if "model" not in obj:
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            obj = {"model": obj}
-        else:
-            raise CheckpointError(f"{path}: checkpoint has no 'model' entry (keys: {sorted(obj)[:10]})")
-    if isinstance(obj.get("args"), argparse.Namespace):
-        obj["args"] = args_to_dict(obj["args"])
     return obj
 
 
@@ -187,7 +297,8 @@ _NUMBERED = re.compile(r"^checkpoint(\d{4})\.pth$")
 def find_resume_checkpoint(output_dir: str) -> Optional[str]:
     """Newest readable checkpoint in output_dir: checkpoint.pth, then checkpointNNNN.pth newest first.
 
-    Unreadable candidates are skipped with a warning. None if there is none.
+    Unreadable candidates and ones that fail their integrity check are skipped with a warning.
+    None if there is none. (The caller loads the chosen file again, which logs whether it was verified.)
     """
     if not output_dir or not os.path.isdir(output_dir):
         return None
@@ -197,9 +308,50 @@ def find_resume_checkpoint(output_dir: str) -> Optional[str]:
         if not os.path.isfile(path):
             continue
         try:
-            load_checkpoint(path)
+            _load_verified(path)
         except CheckpointError as e:
             logger.warning("auto-resume: skipping %s", e)
             continue
         return path
     return None
+
+
+def verify_files(paths: List[str], require_digest: bool = False) -> int:
+    """Print one line per file (ok / not verified / FAILED); 0 if every file passed, else 1.
+
+    A readable file without a digest passes unless `require_digest`.
+    """
+    status = 0
+    for path in paths:
+        try:
+            obj, verified = _load_verified(path)
+        except CheckpointError as e:
+            print(f"FAILED {' '.join(str(e).split())}")
+            status = 1
+            continue
+        if verified is None:
+            print(f"{'FAILED' if require_digest else 'not verified'} {path}: readable, but it has no integrity "
+                  f"digest (an official DINO file or saved before digests were added)")
+            status = 1 if require_digest else status
+        else:
+            epoch = f", epoch {obj['epoch']}" if "epoch" in obj else ""
+            print(f"ok {path}: {verified} tensors match their SHA-256{epoch}")
+    return status
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """`python -m util.checkpoint verify FILE...`"""
+    parser = argparse.ArgumentParser(prog="python -m util.checkpoint",
+                                     description="Check checkpoint files against their integrity digests.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    verify = sub.add_parser("verify", help="verify FILE... (exit 0: all ok, 1: any failed), one line per file")
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument("--require-digest", action="store_true",
+                        help="count a readable file without a digest as failed")
+    args = parser.parse_args(argv)
+    return verify_files(args.files, require_digest=args.require_digest)
+
+
+if __name__ == "__main__":
+    from util.checkpoint import main as _main  # the importable module, not this __main__ copy
+    sys.exit(_main())
