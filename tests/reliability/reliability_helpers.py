@@ -54,6 +54,26 @@ def weights(path):
     return load_checkpoint(str(path))["model"]
 
 
+def flip_byte_in_largest_weight(path) -> str:
+    """Flip one byte in the data of the largest 'model' tensor of a checkpoint file, in place; returns its key.
+
+    torch's zip stores tensor records uncompressed, so the tensor's bytes appear verbatim in the file.
+    The file stays readable by torch.load; only the integrity digest can tell.
+    """
+    state = torch.load(str(path), map_location="cpu", weights_only=True)["model"]
+    key = max(state, key=lambda k: state[k].numel())
+    data = state[key].numpy().tobytes()
+    with open(path, "r+b") as f:
+        start = f.read().find(data)
+        assert start >= 0, f"{key}'s bytes not found in {path}"
+        offset = start + len(data) // 2
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0xFF]))
+    return key
+
+
 def differing_tensors(a, b):
     assert a.keys() == b.keys()
     return [k for k in a if not torch.equal(a[k], b[k])]

@@ -2,8 +2,9 @@
 
 Kills: (1) in the middle of epoch 0, (2) right after checkpoint0000.pth is written,
 (3) in the middle of writing checkpoint.pth of epoch 1 (temp file written, rename not done).
-Before the last resume the newest checkpoint (checkpoint.pth) is corrupted, so auto-resume
-must fall back to checkpoint0000.pth and say so. The reference is an uninterrupted run with
+Before the last resume one byte of a weight in the newest checkpoint (checkpoint.pth) is flipped
+(the file stays readable), so its integrity check fails and auto-resume must fall back to
+checkpoint0000.pth and say so. The reference is an uninterrupted run with
 the same seed, run concurrently (both single-threaded on CPU).
 """
 import os
@@ -12,7 +13,8 @@ import time
 
 import pytest
 
-from reliability_helpers import differing_tensors, make_synthetic, popen_main, read_log, tiny_argv, weights
+from reliability_helpers import (differing_tensors, flip_byte_in_largest_weight, make_synthetic, popen_main,
+                                 read_log, tiny_argv, weights)
 from util.checkpoint import TMP_PREFIX, load_checkpoint
 
 EPOCHS = 3
@@ -75,16 +77,16 @@ def test_sigkill_at_three_moments_then_resume_gives_identical_weights(tmp_path):
     assert [n for n in os.listdir(out) if n.startswith(TMP_PREFIX)], "the stalled temp file should be left"
     assert load_checkpoint(os.path.join(out, "checkpoint.pth"))["epoch"] == 0
 
-    # 4. corrupt the newest checkpoint; auto-resume falls back to checkpoint0000.pth and finishes
-    with open(os.path.join(out, "checkpoint.pth"), "r+b") as f:
-        f.truncate(1000)
+    # 4. corrupt one weight byte of the newest checkpoint; auto-resume falls back to checkpoint0000.pth
+    corrupted = flip_byte_in_largest_weight(os.path.join(out, "checkpoint.pth"))
     p = popen_main(argv)
     resumes += 1
     assert p.wait(timeout=TIMEOUT_S) == 0, open(os.path.join(out, "run.log")).read()[-3000:]
     assert reference.wait(timeout=TIMEOUT_S) == 0, open(os.path.join(ref_out, "run.log")).read()[-3000:]
 
     info = info_text(out)
-    assert "auto-resume: skipping" in info and "checkpoint.pth" in info
+    assert (f"auto-resume: skipping {os.path.join(out, 'checkpoint.pth')}: integrity check failed: "
+            f"tensor 'model/{corrupted}' differs") in info
     assert f"auto-resume: found {os.path.join(out, 'checkpoint0000.pth')}" in info
     assert "unfinished checkpoint write" in info
     assert not [n for n in os.listdir(out) if n.startswith(TMP_PREFIX)]
