@@ -3,7 +3,7 @@ import json
 import logging
 import math
 import os
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -55,8 +55,23 @@ def targets_to(targets: Iterable[Dict], device: torch.device) -> List[Dict]:
     return [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
 
 
-def _weighted(loss_dict: Dict[str, torch.Tensor], weight_dict: Dict[str, float]) -> Dict[str, torch.Tensor]:
-    return {k: v * weight_dict[k] for k, v in loss_dict.items() if k in weight_dict}
+def total_loss(loss_dict: Dict[str, torch.Tensor], weight_dict: Dict[str, float]
+               ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """DINO's training objective: (sum of weight_dict[k] * loss_dict[k], the weighted terms).
+
+    Only terms named in weight_dict count; the others (e.g. class_error) are logged, not
+    trained. Terms are summed in loss_dict order (Python sum from 0, as DINO does), so the
+    total is bitwise the same wherever it is computed: forward, rank-reduced logs, tools.
+    """
+    weighted = {k: v * weight_dict[k] for k, v in loss_dict.items() if k in weight_dict}
+    return sum(weighted.values()), weighted
+
+
+def _logged_losses(reduced: Dict[str, torch.Tensor], weight_dict: Dict[str, float]) -> Dict[str, float]:
+    """Meter values of rank-reduced loss terms: 'loss' (weighted total), each weighted term, each '<k>_unscaled'."""
+    total, weighted = total_loss(reduced, weight_dict)
+    return {"loss": float(total), **{k: float(v) for k, v in weighted.items()},
+            **{f"{k}_unscaled": float(v) for k, v in reduced.items()}}
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimizer: torch.optim.Optimizer,
@@ -74,7 +89,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimiz
     model.train()
     criterion.train()
     log = logging.getLogger(LOGGER_NAME)
-    meters = MetricLogger(log, print_freq)
+    meters = MetricLogger(log, print_freq, device)
     weight_dict = criterion.weight_dict
     nonfinite = 0
     skipped = set()
@@ -85,8 +100,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimiz
             with autocast(device, amp):
                 outputs = model(samples, targets)
                 loss_dict = criterion(outputs, targets)
-                weighted = _weighted(loss_dict, weight_dict)
-                losses = sum(weighted.values())
+                losses, _ = total_loss(loss_dict, weight_dict)
         except torch.OutOfMemoryError as e:
             oom = _oom_error(e, f"training (epoch {epoch} iteration {it}, forward)", samples)
         else:
@@ -95,10 +109,10 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimiz
             raise oom
         # reduce over ranks so every rank takes the same skip/stop decision
         reduced = dist_utils.all_reduce_mean({k: v.float() for k, v in loss_dict.items()})
-        reduced_weighted = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
-        loss_value = float(sum(reduced_weighted.values()))
+        loss_terms = _logged_losses(reduced, weight_dict)
+        loss_value = loss_terms["loss"]
         if not math.isfinite(loss_value):
-            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in reduced_weighted.items())
+            terms = ", ".join(f"{k}={loss_terms[k]:.4g}" for k in reduced if k in weight_dict)
             if not skip_nonfinite:
                 raise NonFiniteLossError(
                     f"non-finite loss {loss_value} at epoch {epoch} iteration {it}: {terms}; no checkpoint was "
@@ -118,13 +132,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimiz
             lr_scheduler.step()
         if ema is not None:
             ema.update(model.module if hasattr(model, "module") else model)
-        lr = optimizer.param_groups[0]["lr"]
-        logged = {"loss": loss_value, "lr": lr, **{k: float(v) for k, v in reduced_weighted.items()},
-                  **{f"{k}_unscaled": float(v) for k, v in reduced.items()}}
+        logged = {"loss": loss_value, "lr": optimizer.param_groups[0]["lr"], **loss_terms}
         meters.update(**logged)
         if tb_writer is not None:
             step = epoch * total + it
-            for k in ["loss", "lr", *reduced_weighted]:
+            for k in ["loss", "lr", *(k for k in reduced if k in weight_dict)]:
                 tb_writer.add_scalar(f"train/{k}", logged[k], step)
         if debug and it + 1 >= DEBUG_ITERATIONS:
             break
@@ -151,9 +163,15 @@ def _backward_and_step(losses, model, optimizer, scaler, max_norm: float) -> Non
         optimizer.step()
 
 
-def write_coco_results(detections: Dict[int, np.ndarray], path: str) -> int:
+BBOX_DECIMALS, SCORE_DECIMALS = 3, 5  # the one rounding of every COCO results file (1/1000 px, 1e-5 score)
+
+
+def write_coco_results(detections: Dict[int, np.ndarray], path: str,
+                       fields: Optional[Callable[[int, int], Dict]] = None) -> int:
     """Stream {image_id: (K, 6) [x, y, w, h, score, label]} to a COCO results JSON list.
 
+    Each entry is {image_id, category_id, bbox [x, y, w, h], score}, rounded to BBOX_DECIMALS /
+    SCORE_DECIMALS, plus fields(image_id, label) if given (e.g. a file name and class name).
     Written one detection at a time (no second copy of all results in memory), to a temp
     file renamed into place. Returns the number of detections written.
     """
@@ -163,9 +181,12 @@ def write_coco_results(detections: Dict[int, np.ndarray], path: str) -> int:
         f.write("[")
         for image_id in sorted(detections):
             for x, y, w, h, score, label in detections[image_id].tolist():
-                f.write(("," if n else "") + json.dumps(
-                    {"image_id": int(image_id), "category_id": int(label),
-                     "bbox": [round(x, 3), round(y, 3), round(w, 3), round(h, 3)], "score": round(score, 5)}))
+                entry = {"image_id": int(image_id), "category_id": int(label),
+                         "bbox": [round(v, BBOX_DECIMALS) for v in (x, y, w, h)],
+                         "score": round(score, SCORE_DECIMALS)}
+                if fields is not None:
+                    entry.update(fields(int(image_id), int(label)))
+                f.write(("," if n else "") + json.dumps(entry))
                 n += 1
         f.write("]")
     os.replace(tmp, path)
@@ -201,7 +222,7 @@ def predict(model: nn.Module, postprocessors: Dict, data_loader, device: torch.d
     from datasets.coco_eval import DetectionStore
 
     model.eval()
-    meters = MetricLogger(logging.getLogger(LOGGER_NAME), print_freq)
+    meters = MetricLogger(logging.getLogger(LOGGER_NAME), print_freq, device)
     store = DetectionStore()
     for it, (samples, targets) in enumerate(meters.log_every(data_loader, "Predict:", len(data_loader))):
         # an image skipped by skip_bad_images is simply absent from the result (the caller counts images)
@@ -231,7 +252,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_
     model.eval()
     criterion.eval()
     log = logging.getLogger(LOGGER_NAME)
-    meters = MetricLogger(log, print_freq)
+    meters = MetricLogger(log, print_freq, device)
     weight_dict = criterion.weight_dict
     evaluator = CocoEvaluator(base_ds, iou_types=("bbox",), backend=eval_backend)
     skipped = set()
@@ -239,10 +260,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_
         samples, targets = _batch_to(samples, targets, device, skipped)
         outputs, loss_dict = _eval_step(model, criterion, samples, targets, device, amp, it)
         reduced = dist_utils.all_reduce_mean({k: v.float() for k, v in loss_dict.items()})
-        reduced_weighted = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
-        meters.update(loss=float(sum(reduced_weighted.values())),
-                      **{k: float(v) for k, v in reduced_weighted.items()},
-                      **{f"{k}_unscaled": float(v) for k, v in reduced.items()})
+        meters.update(**_logged_losses(reduced, weight_dict))
         if emca_recorder is not None:
             emca_recorder.update(outputs, targets)
         evaluator.update(_detections(outputs, targets, postprocessors))

@@ -149,6 +149,7 @@ def peak_memory_step(step, device: torch.device) -> int:
 
 def make_train_step(name: str, opts, device: torch.device, h: int, w: int):
     """Build one variant and return (step function, model)."""
+    from engine import total_loss
     from models import build_model
     use_hae, use_emca = VARIANTS[name]
     args = tool_args(opts.config_file, opts.options, use_hae, use_emca, opts.device)
@@ -160,8 +161,7 @@ def make_train_step(name: str, opts, device: torch.device, h: int, w: int):
 
     def step():
         model.zero_grad(set_to_none=True)
-        losses = criterion(model(images, targets), targets)
-        sum(v * criterion.weight_dict[k] for k, v in losses.items() if k in criterion.weight_dict).backward()
+        total_loss(criterion(model(images, targets), targets), criterion.weight_dict)[0].backward()
 
     return step, model
 

@@ -7,32 +7,23 @@ APm, APl (x100) from `test_coco_eval_bbox` of the last (or best) evaluated epoch
 missing or empty log gives a row that says so instead of numbers.
 """
 import argparse
-import json
 import os
 import sys
 from typing import List, Optional
+
+if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from util.log_records import LogRecordError, read_log_records  # noqa: E402
 
 COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
 def read_stats(run_dir: str, which: str = "last") -> Optional[dict]:
-    """The log line with test_coco_eval_bbox of the last or best (by AP) epoch, or None."""
+    """The log line with test_coco_eval_bbox of the last or best (by AP) epoch, or None when the
+    run has no log.txt or no evaluated line. Read with util.log_records (as main.py does): a
+    half-written last line is skipped, a corrupt line elsewhere is a LogRecordError."""
     path = run_dir if run_dir.endswith(".txt") else os.path.join(run_dir, "log.txt")
-    if not os.path.isfile(path):
-        return None
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                print(f"warning: {path}:{n} is not JSON; skipped", file=sys.stderr)
-                continue
-            if "test_coco_eval_bbox" in row:
-                rows.append(row)
+    rows = [r for r in read_log_records(path, missing_ok=True) if "test_coco_eval_bbox" in r]
     if not rows:
         return None
     return max(rows, key=lambda r: r["test_coco_eval_bbox"][0]) if which == "best" else rows[-1]
@@ -60,7 +51,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.names and len(args.names) != len(args.runs):
         p.error(f"{len(args.names)} --names for {len(args.runs)} runs")
-    print(table(args.runs, args.names, args.epoch))
+    try:
+        print(table(args.runs, args.names, args.epoch))
+    except LogRecordError as err:
+        sys.exit(f"collect_results.py: error: {err}")
     return 0
 
 

@@ -3,12 +3,14 @@
     python tools/inference.py -c config/DINO/DINO_4scale.py --checkpoint ckpt.pth --input IMAGE_OR_FOLDER \
         --output out/ [--threshold 0.3] [--names-from instances_val2017.json | --names names.txt]
 
-Writes OUTPUT/detections.json (COCO result format: image_id, category_id, bbox xywh in
-original pixels, score, plus file_name) and OUTPUT/<image stem>.png with the boxes,
-class names and scores above the threshold drawn. Images get the dataset's val
-transform (resize to max(data_aug_scales), longest side <= data_aug_max_size,
-ImageNet normalisation) and the model's own post-processor. Works with this
-project's checkpoints and official DINO ones (util.checkpoint reads both).
+Writes OUTPUT/detections.json (COCO result format, as main.py's results.json: image_id = the
+file's index in sorted order, category_id, bbox xywh in original pixels, score; plus file_name
+and category_name) and OUTPUT/<image stem>.png with the boxes, class names and scores above
+the threshold drawn. Images get the dataset's val transform (resize to max(data_aug_scales),
+longest side <= data_aug_max_size, ImageNet normalisation) and the model's own post-processor.
+The loop and the JSON writer are main.py's (engine.predict, engine.write_coco_results), one
+image per batch. Works with this project's checkpoints and official DINO ones (util.checkpoint
+reads both).
 """
 import argparse
 import json
@@ -16,7 +18,9 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
+from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
@@ -75,22 +79,47 @@ def class_name(names: Dict[int, str], label: int) -> str:
     return names.get(label) or f"class {label}"
 
 
-@torch.no_grad()
-def predict(model, postprocessors, transform, path: str, device: torch.device):
-    """(RGB uint8 image (3, H, W), result dict 'scores' (k,), 'labels' (k,), 'boxes' (k, 4) xyxy pixels)."""
-    from torchvision.transforms.v2.functional import pil_to_tensor
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files under the val transform, shaped like a COCO dataset's samples for engine.predict:
+    (image (3, H, W) float, {'image_id': file index, 'orig_size': (h, w) of the file})."""
 
+    def __init__(self, files: List[str], transform):
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        img = read_image(self.files[i])
+        image, _ = self.transform(img, {})
+        return image, {"image_id": torch.tensor(i), "orig_size": torch.tensor([img.height, img.width])}
+
+
+def read_image(path: str):
+    """The file as an RGB PIL image; an unreadable file is an InputError naming it."""
     from datasets.coco import load_rgb_image
 
     try:
-        img = load_rgb_image(path)
+        return load_rgb_image(path)
     except Exception as err:  # noqa: BLE001 - any unreadable image: name the file
         raise InputError(f"cannot read image {path}: {err}") from None
-    w, h = img.size
-    image, _ = transform(img, {})
-    outputs = model(image[None].to(device))
-    result = postprocessors["bbox"](outputs, torch.tensor([[h, w]], device=device))[0]
-    return pil_to_tensor(img), {k: v.cpu() for k, v in result.items()}
+
+
+def predict_files(model, postprocessors, transform, files: List[str], device: torch.device) -> Dict[int, np.ndarray]:
+    """engine.predict over the files, one image per batch (no padding, as for a single image):
+    file index -> (K, 6) float32 [x, y, w, h, score, label], boxes in the file's pixels."""
+    from engine import predict
+    from util.misc import collate_fn
+
+    loader = torch.utils.data.DataLoader(ImageFiles(files, transform), batch_size=1, shuffle=False,
+                                         collate_fn=collate_fn)
+    return predict(model, postprocessors, loader, device)
+
+
+def as_result(dets: np.ndarray) -> Dict[str, torch.Tensor]:
+    """(K, 6) [x, y, w, h, score, label] -> {'boxes' (K, 4) xyxy, 'scores' (K,), 'labels' (K,) int64}."""
+    t = torch.from_numpy(dets).reshape(-1, 6)
+    return {"boxes": box_convert(t[:, :4], "xywh", "xyxy"), "scores": t[:, 4], "labels": t[:, 5].long()}
 
 
 def draw(image: torch.Tensor, result: Dict[str, torch.Tensor], names: Dict[int, str], threshold: float):
@@ -101,8 +130,11 @@ def draw(image: torch.Tensor, result: Dict[str, torch.Tensor], names: Dict[int, 
 
 
 def run(opts) -> List[Dict]:
-    from datasets.coco import transforms_from_args
     from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    from datasets.coco import transforms_from_args
+    from engine import write_coco_results
 
     if not 0.0 <= opts.threshold <= 1.0:
         raise InputError(f"--threshold {opts.threshold}: must be in [0, 1]")
@@ -115,23 +147,19 @@ def run(opts) -> List[Dict]:
     transform = transforms_from_args("val", args)
     device = torch.device(args.device)
     os.makedirs(opts.output, exist_ok=True)
-    detections = []
-    for image_id, path in enumerate(files):
-        image, result = predict(model, postprocessors, transform, path, device)
-        keep = result["scores"] >= opts.threshold
-        for box, score, label in zip(result["boxes"][keep].tolist(), result["scores"][keep].tolist(),
-                                     result["labels"][keep].tolist()):
-            detections.append({"image_id": image_id, "file_name": os.path.basename(path), "category_id": int(label),
-                               "category_name": class_name(names, int(label)),
-                               "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
-                                        round(box[3] - box[1], 2)], "score": round(float(score), 4)})
+    detections = predict_files(model, postprocessors, transform, files, device)
+    kept = {i: d[d[:, 4] >= opts.threshold] for i, d in detections.items()}
+    out_json = os.path.join(opts.output, "detections.json")
+    write_coco_results(kept, out_json, fields=lambda i, label: {
+        "file_name": os.path.basename(files[i]), "category_name": class_name(names, label)})
+    for i, path in enumerate(files):
+        drawn = draw(pil_to_tensor(read_image(path)), as_result(detections[i]), names, opts.threshold)
         stem = os.path.splitext(os.path.basename(path))[0]
-        drawn = draw(image, result, names, opts.threshold)
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(os.path.join(opts.output, f"{stem}.png"))
-    with open(os.path.join(opts.output, "detections.json"), "w") as f:
-        json.dump(detections, f)
-    print(f"{len(files)} image(s), {len(detections)} detection(s) >= {opts.threshold} -> {opts.output}")
-    return detections
+    with open(out_json) as f:
+        written = json.load(f)
+    print(f"{len(files)} image(s), {len(written)} detection(s) >= {opts.threshold} -> {opts.output}")
+    return written
 
 
 def get_parser() -> argparse.ArgumentParser:

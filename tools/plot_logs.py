@@ -8,7 +8,6 @@ lines (no 'epoch') are ignored. The figure has two panels: train loss and AP per
 epoch, one line per log, labelled by the log's folder name.
 """
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Optional
@@ -18,30 +17,31 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from util.log_records import LogRecordError, read_log_records  # noqa: E402
+
 
 class LogError(ValueError):
-    """An unreadable log (one-line message naming the file and line)."""
+    """An unusable log (one-line message naming the file)."""
 
 
 def read_log(path: str) -> Dict[str, List[float]]:
-    """{'epoch': [...], 'loss': [...], 'ap': [...]} from the epoch lines of one log.txt (AP is -1 if absent)."""
-    if not os.path.isfile(path):
-        raise LogError(f"{path}: no such file (pass the log.txt that main.py writes to --output_dir)")
+    """{'epoch': [...], 'loss': [...], 'ap': [...]} from the epoch lines of one log.txt (NaN where absent).
+
+    Read with util.log_records (as main.py does): a half-written last line is skipped."""
+    try:
+        records = read_log_records(path)
+    except LogRecordError as err:
+        raise LogError(str(err)) from None
     series = {"epoch": [], "loss": [], "ap": []}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                raise LogError(f"{path}:{n}: not a JSON line; is this a main.py log.txt?") from None
-            if "epoch" not in entry:
-                continue
-            series["epoch"].append(entry["epoch"])
-            series["loss"].append(float(entry.get("train_loss", float("nan"))))
-            ap = entry.get("test_coco_eval_bbox")
-            series["ap"].append(float(ap[0]) if ap else float("nan"))
+    for entry in records:
+        if "epoch" not in entry:
+            continue
+        series["epoch"].append(entry["epoch"])
+        series["loss"].append(float(entry.get("train_loss", float("nan"))))
+        ap = entry.get("test_coco_eval_bbox")
+        series["ap"].append(float(ap[0]) if ap else float("nan"))
     if not series["epoch"]:
         raise LogError(f"{path}: no epoch lines (JSON with 'epoch', 'train_loss', 'test_coco_eval_bbox')")
     return series

@@ -1,35 +1,97 @@
-"""Text logging (info.txt) and smoothed training meters."""
+"""Text logging (console and info.txt) and smoothed training meters.
+
+Progress lines come in two forms (see MetricLogger.log_every): a full line with every
+meter, written to info.txt, and a compact one (epoch, iteration/total, ETA, loss, lr,
+it/s, peak memory). On a terminal the console shows the compact line and colours the
+WARNING/ERROR level names (termcolor; NO_COLOR / FORCE_COLOR are honoured); on a pipe
+or in CI it shows the full lines, exactly what info.txt gets, so nothing is lost there.
+"""
 import datetime
 import logging
 import os
+import resource
 import sys
 import time
 from collections import deque
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, TextIO
+
+import torch
+from termcolor import colored
 
 LOGGER_NAME = "detr"
+PROGRESS_FULL, PROGRESS_COMPACT = "full", "compact"  # the `progress` attribute of progress records
+LEVEL_COLOURS = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "red"}
+_DATEFMT = "%m/%d %H:%M:%S"
 
 
-def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = LOGGER_NAME) -> logging.Logger:
-    """Logger writing to stdout (rank 0) and output_dir/info.txt (rank 0; other ranks info.txt.rank{N})."""
+class _DropProgress(logging.Filter):
+    """Lets every record through except progress records of the given form."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "progress", None) != self.form
+
+
+class _ColourLevelFormatter(logging.Formatter):
+    """The usual format with the level name coloured (terminal only)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        colour = LEVEL_COLOURS.get(record.levelname)
+        if colour is None:
+            return super().format(record)
+        plain = record.levelname
+        record.levelname = colored(plain, colour, attrs=["bold"])
+        try:
+            return super().format(record)
+        finally:
+            record.levelname = plain  # other handlers (info.txt) get the plain name
+
+
+def _is_tty(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = LOGGER_NAME,
+                 stream: Optional[TextIO] = None) -> logging.Logger:
+    """Logger writing to `stream` (default stdout; rank 0 only) and output_dir/info.txt
+    (rank 0; other ranks info.txt.rank{N}). info.txt always gets the full progress lines;
+    the console gets the compact ones when `stream` is a terminal, else the full ones."""
     log = logging.getLogger(name)
     log.setLevel(logging.INFO)
     log.propagate = False
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
-    fmt = logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", datefmt="%m/%d %H:%M:%S")
+    fmt_str = "[%(asctime)s %(levelname)s] %(message)s"
+    fmt = logging.Formatter(fmt_str, datefmt=_DATEFMT)
     if rank == 0:
-        console = logging.StreamHandler(sys.stdout)
-        console.setFormatter(fmt)
+        stream = sys.stdout if stream is None else stream
+        tty = _is_tty(stream)
+        console = logging.StreamHandler(stream)
+        console.setFormatter(_ColourLevelFormatter(fmt_str, datefmt=_DATEFMT) if tty else fmt)
+        console.addFilter(_DropProgress(PROGRESS_FULL if tty else PROGRESS_COMPACT))
         log.addHandler(console)
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         fname = "info.txt" if rank == 0 else f"info.txt.rank{rank}"
         fh = logging.FileHandler(os.path.join(output_dir, fname))
         fh.setFormatter(fmt)
+        fh.addFilter(_DropProgress(PROGRESS_COMPACT))
         log.addHandler(fh)
     return log
+
+
+def peak_memory_mib(device: Optional[torch.device] = None) -> float:
+    """Peak memory so far in MiB: CUDA max_memory_allocated on a CUDA device, else this
+    process's peak resident set size (ru_maxrss; data-loader workers not included)."""
+    if device is not None and torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
 class SmoothedValue:
@@ -59,12 +121,13 @@ class SmoothedValue:
 
 
 class MetricLogger:
-    """Collects meters and logs one line every `print_freq` iterations with eta and time."""
+    """Collects meters and logs progress every `print_freq` iterations (see log_every)."""
 
-    def __init__(self, log: logging.Logger, print_freq: int = 10):
+    def __init__(self, log: logging.Logger, print_freq: int = 10, device: Optional[torch.device] = None):
         self.meters: Dict[str, SmoothedValue] = {}
         self.log = log
         self.print_freq = print_freq
+        self.device = device  # whose peak memory the compact line reports
 
     def update(self, **values: float) -> None:
         for k, v in values.items():
@@ -73,8 +136,22 @@ class MetricLogger:
     def global_averages(self) -> Dict[str, float]:
         return {k: m.global_avg for k, m in self.meters.items()}
 
+    def compact_line(self, header: str, done: int, total: int, eta: datetime.timedelta,
+                     it_time: SmoothedValue) -> str:
+        """'<header> done/total eta H:MM:SS loss X lr Y N it/s mem M MiB' (loss / lr only when metered)."""
+        parts = [f"{header} {done}/{total}", f"eta {eta}"]
+        if "loss" in self.meters:
+            parts.append(f"loss {self.meters['loss'].value:.4f}")
+        if "lr" in self.meters:
+            parts.append(f"lr {self.meters['lr'].value:.2e}")
+        parts.append(f"{1.0 / it_time.avg:.2f} it/s" if it_time.avg > 0 else "- it/s")
+        parts.append(f"mem {peak_memory_mib(self.device):.0f} MiB")
+        return "  ".join(parts)
+
     def log_every(self, iterable: Iterable, header: str, total: Optional[int] = None):
-        """Yield from iterable, logging progress (eta, meters, iteration time) periodically."""
+        """Yield from iterable; at iteration 0, every print_freq-th and the last, log the full
+        line (every meter's latest value and global average, iteration time) and the compact
+        line, tagged so that setup_logger's handlers pick one each."""
         total = total if total is not None else len(iterable)  # type: ignore[arg-type]
         start = last = time.time()
         it_time = SmoothedValue()
@@ -86,5 +163,8 @@ class MetricLogger:
             if i % self.print_freq == 0 or i == total - 1:
                 eta = datetime.timedelta(seconds=int(it_time.global_avg * max(0, total - i - 1)))
                 meters = "  ".join(f"{k}: {m.value:.4f} ({m.global_avg:.4f})" for k, m in self.meters.items())
-                self.log.info("%s [%d/%d] eta: %s  %s  time: %.3fs", header, i, total, eta, meters, it_time.value)
+                self.log.info("%s [%d/%d] eta: %s  %s  time: %.3fs", header, i, total, eta, meters, it_time.value,
+                              extra={"progress": PROGRESS_FULL})
+                self.log.info("%s", self.compact_line(header, i + 1, total, eta, it_time),
+                              extra={"progress": PROGRESS_COMPACT})
         self.log.info("%s total time: %s", header, datetime.timedelta(seconds=int(time.time() - start)))

@@ -35,6 +35,17 @@ def test_collect_results_prints_the_papers_columns(tmp_path):
     assert best.startswith("| AugDETR | 0 | 50.0 |")
 
 
+def test_collect_results_reads_logs_as_main_does(tmp_path):
+    write_log(tmp_path / "run", [0.30, 0.40])
+    with open(tmp_path / "run" / "log.txt", "a") as f:
+        f.write('{"epoch": 2, "test_coco_ev')  # killed while appending: skipped
+    assert collect_results.table([str(tmp_path / "run")]).splitlines()[2].startswith("| run | 1 | 40.0 |")
+    with open(tmp_path / "run" / "log.txt", "a") as f:
+        f.write('\n{"epoch": 3}\n')  # ...but a corrupt line in the middle is an error naming it
+    with pytest.raises(SystemExit, match=r"log.txt:3: line is not JSON"):
+        collect_results.main([str(tmp_path / "run")])
+
+
 def test_plot_emca_weights_writes_a_png(tmp_path):
     paths = []
     for name, mean in [("a", [0.3, 0.2, 0.1]), ("b", [0.1, 0.2, 0.3])]:

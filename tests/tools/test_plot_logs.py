@@ -26,7 +26,16 @@ def test_plots_two_logs_to_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("content,msg", [("not json\n", "not a JSON line"), ('{"x": 1}\n', "no epoch lines")])
+def test_half_written_last_line_is_skipped(tmp_path):
+    # the log main.py resumes from after a kill while appending
+    path = write_log(tmp_path / "a" / "log.txt", 2)
+    with open(path, "a") as f:
+        f.write('{"epoch": 2, "train_lo')
+    assert plot_logs.read_log(path)["epoch"] == [0, 1]
+
+
+@pytest.mark.parametrize("content,msg", [('not json\n{"epoch": 0}\n', r"log.txt:1: line is not JSON"),
+                                         ('{"x": 1}\n', "no epoch lines")])
 def test_bad_logs(tmp_path, content, msg):
     p = tmp_path / "log.txt"
     p.write_text(content)
