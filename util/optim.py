@@ -1,5 +1,4 @@
 """Optimizer parameter groups, LR schedulers and a model EMA, with DINO's semantics."""
-import copy
 from typing import Dict, List, Sequence
 
 import torch
@@ -52,27 +51,43 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, args, steps_per_epoch: 
 
 
 class ModelEMA:
-    """Exponential moving average of a model's state (params and float buffers).
+    """Exponential moving average of a model's state (params and float buffers), on timm's ModelEmaV3.
 
-    ema = decay * ema + (1 - decay) * model, applied to every floating entry of
-    state_dict(); integer buffers are copied. `module` is a frozen deep copy.
+    After each update: ema = decay * ema + (1 - decay) * model for every floating entry of
+    state_dict() (timm's lerp with weight 1 - decay: the same maths, equal to ~1 ulp), integer
+    buffers (BatchNorm's num_batches_tracked) copied. The first update averages too (timm
+    with step=None; torch.optim.swa_utils.AveragedModel instead copies the model on its
+    first update, which is why it is not used). bf16 stochastic rounding is off so a
+    low-precision EMA rounds as plain arithmetic would. `module` is a frozen deep copy;
+    state_dict() is that copy's plain state_dict (the model's keys: ckpt['ema_model']).
     """
 
     def __init__(self, model: nn.Module, decay: float):
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
+        from timm.utils.model_ema import ModelEmaV3  # imported here: timm costs ~1 s, only EMA runs need it
+
+        self._ema = ModelEmaV3(model, decay=decay, stochastic_rounding=False)
+        for p in self._ema.module.parameters():
             p.requires_grad_(False)
-        self.decay = decay
+        self._keys = list(self._ema.module.state_dict())
+
+    @property
+    def module(self) -> nn.Module:
+        return self._ema.module
+
+    @property
+    def decay(self) -> float:
+        return self._ema.decay
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        src = model.state_dict()
-        for key, ema_value in self.module.state_dict().items():
-            value = src[key].detach()
-            if ema_value.is_floating_point():
-                ema_value.mul_(self.decay).add_(value.to(ema_value.dtype), alpha=1 - self.decay)
-            else:
-                ema_value.copy_(value)
+        # timm pairs the two state_dicts by position: check they hold the same keys (a DDP
+        # wrapper's 'module.' prefix or another model would otherwise mix unrelated tensors)
+        keys = list(model.state_dict())
+        if keys != self._keys:
+            raise ValueError(f"ModelEMA.update: the model's state_dict keys differ from the EMA copy's "
+                             f"({len(keys)} vs {len(self._keys)} keys, first {keys[:1]} vs {self._keys[:1]}); "
+                             f"pass the unwrapped model (model.module under DDP)")
+        self._ema.update(model)  # step=None: the constant decay, no warm-up
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return self.module.state_dict()

@@ -64,3 +64,59 @@ def test_ema_update_and_state_roundtrip():
     other = ModelEMA(nn.Linear(1, 1, bias=False), decay=0.5)
     other.load_state_dict(ema.state_dict())
     assert other.module.weight.item() == pytest.approx(0.5)
+
+
+class WithBuffers(nn.Module):
+    """Linear + BatchNorm: float params, float running stats and the int64 num_batches_tracked."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return self.bn(self.lin(x))
+
+
+def test_ema_maths_float_entries_averaged_int_buffers_copied():
+    torch.manual_seed(0)
+    model, decay = WithBuffers(), 0.9
+    ema = ModelEMA(model, decay)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(20):
+        model.train()
+        model(torch.randn(8, 3)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        ema.update(model)
+        for k, v in model.state_dict().items():  # the maths as written: decay * ema + (1 - decay) * model
+            reference[k] = decay * reference[k] + (1 - decay) * v if v.is_floating_point() else v.clone()
+    state = ema.state_dict()
+    assert list(state) == list(model.state_dict())  # ckpt['ema_model']: a plain state_dict, the model's keys
+    assert state["bn.num_batches_tracked"].dtype == torch.int64 and state["bn.num_batches_tracked"].item() == 20
+    for k, v in reference.items():
+        torch.testing.assert_close(state[k], v, rtol=1e-6, atol=1e-7)
+    assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training
+
+
+def test_ema_first_update_averages_rather_than_copies():
+    m = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(2.0)
+    ema = ModelEMA(m, decay=0.75)
+    with torch.no_grad():
+        m.weight.fill_(6.0)
+    ema.update(m)
+    assert ema.module.weight.item() == pytest.approx(0.75 * 2 + 0.25 * 6)  # a copy would give 6
+    assert m.weight.item() == 6.0  # the model itself is untouched
+
+
+def test_ema_loads_a_plain_state_dict_and_rejects_another_model():
+    m = WithBuffers()
+    saved = {k: v + 1 if v.is_floating_point() else v for k, v in m.state_dict().items()}
+    ema = ModelEMA(WithBuffers(), 0.99)
+    ema.load_state_dict(saved)  # as resume does with ckpt['ema_model'] of an older checkpoint
+    assert torch.equal(ema.module.lin.weight, saved["lin.weight"])
+    with pytest.raises(ValueError, match="pass the unwrapped model"):
+        ema.update(nn.Sequential(m))  # keys 0.lin.weight, ...: a wrapper
