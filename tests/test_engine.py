@@ -1,9 +1,14 @@
-"""train_one_epoch with a tiny fake model/criterion (engine.py)."""
+"""train_one_epoch with a tiny fake model/criterion, total_loss and the results writer (engine.py)."""
+import io
+import json
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from engine import DEBUG_ITERATIONS, NonFiniteLossError, train_one_epoch
+from engine import DEBUG_ITERATIONS, NonFiniteLossError, total_loss, train_one_epoch, write_coco_results
+from util.logger import setup_logger
 from util.misc import NestedTensor
 
 
@@ -92,3 +97,31 @@ def test_tensorboard_hook_receives_scalars():
     w = Writer()
     run(n=2, tb_writer=w)
     assert ("train/loss", 4) in w.tags and ("train/lr", 5) in w.tags
+
+
+def test_total_loss_sums_only_weighted_terms():
+    losses = {"loss_a": torch.tensor(3.0), "class_error": torch.tensor(50.0), "loss_b": torch.tensor(-1.0)}
+    total, weighted = total_loss(losses, {"loss_a": 2.0, "loss_b": 0.5, "loss_unused": 9.0})
+    assert list(weighted) == ["loss_a", "loss_b"] and weighted["loss_b"].item() == -0.5
+    assert total.item() == 5.5
+
+
+def test_terminal_shows_the_compact_line_info_txt_every_term(tmp_path):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    log = setup_logger(str(tmp_path), stream=Terminal())
+    run(n=2)  # second step: w = 0.55, loss = 2 * 0.55^2 + 0.5 * 0.55 = 0.88
+    console, info = log.handlers[0].stream.getvalue(), (tmp_path / "info.txt").read_text()
+    assert "Epoch: [2] 2/2  eta 0:00:00  loss 0.8800  lr 1.00e-01  " in console and "MiB" in console
+    assert "loss_a_unscaled" not in console and "loss_a_unscaled: 0.3025" in info
+    log.handlers.clear()
+
+
+def test_results_writer_rounding_and_extra_fields(tmp_path):
+    dets = {4: np.array([[1.23456, 2.0, 3.0004, 4.9999, 0.1234567, 2.0]], dtype=np.float64)}
+    path = tmp_path / "r.json"
+    assert write_coco_results(dets, str(path), fields=lambda i, label: {"file_name": f"{i}.jpg", "tag": label}) == 1
+    assert json.loads(path.read_text()) == [{"image_id": 4, "category_id": 2, "bbox": [1.235, 2.0, 3.0, 5.0],
+                                             "score": 0.12346, "file_name": "4.jpg", "tag": 2}]
