@@ -14,6 +14,14 @@ Pipelines (see :func:`make_coco_transforms`):
 * fix_size train: hflip(0.5) then one resize to exactly (max(scales), max_size) (h, w),
   as DINO does (aspect ratio is not kept).
 
+Library ops where they are equal: ``v2.Compose`` chains the steps and ``v2.RandomHorizontalFlip``
+flips image and boxes (same draws: ``torch.rand``). DINO's own ops stay where v2's differ:
+RandomResize (v2.RandomShortestSize scales both sides by one ratio and truncates, DETR rounds
+the capped short side, truncates the long side and keeps an image already at size; it also
+draws from torch's generator, DINO's from Python's ``random``),
+RandomSizeCrop (v2.RandomCrop has one fixed size, v2.RandomResizedCrop draws area/aspect
+instead of a width and height each in [min, max]), and RandomSelect (see its docstring).
+
 Differences from DINO's hand-written transforms, on purpose: the crop drops boxes
 narrower/shorter than 1 px (tv ``SanitizeBoundingBoxes`` minimum) where DINO drops
 only 0-px ones; and when an image side is smaller than the crop's minimum, the crop
@@ -67,7 +75,7 @@ def _resize_sample(img, target: Dict[str, Any], out_h: int, out_w: int):
 
 
 class RandomResize:
-    """Resize with DETR's rule to a short side drawn uniformly from ``sizes``.
+    """Resize with DETR's rule to a short side drawn uniformly from ``sizes`` (``random.choice``).
 
     ``sizes`` may also hold (w, h) pairs: those are used as the exact output size.
     """
@@ -86,16 +94,6 @@ class RandomResize:
         else:
             out_h, out_w = detr_resize_size(h, w, int(size), self.max_size)
         return _resize_sample(img, target, out_h, out_w)
-
-
-class RandomHorizontalFlip:
-    """Flip image and boxes left-right with probability ``p`` (tv v2 does the box maths)."""
-
-    def __init__(self, p: float = 0.5):
-        self.flip = v2.RandomHorizontalFlip(p)
-
-    def __call__(self, img, target):
-        return self.flip(img, target)
 
 
 def _crop_aligned(sample):
@@ -143,26 +141,19 @@ class RandomSizeCrop:
 
 
 class RandomSelect:
-    """Apply ``first`` with probability ``p``, else ``second``."""
+    """Apply ``first`` with probability ``p``, else ``second``.
+
+    Kept instead of ``v2.RandomChoice``: that op draws with ``torch.multinomial`` from torch's
+    generator, while this one (as DINO's) draws ``random.random()`` from Python's, like
+    RandomResize and RandomSizeCrop; switching would change every run's augmentation stream
+    (torch's draws feed the flips too), hence the numbers of every existing run.
+    """
 
     def __init__(self, first, second, p: float = 0.5):
         self.first, self.second, self.p = first, second, p
 
     def __call__(self, img, target):
         return self.first(img, target) if random.random() < self.p else self.second(img, target)
-
-
-class Compose:
-    def __init__(self, steps: Sequence):
-        self.steps = list(steps)
-
-    def __call__(self, img, target):
-        for step in self.steps:
-            img, target = step(img, target)
-        return img, target
-
-    def __repr__(self) -> str:
-        return "Compose(" + ", ".join(type(s).__name__ for s in self.steps) + ")"
 
 
 class FinalizeTarget:
@@ -202,19 +193,19 @@ def scaled_aug_sizes(scales, max_size, scales2_resize, scales2_crop, overlap=Non
 
 def make_coco_transforms(image_set: str, scales: Sequence[int], max_size: int,
                          scales2_resize: Sequence[int], scales2_crop: Sequence[int],
-                         fix_size: bool = False) -> Compose:
+                         fix_size: bool = False) -> v2.Compose:
     """DINO's train / val pipeline (see the module docstring)."""
     if len(scales2_crop) != 2:
         raise ValueError(f"data_aug_scales2_crop must be [min, max], got {list(scales2_crop)}")
     final = FinalizeTarget()
     if image_set == "train":
         if fix_size:
-            return Compose([RandomHorizontalFlip(), RandomResize([(max_size, max(scales))]), final])
-        return Compose([
-            RandomHorizontalFlip(),
+            return v2.Compose([v2.RandomHorizontalFlip(), RandomResize([(max_size, max(scales))]), final])
+        return v2.Compose([
+            v2.RandomHorizontalFlip(),
             RandomSelect(
                 RandomResize(scales, max_size=max_size),
-                Compose([
+                v2.Compose([
                     RandomResize(scales2_resize),
                     RandomSizeCrop(*scales2_crop),
                     RandomResize(scales, max_size=max_size),
@@ -223,5 +214,5 @@ def make_coco_transforms(image_set: str, scales: Sequence[int], max_size: int,
             final,
         ])
     if image_set == "val":
-        return Compose([RandomResize([max(scales)], max_size=max_size), final])
+        return v2.Compose([RandomResize([max(scales)], max_size=max_size), final])
     raise ValueError(f"unknown image_set {image_set!r}: use 'train' or 'val'")

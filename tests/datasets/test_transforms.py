@@ -3,8 +3,9 @@ import random
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
-from datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, FinalizeTarget, RandomHorizontalFlip, RandomResize,
+from datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, FinalizeTarget, RandomResize, RandomSelect,
                                  RandomSizeCrop, detr_resize_size, make_boxes, make_coco_transforms,
                                  scaled_aug_sizes)
 
@@ -30,8 +31,8 @@ def test_detr_resize_size(h, w, size, max_size, expected):
 
 
 def test_hflip_maps_boxes_exactly():
-    img, t = sample()
-    out_img, out = RandomHorizontalFlip(p=1.0)(img, t)
+    img, t = sample()  # the pipeline's flip is v2's, fed DINO's (image, target) pair
+    out_img, out = v2.RandomHorizontalFlip(p=1.0)(img, t)
     assert torch.equal(out["boxes"].as_subclass(torch.Tensor), torch.tensor([[70., 5., 90., 25.], [0., 40., 10., 50.]]))
     assert torch.equal(out["labels"], t["labels"])
     assert out_img.getpixel((99, 0)) == img.getpixel((0, 0))
@@ -124,6 +125,20 @@ def test_train_pipeline_sizes_and_box_range():
         assert out["size"].tolist() == [h, w]
         assert ((out["boxes"] >= 0) & (out["boxes"] <= 1)).all()
         assert len(out["boxes"]) == len(out["labels"])
+
+
+def test_random_select_draws_from_pythons_random():
+    # DINO's draw (random.random() < p), not v2.RandomChoice's torch.multinomial: the
+    # augmentation stream of existing runs stays as it was
+    pick = RandomSelect(lambda i, t: (i, "first"), lambda i, t: (i, "second"), p=0.3)
+    random.seed(5)
+    expected = ["first" if random.random() < 0.3 else "second" for _ in range(50)]
+    torch.manual_seed(0)
+    first_torch_draw = torch.rand(1)
+    random.seed(5)
+    torch.manual_seed(0)
+    assert [pick(None, {})[1] for _ in range(50)] == expected
+    assert torch.equal(torch.rand(1), first_torch_draw)  # torch's generator untouched
 
 
 def test_fix_size_pipeline_is_exact():
