@@ -70,3 +70,27 @@ def test_empty_folder(tiny_cfg, tiny_checkpoint, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="has no images"):
         run(tiny_cfg, tiny_checkpoint, tmp_path / "empty", tmp_path / "o")
+
+
+def test_detections_are_a_direct_forward_rounded_as_results_json(tiny_cfg, tiny_checkpoint, image_dir, tmp_path):
+    # the tool runs engine.predict over its image loader; the numbers must be those of one
+    # plain forward of the file at its (h, w), rounded as main.py's results.json (3 / 5 decimals)
+    from datasets.coco import load_rgb_image, transforms_from_args
+    from tools.common import build_eval_model, tool_args
+
+    dets = run(tiny_cfg, tiny_checkpoint, image_dir / "img1.png", tmp_path, "--threshold", "0")
+    args = tool_args(tiny_cfg[0], tiny_cfg[1])
+    model, post = build_eval_model(args, tiny_checkpoint)
+    img = load_rgb_image(str(image_dir / "img1.png"))  # 50 x 70: not square, so h/w order matters
+    image, _ = transforms_from_args("val", args)(img, {})
+    with torch.no_grad():
+        res = post["bbox"](model(image[None]), torch.tensor([[img.height, img.width]]))[0]
+    expected = [{"image_id": 0, "category_id": int(l), "score": round(float(s), 5),
+                 "bbox": [round(float(v), 3) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])]}
+                for b, s, l in zip(res["boxes"], res["scores"], res["labels"])]
+    got = [{k: d[k] for k in ("image_id", "category_id", "score", "bbox")} for d in dets]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g["image_id"] == e["image_id"] and g["category_id"] == e["category_id"]
+        assert g["score"] == pytest.approx(e["score"], abs=1.1e-5)
+        assert g["bbox"] == pytest.approx(e["bbox"], abs=1.1e-3)  # xywh via box_convert: last-digit ties
