@@ -16,8 +16,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torchvision.ops import box_convert
+
+from util import dist as dist_utils
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
@@ -50,10 +51,9 @@ class DetectionStore:
 
     def synchronize_between_processes(self) -> None:
         """Merge every rank's detections (all_gather_object); no-op without torch.distributed."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if dist_utils.get_world_size() == 1:
             return
-        parts: List[Optional[Dict[int, np.ndarray]]] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, self.detections)
+        parts: List[Dict[int, np.ndarray]] = dist_utils.all_gather_object(self.detections)
         merged: Dict[int, np.ndarray] = {}
         for part in parts:
             merged.update(part)

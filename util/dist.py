@@ -5,6 +5,11 @@ LOCAL_RANK, MASTER_ADDR/MASTER_PORT) or from SLURM's (SLURM_PROCID,
 SLURM_NTASKS, SLURM_LOCALID, with MASTER_ADDR/MASTER_PORT set by the job
 script). Without either, the run is single-process and every helper here is a
 no-op, so the same code path serves both cases.
+
+Every collective of the project goes through this module (tests/test_collectives.py
+checks the source tree): a collective's tensors must live on the process group's
+device, the current CUDA device under NCCL (which rejects CPU tensors) and the CPU
+under gloo. The helpers move their inputs there and the results back.
 """
 import os
 from typing import Any, Dict, List
@@ -29,8 +34,25 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def get_local_rank() -> int:
+    """This process's rank within its node (LOCAL_RANK / SLURM_LOCALID); 0 when not distributed."""
+    return read_launch_env()["local_rank"] if is_dist() else 0
+
+
+def collective_device() -> torch.device:
+    """The device a collective's tensors must be on: the current CUDA device under NCCL, else the CPU."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def barrier() -> None:
-    if is_dist():
+    """Wait for every rank (NCCL: on this process's GPU, so no device has to be guessed)."""
+    if not is_dist():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
         dist.barrier()
 
 
@@ -74,7 +96,7 @@ def init_distributed_mode(args) -> None:
         args.device = f"cuda:{args.local_rank}"
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=args.dist_url,
                             world_size=args.world_size, rank=args.rank)
-    dist.barrier()
+    barrier()
 
 
 def cleanup() -> None:
@@ -83,15 +105,30 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of `tensor` (any shape, same shape on every rank) over ranks.
+
+    Returns a new detached tensor on the input's device and of its dtype; the input is not modified.
+    """
+    if not is_dist():
+        return tensor.detach().clone()
+    buf = tensor.detach().to(collective_device(), copy=True)
+    dist.all_reduce(buf)
+    return buf.to(tensor.device)
+
+
 def all_reduce_mean(values: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Average a dict of scalar tensors over ranks (same keys on all ranks). Returns detached tensors."""
+    """Average a dict of scalar tensors over ranks (same keys on all ranks).
+
+    Returns detached float32 tensors on each input's device (input dtypes kept without a process group).
+    """
     if not is_dist() or not values:
         return {k: v.detach() for k, v in values.items()}
     keys = sorted(values)
-    stacked = torch.stack([values[k].detach().float() for k in keys])
+    stacked = torch.stack([values[k].detach().float().to(collective_device()) for k in keys])
     dist.all_reduce(stacked)
     stacked /= get_world_size()
-    return dict(zip(keys, stacked))
+    return {k: stacked[i].to(values[k].device) for i, k in enumerate(keys)}
 
 
 def all_gather_object(obj: Any) -> List[Any]:
@@ -99,5 +136,6 @@ def all_gather_object(obj: Any) -> List[Any]:
     if not is_dist():
         return [obj]
     out: List[Any] = [None] * get_world_size()
+    # torch pickles into a tensor on torch.cuda.current_device() under NCCL (set by init_distributed_mode)
     dist.all_gather_object(out, obj)
     return out

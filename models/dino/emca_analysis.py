@@ -7,8 +7,9 @@ their per-encoder-layer mean and standard deviation.
 from typing import Dict, List
 
 import torch
-import torch.distributed as dist
 from torch import nn
+
+from util import dist as dist_utils
 
 from .emca import EncoderMixingAttention
 
@@ -43,8 +44,7 @@ class EmcaWeightRecorder:
     def summary(self) -> Dict:
         """Totals over all processes -> {'enc_layers' (1-based), 'mean', 'std', 'num_queries'}."""
         totals = torch.cat([self.sum, self.sum_sq, torch.tensor([float(self.count)], dtype=torch.float64)])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(totals)
+        totals = dist_utils.all_reduce_sum(totals)  # on the group's device (NCCL: CUDA), back on the CPU
         k = len(self.enc_layers)
         n = max(totals[-1].item(), 1.0)
         mean = totals[:k] / n

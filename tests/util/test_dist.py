@@ -41,3 +41,23 @@ def test_slurm_env_needs_master_addr(clean_env):
     clean_env.setenv("MASTER_ADDR", "localhost")
     clean_env.setenv("MASTER_PORT", "29500")
     assert d.read_launch_env() == {"rank": 2, "world_size": 4, "local_rank": 0}
+
+
+@pytest.mark.parametrize("backend, expected", [("nccl", torch.device("cuda", 3)), ("gloo", torch.device("cpu"))])
+def test_collective_device_follows_the_backend(monkeypatch, backend, expected):
+    monkeypatch.setattr(d, "is_dist", lambda: True)
+    monkeypatch.setattr(d.dist, "get_backend", lambda *a: backend)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert d.collective_device() == expected
+
+
+def test_collective_device_without_a_group_is_the_cpu(clean_env):
+    assert d.collective_device() == torch.device("cpu")
+
+
+def test_single_process_helpers_are_copies(clean_env):
+    x = torch.tensor([1.0, 2.0])
+    out = d.all_reduce_sum(x)
+    out += 1
+    assert x.tolist() == [1.0, 2.0] and d.get_local_rank() == 0
+    d.barrier()  # no group: returns at once
