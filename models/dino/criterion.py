@@ -9,10 +9,11 @@ All losses are normalised by the number of ground-truth boxes across all process
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
+
+from util import dist as dist_utils
 
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
 
@@ -75,9 +76,7 @@ class SetCriterion(nn.Module):
 
     def num_boxes(self, targets: List[Dict], device) -> float:
         n = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(n)
-            n = n / dist.get_world_size()
+        n = dist_utils.all_reduce_sum(n) / dist_utils.get_world_size()
         return max(n.item(), 1.0)
 
     def forward(self, outputs: Dict, targets: List[Dict], return_indices: bool = False):
