@@ -9,6 +9,7 @@ dn_labelbook_size = 7
 
 # a small ResNet trained from scratch: trainable BatchNorm and no frozen stem
 backbone = 'resnet18'
+backbone_weights = None
 batch_norm_type = 'BatchNorm2d'
 backbone_freeze_stem = False
 

@@ -1,10 +1,8 @@
 """ResNet backbone (torchvision) returning multi-scale features with padding masks.
 
-Weights are never downloaded: ImageNet weights load only from a local file given by the
-config key `backbone_weights` (a torchvision ResNet state_dict, e.g. resnet50-0676ba61.pth).
+Initial weights come from the config key `backbone_weights` (see backbone_weights.py): torchvision's
+ImageNet weights through torch.hub's cache by default (DINO_4scale/5scale), a local .pth, or none.
 """
-import os
-import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -16,6 +14,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from util.misc import NestedTensor
 
+from .backbone_weights import backbone_state, load_into
 from .position_encoding import build_position_encoding
 
 _RESNET_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
@@ -28,11 +27,12 @@ class Backbone(nn.Module):
     return_interm_indices index the stages layer1..layer4 (0..3); DINO-4scale uses [1, 2, 3]
     (strides 8, 16, 32), DINO-5scale [0, 1, 2, 3]. With freeze_stem the stem and layer1 are
     frozen, as in DETR/DINO with ImageNet weights; a model trained from scratch trains them too.
+    state_dict: a torchvision ResNet state dict to start from (None = random), named `source` in errors.
     """
 
     def __init__(self, name: str, train_backbone: bool, dilation: bool, return_interm_indices: Sequence[int],
-                 norm_layer: str = "FrozenBatchNorm2d", weights_path: Optional[str] = None,
-                 freeze_stem: bool = True):
+                 norm_layer: str = "FrozenBatchNorm2d", state_dict: Optional[Dict[str, torch.Tensor]] = None,
+                 freeze_stem: bool = True, source: str = "state_dict"):
         super().__init__()
         if name not in _RESNET_CHANNELS:
             raise ValueError(f"backbone={name!r} is not one of {sorted(_RESNET_CHANNELS)}")
@@ -40,8 +40,8 @@ class Backbone(nn.Module):
             raise ValueError(f"batch_norm_type={norm_layer!r} is not one of {sorted(_NORM_LAYERS)}")
         resnet = getattr(torchvision.models, name)(weights=None, replace_stride_with_dilation=[False, False, dilation],
                                                    norm_layer=_NORM_LAYERS[norm_layer])
-        if weights_path:
-            load_resnet_weights(resnet, weights_path)
+        if state_dict is not None:
+            load_into(resnet, state_dict, source)
         for pname, p in resnet.named_parameters():
             in_stem = not any(s in pname for s in ("layer2", "layer3", "layer4"))
             if not train_backbone or (freeze_stem and in_stem):
@@ -60,24 +60,6 @@ class Backbone(nn.Module):
         return out
 
 
-def load_resnet_weights(resnet: nn.Module, path: str) -> None:
-    """Load torchvision ImageNet weights from a local file (the classifier head is ignored)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"backbone_weights file {path!r} does not exist: download the torchvision ResNet weights on a machine "
-            f"with network access and pass the local path with --options backbone_weights=PATH "
-            f"(or backbone_weights=None to start from random weights)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = resnet.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise ValueError(f"backbone_weights {path!r} does not match the backbone: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}; pass weights of the same ResNet depth")
-
-
 class Joiner(nn.Sequential):
     """backbone (index 0) followed by the position encoding (index 1), as DINO names them."""
 
@@ -94,15 +76,9 @@ class Joiner(nn.Sequential):
 
 
 def build_backbone(args) -> Joiner:
-    train_backbone = args.lr_backbone > 0
-    if not getattr(args, "backbone_weights", None) and getattr(args, "backbone_freeze_stem", True):
-        # a frozen random stem is only sensible when a checkpoint (--resume / --pretrain_model_path)
-        # will overwrite it; DINO's recipe starts from ImageNet weights
-        warnings.warn(f"backbone_weights is not set: the {args.backbone} starts from random weights with a frozen "
-                      "stem; for training pass --options backbone_weights=/path/to/torchvision_resnet.pth "
-                      "(ignore this when loading a full checkpoint)", stacklevel=2)
-    backbone = Backbone(args.backbone, train_backbone, args.dilation, args.return_interm_indices,
-                        norm_layer=getattr(args, "batch_norm_type", "FrozenBatchNorm2d"),
-                        weights_path=getattr(args, "backbone_weights", None),
-                        freeze_stem=getattr(args, "backbone_freeze_stem", True))
+    """The ResNet named by args.backbone, initialised from args.backbone_weights, plus positions."""
+    state = backbone_state(args.backbone_weights, args.backbone)
+    backbone = Backbone(args.backbone, args.lr_backbone > 0, args.dilation, args.return_interm_indices,
+                        norm_layer=args.batch_norm_type, state_dict=state, freeze_stem=args.backbone_freeze_stem,
+                        source=str(args.backbone_weights))
     return Joiner(backbone, build_position_encoding(args))
