@@ -1,36 +1,34 @@
 """Train / evaluate DINO and AugDETR.
 
-Python API: `build_args(argv)` returns the resolved namespace (config file
-loaded, --options merged, every config key copied onto it, CLI precedence
-applied); `main(args)` runs training or evaluation. `python main.py --help`
-lists every flag with examples.
+Python API: `build_args(argv)` returns the resolved namespace (command-line flags plus every
+checked config key, see util/config_schema.py); `main(args)` runs training, evaluation
+(--eval) or test-dev prediction (--test). `python main.py --help` lists every flag with
+examples; `python main.py -c CONFIG --print_config` lists every config key.
 """
 import argparse
 import json
 import logging
 import os
-import random
 import re
 import sys
 import time
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 
 from util import dist as dist_utils
 from util.checkpoint import (CheckpointError, args_to_dict, find_resume_checkpoint, load_checkpoint,
                              load_model_state, remove_stale_temp_files, save_checkpoint)
+from util.config_schema import describe, load_config
 from util.logger import setup_logger
 from util.optim import ModelEMA, build_lr_scheduler, build_optimizer
 from util.slconfig import ConfigError, DictAction, SLConfig
 
 DEFAULT_CONFIG = "config/DINO/DINO_synthetic.py"
 
-# Flags that are also config keys: argparse default None so that "not given" is
-# visible; resolved value = CLI flag if given, else config/--options, else this.
-SHARED_DEFAULTS = {"dataset_file": "coco", "fix_size": False, "use_hae": False, "num_hae_layers": 2,
-                   "use_emca": False, "eval_backend": "pycocotools"}
+# Flags that are also config keys: default None = "not given", so the config's value stands.
+CONFIG_FLAGS = ("dataset_file", "fix_size", "use_hae", "num_hae_layers", "use_emca", "eval_backend")
 
 EPILOG = """examples:
   # tiny DINO on the built-in synthetic dataset (CPU, minutes)
@@ -43,6 +41,8 @@ EPILOG = """examples:
   python main.py -c config/DINO/DINO_4scale.py --coco_path /data/coco --eval --resume ckpt.pth
   # COCO test-dev detections for the evaluation server
   python main.py -c config/DINO/DINO_4scale.py --coco_path /data/coco --test --resume ckpt.pth
+  # every config key with its value and meaning (--options KEY=VALUE changes one)
+  python main.py -c config/DINO/DINO_4scale.py --print_config
   # 8 GPUs
   torchrun --nproc_per_node=8 main.py -c config/DINO/DINO_4scale.py --coco_path /data/coco
 """
@@ -54,23 +54,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--config_file", "-c", default=DEFAULT_CONFIG,
                    help=f"Python config file (default {DEFAULT_CONFIG})")
     p.add_argument("--options", nargs="+", action=DictAction, metavar="KEY=VALUE",
-                   help="override config keys: key=value (int/float/true/false/none/comma list/str; "
-                        "dotted keys for nested dicts); unknown keys and wrong types are errors")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset_file", default=None,
-                   help="'coco' or 'synthetic' (default: config value, else 'coco')")
+                   help="override config keys: key=value (int/float/true/false/none/comma list/str); unknown keys "
+                        "and values outside a key's type or range are errors (see --print_config)")
+    p.add_argument("--print_config", action="store_true",
+                   help="print every resolved config key with its value and meaning, then exit")
+    _add_data_flags(p.add_argument_group("data"))
+    _add_run_flags(p.add_argument_group("run"))
+    _add_augdetr_flags(p.add_argument_group("AugDETR"))
+    _add_distributed_flags(p.add_argument_group("distributed"))
+    return p
+
+
+def _add_data_flags(g) -> None:
+    g.add_argument("--dataset_file", default=None, help="'coco' or 'synthetic' (default: the config's)")
     g.add_argument("--coco_path", default=None,
                    help="COCO root with train2017/ val2017/ annotations/ (required for dataset_file=coco)")
     g.add_argument("--fix_size", action="store_true", default=None,
-                   help="train transform = flip + one fixed resize (default: config value, else off)")
+                   help="train transform = flip + one fixed resize (default: the config's)")
     g.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes (default 2)")
-    g = p.add_argument_group("run")
+    g.add_argument("--eval_backend", default=None, choices=["pycocotools", "faster_coco_eval"],
+                   help="COCO evaluation library (default: the config's)")
+
+
+def _add_run_flags(g) -> None:
     g.add_argument("--output_dir", default=None,
                    help="where logs and checkpoints go (default logs/<config file stem>)")
-    g.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda'")
+    g.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'")
     g.add_argument("--seed", type=int, default=42, help="random seed; each process uses seed + rank")
-    g.add_argument("--resume", default="",
-                   help="checkpoint to resume from (wins over auto-resume from output_dir)")
+    g.add_argument("--resume", default="", help="checkpoint to resume from (wins over auto-resume from output_dir)")
     g.add_argument("--pretrain_model_path", default=None,
                    help="weights-only warm start (non-strict load; ignored when resuming)")
     g.add_argument("--finetune_ignore", nargs="+", default=None, metavar="SUBSTRING",
@@ -92,83 +103,63 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "instead of stopping")
     g.add_argument("--tensorboard", action="store_true",
                    help="write per-iteration losses/lr and per-epoch AP to output_dir/tensorboard")
-    g.add_argument("--eval_backend", default=None, choices=["pycocotools", "faster_coco_eval"],
-                   help="COCO evaluation library (default: config value, else pycocotools)")
-    g = p.add_argument_group("AugDETR")
+
+
+def _add_augdetr_flags(g) -> None:
     g.add_argument("--use_hae", action="store_true", default=None, help="Hybrid Attention Encoder")
     g.add_argument("--num_hae_layers", "--num_hybrid_layers", dest="num_hae_layers", type=int, default=None,
-                   metavar="N", help="number of hybrid encoder layers (default: config value, else 2)")
+                   metavar="N", help="number of hybrid encoder layers (default: the config's)")
     g.add_argument("--use_emca", action="store_true", default=None, help="Encoder-Mixing Cross-Attention")
     g.add_argument("--save_emca_weights", action="store_true",
                    help="with --eval (and --use_emca): record the last decoder layer's EMCA fusion weights of the "
                         "matched queries and write their per-encoder-layer mean/std to output_dir/emca_weights.json")
-    g = p.add_argument_group("distributed")
+
+
+def _add_distributed_flags(g) -> None:
     g.add_argument("--find_unused_params", action="store_true", help="DDP find_unused_parameters=True")
     g.add_argument("--world_size", type=int, default=1, help="set from WORLD_SIZE/SLURM_NTASKS when launched")
     g.add_argument("--dist_url", default="env://", help="process-group init method (default env://)")
     g.add_argument("--rank", type=int, default=0, help="set from RANK/SLURM_PROCID when launched")
     g.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
                    help="set from LOCAL_RANK/SLURM_LOCALID (accepted from old launchers)")
-    return p
 
 
 def build_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Parse argv, load the config, merge --options, copy config keys onto args (CLI wins)."""
+    """Parse argv, load and check the config (file < --options < config flags), copy its keys onto args."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    cfg = SLConfig.fromfile(args.config_file)
-    dests = {a.dest for a in parser._actions}
-    for key in args.options or {}:
-        root = key.split(".")[0]
-        if root in dests and root not in cfg:
-            raise ConfigError(f"{root!r} is a command-line option, not a config key: pass --{root} "
-                              f"instead of --options {key}=...")
-    cfg.merge_from_options(args.options or {})
-    for key in cfg.keys():
-        if key in dests and key not in SHARED_DEFAULTS:
-            raise ConfigError(f"{args.config_file}: key {key!r} is a command-line option only; "
-                              f"remove it from the config and pass --{key}")
-        if key in SHARED_DEFAULTS and getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)  # the CLI wins; keep the dumped config in sync
-        setattr(args, key, cfg.to_dict()[key] if isinstance(cfg[key], dict) else _plain(cfg[key]))
-    for key, default in SHARED_DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, default)
-    args.config_keys = list(cfg.keys())
-    if getattr(args, "dn_scalar", None) is not None:
-        args.dn_number = args.dn_scalar  # DN-DETR's name for the DN query budget
+    flags = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
+    run_only = {a.dest for a in parser._actions} - set(CONFIG_FLAGS)
+    cfg = load_config(args.config_file, args.options or {}, flags, run_only)
+    for key, value in cfg.items():
+        setattr(args, key, value)
+    args.config_keys = list(cfg)
     if args.output_dir is None:
         args.output_dir = os.path.join("logs", os.path.splitext(os.path.basename(args.config_file))[0])
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = resolve_device(args.device)
     if args.test:
         args.eval = True  # no training; the test split replaces the val split
-    if args.dataset_file == "coco" and not args.coco_path:
-        raise ConfigError("dataset_file='coco' needs --coco_path /path/to/coco "
-                          "(or use -c config/DINO/DINO_synthetic.py for the synthetic dataset)")
     return args
 
 
-def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, rank: int, epoch: int) -> int:
-    """Deterministic per-(seed, rank, epoch) seed so a resumed epoch replays exactly."""
-    return (seed * 1_000_003 + rank * 10_007 + epoch * 101) % 2**31
-
-
-def _worker_init(worker_id: int) -> None:
-    # torch seeds each worker from the loader's generator; derive python/numpy from it
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' or 'cpu'; ConfigError for a device this machine does not have."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {name}: this machine has no CUDA device (torch.cuda.is_available() is "
+                              f"False); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s); use cuda:0..cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {name}: only cpu and cuda devices are supported")
+    return name
 
 
 def _read_log(path: str) -> List[dict]:
@@ -197,221 +188,261 @@ def _append_log(path: str, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+@dataclass
+class Run:
+    """Everything one run builds; the steps below read and update it."""
+    args: argparse.Namespace
+    device: torch.device
+    model: torch.nn.Module  # DDP-wrapped when distributed
+    model_without_ddp: torch.nn.Module
+    criterion: torch.nn.Module
+    postprocessors: Dict
+    loaders: object  # datasets.loaders.Loaders
+    base_ds: object  # pycocotools COCO ground truth of the val split
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    per_iter: bool  # the scheduler steps per iteration (OneCycleLR), else per epoch
+    scaler: Optional[torch.amp.GradScaler]
+    n_parameters: int
+    data_counts: Dict[str, int]
+    log_path: str
+    ema: Optional[ModelEMA] = None
+    resumed_from: Optional[str] = None
+    best: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def main_proc(self) -> bool:
+        return dist_utils.is_main_process()
+
+    def evaluate(self, model=None, **overrides):
+        """(stats, evaluator) of `model` (default the trained one) on the val loader."""
+        from engine import evaluate
+        kwargs = dict(output_dir=self.args.output_dir, amp=self.args.amp, eval_backend=self.args.eval_backend,
+                      save_results=self.args.save_results, debug=self.args.debug)
+        kwargs.update(overrides)
+        return evaluate(model or self.model, self.criterion, self.postprocessors, self.loaders.val, self.base_ds,
+                        self.device, **kwargs)
+
+
 def main(args: argparse.Namespace):
-    """Run training (or evaluation with --eval); returns the last stats dict."""
+    """Run training (or evaluation with --eval, test-dev with --test); returns the last stats dict."""
     dist_utils.init_distributed_mode(args)
     try:
-        return _run(args)
+        run = build_run(args)
+        resume(run)
+        if args.test:
+            return write_test_dev(run)
+        if args.eval:
+            return evaluate_once(run)
+        return train(run)
     finally:
         dist_utils.cleanup()
 
 
-def _build_loaders(args, datasets_mod):
-    """Train/val datasets and loaders; the train sampler/loader generators are reseeded per epoch."""
-    from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, RandomSampler,
-                                  SequentialSampler)
-    from util.misc import collate_fn
-
-    # Each node's local rank 0 builds (and, for the synthetic data, generates) the datasets before the
-    # other ranks of that node, so concurrent processes never race on one dataset folder.
-    first = args.local_rank in (0, None)
-    if args.distributed and not first:
-        dist_utils.barrier()
-    dataset_val = datasets_mod.build_dataset("test" if args.test else "val", args)
-    dataset_train = None if args.eval else datasets_mod.build_dataset("train", args)
-    if args.distributed and first:
-        dist_utils.barrier()
-    sampler_gen, loader_gen = torch.Generator(), torch.Generator()
-    common = dict(collate_fn=collate_fn, num_workers=args.num_workers, worker_init_fn=_worker_init)
-    val_sampler = (DistributedSampler(dataset_val, shuffle=False) if args.distributed
-                   else SequentialSampler(dataset_val))
-    loader_val = DataLoader(dataset_val, batch_size=args.val_batch_size, sampler=val_sampler,
-                            drop_last=False, **common)
-    loader_train = train_sampler = None
-    if not args.eval:
-        train_sampler = (DistributedSampler(dataset_train, shuffle=True, seed=args.seed) if args.distributed
-                         else RandomSampler(dataset_train, generator=sampler_gen))
-        batch_sampler = BatchSampler(train_sampler, args.batch_size, drop_last=True)
-        if len(batch_sampler) == 0:
-            raise ConfigError(f"the train set has {len(dataset_train)} images per process, fewer than "
-                              f"batch_size={args.batch_size}; lower batch_size")
-        loader_train = DataLoader(dataset_train, batch_sampler=batch_sampler, generator=loader_gen, **common)
-    return loader_train, train_sampler, loader_val, dataset_val, (sampler_gen, loader_gen)
-
-
-def _run(args):
-    import datasets as datasets_mod
-    from engine import evaluate, train_one_epoch
-    from models import build_model
-
-    main_proc = dist_utils.is_main_process()
-    if main_proc:
+def _prepare_output_dir(args) -> logging.Logger:
+    """Create output_dir, start the logger, dump the resolved config and args (rank 0)."""
+    if dist_utils.is_main_process():
         os.makedirs(args.output_dir, exist_ok=True)
     log = setup_logger(args.output_dir, args.rank)
     log.info("command: %s", " ".join(sys.argv))
-    if main_proc:
+    if dist_utils.is_main_process():
         SLConfig({k: getattr(args, k) for k in args.config_keys}, filename=args.config_file).dump(
             os.path.join(args.output_dir, "config_cfg.py"))
         with open(os.path.join(args.output_dir, "config_args_all.json"), "w") as f:
             json.dump(args_to_dict(args), f, indent=2)
+    return log
+
+
+def build_run(args) -> Run:
+    """Output dir and logs, data (first, so a bad dataset path fails before the model is built),
+    model, criterion, optimizer, scheduler and loss scaler."""
+    import datasets as datasets_mod
+    from datasets.loaders import build_loaders, seed_all
+    from models import build_model, select_msda_backend
+    from models.dino.backbone_weights import check_from_scratch
+
+    check_from_scratch(args)  # random weights in a frozen stem / FrozenBatchNorm2d: refused before anything runs
+    log = _prepare_output_dir(args)
     seed_all(args.seed + args.rank)
     device = torch.device(args.device)
-
+    select_msda_backend(args.msda_backend)
+    loaders = build_loaders(args, datasets_mod.build_dataset)
     model, criterion, postprocessors = build_model(args)
     model.to(device)
-    if isinstance(criterion, torch.nn.Module):
-        criterion.to(device)
-    model_without_ddp = model
+    criterion.to(device)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("number of trainable params: %d", n_parameters)
-    optimizer = build_optimizer(model_without_ddp, args)
+    optimizer = build_optimizer(model, args)
+    lr_scheduler, per_iter = build_lr_scheduler(optimizer, args, len(loaders.train) if loaders.train else 1)
+    wrapped = model
     if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
+        wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=args.find_unused_params)
-
-    loader_train, train_sampler, loader_val, dataset_val, (sampler_gen, loader_gen) = _build_loaders(
-        args, datasets_mod)
-    base_ds = datasets_mod.get_coco_api_from_dataset(dataset_val)
     # boxes dropped while reading the JSONs (no area after clipping); skipped images are counted per epoch
-    data_counts = {"test_dropped_boxes": int(getattr(dataset_val, "num_degenerate_boxes", 0))}
-    if loader_train is not None:
-        data_counts["train_dropped_boxes"] = int(getattr(loader_train.dataset, "num_degenerate_boxes", 0))
+    data_counts = {"test_dropped_boxes": int(getattr(loaders.dataset_val, "num_degenerate_boxes", 0))}
+    if loaders.train is not None:
+        data_counts["train_dropped_boxes"] = int(getattr(loaders.train.dataset, "num_degenerate_boxes", 0))
     log.info("data: %s", ", ".join(f"{k}={v}" for k, v in data_counts.items()))
-    lr_scheduler, per_iter = build_lr_scheduler(optimizer, args, len(loader_train) if loader_train else 1)
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
+    return Run(args, device, wrapped, model, criterion, postprocessors, loaders,
+               datasets_mod.get_coco_api_from_dataset(loaders.dataset_val), optimizer, lr_scheduler, per_iter,
+               scaler, n_parameters, data_counts, os.path.join(args.output_dir, "log.txt"))
 
-    if main_proc:
+
+def resume(run: Run) -> None:
+    """Load --resume, else the newest valid checkpoint of output_dir (model, EMA and, when
+    training, optimizer/scheduler/scaler/epoch), else --pretrain_model_path (weights only)."""
+    args, log = run.args, logging.getLogger("detr")
+    if run.main_proc:
         for stale in remove_stale_temp_files(args.output_dir):
             log.warning("removed %s: an unfinished checkpoint write (the run was killed while saving)", stale)
-    resume = args.resume or find_resume_checkpoint(args.output_dir)
-    if resume and not args.resume:
-        log.info("auto-resume: found %s in output_dir (pass --resume to choose another)", resume)
-    ema = None
-    if resume:
-        ckpt = load_checkpoint(resume)
-        load_model_state(model_without_ddp, ckpt["model"], source=resume, strict=True)
-        log.info("resumed model weights from %s", resume)
-        if args.use_ema:
-            ema = ModelEMA(model_without_ddp, args.ema_decay)
-            if "ema_model" in ckpt:
-                ema.load_state_dict(ckpt["ema_model"])
+    path = args.resume or find_resume_checkpoint(args.output_dir)
+    if path and not args.resume:
+        log.info("auto-resume: found %s in output_dir (pass --resume to choose another)", path)
+    ema_state = None
+    if path:
+        ckpt = load_checkpoint(path)
+        load_model_state(run.model_without_ddp, ckpt["model"], source=path, strict=True)
+        log.info("resumed model weights from %s", path)
+        run.resumed_from, ema_state = path, ckpt.get("ema_model")
         if not args.eval and "optimizer" in ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+            run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
             args.start_epoch = int(ckpt["epoch"]) + 1
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
+            if run.scaler is not None and ckpt.get("scaler"):
+                run.scaler.load_state_dict(ckpt["scaler"])
     elif args.pretrain_model_path:
         ckpt = load_checkpoint(args.pretrain_model_path)
-        load_model_state(model_without_ddp, ckpt["model"], source=args.pretrain_model_path, strict=False,
+        load_model_state(run.model_without_ddp, ckpt["model"], source=args.pretrain_model_path, strict=False,
                          ignore=args.finetune_ignore)
-    if args.use_ema and ema is None:
-        ema = ModelEMA(model_without_ddp, args.ema_decay)
+        run.resumed_from = args.pretrain_model_path
+    if args.use_ema:  # a copy of the loaded weights, or the checkpoint's own EMA
+        run.ema = ModelEMA(run.model_without_ddp, args.ema_decay)
+        if ema_state is not None:
+            run.ema.load_state_dict(ema_state)
 
-    eval_kwargs = dict(output_dir=args.output_dir, amp=args.amp, eval_backend=args.eval_backend,
-                       save_results=args.save_results, debug=args.debug)
-    log_path = os.path.join(args.output_dir, "log.txt")
-    if args.test:
-        if not (resume or args.pretrain_model_path):
-            raise ConfigError("--test needs trained weights: pass --resume CHECKPOINT")
-        return _write_test_dev(args, model, postprocessors, loader_val, device, log_path)
-    if args.eval:
-        recorder = None
-        if args.save_emca_weights:
-            from models.dino.emca_analysis import EmcaWeightRecorder
-            recorder = EmcaWeightRecorder(model_without_ddp, criterion.matcher)
-        test_stats, _ = evaluate(model, criterion, postprocessors, loader_val, base_ds, device,
-                                 emca_recorder=recorder, **eval_kwargs)
-        if recorder is not None:
-            summary = recorder.summary()
-            if main_proc:
-                with open(os.path.join(args.output_dir, "emca_weights.json"), "w") as f:
-                    json.dump(summary, f, indent=2)
-                log.info("EMCA fusion weights (mean per encoder layer): %s",
-                         ", ".join(f"E{l}={m:.3f}" for l, m in zip(summary["enc_layers"], summary["mean"])))
-        if main_proc:
-            _append_log(log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **data_counts,
-                                   "n_parameters": n_parameters})
-        return test_stats
 
+def evaluate_once(run: Run) -> dict:
+    """--eval: COCO metrics of the loaded weights (and, with --save_emca_weights, EMCA's fusion weights)."""
+    args = run.args
+    recorder = None
+    if args.save_emca_weights:
+        from models.dino.emca_analysis import EmcaWeightRecorder
+        recorder = EmcaWeightRecorder(run.model_without_ddp, run.criterion.matcher)
+    test_stats, _ = run.evaluate(emca_recorder=recorder)
+    if recorder is not None:
+        summary = recorder.summary()
+        if run.main_proc:
+            with open(os.path.join(args.output_dir, "emca_weights.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+            logging.getLogger("detr").info("EMCA fusion weights (mean per encoder layer): %s", ", ".join(
+                f"E{layer}={m:.3f}" for layer, m in zip(summary["enc_layers"], summary["mean"])))
+    if run.main_proc:
+        _append_log(run.log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **run.data_counts,
+                                   "n_parameters": run.n_parameters})
+    return test_stats
+
+
+def _recover_missing_epoch(run: Run, previous: List[dict]) -> None:
+    """A kill between an epoch's checkpoint and its log line loses that line: evaluate that epoch again."""
+    epoch = run.args.start_epoch - 1
+    missing = run.main_proc and epoch >= 0 and epoch not in {r.get("epoch") for r in previous}
+    if not dist_utils.all_gather_object(missing)[0]:
+        return
+    logging.getLogger("detr").warning("log.txt has no line for epoch %d (the run stopped after its checkpoint); "
+                                      "evaluating it again", epoch)
+    test_stats, _ = run.evaluate()
+    run.best["regular"] = max(run.best["regular"], test_stats["coco_eval_bbox"][0])
+    if run.main_proc:
+        _append_log(run.log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **run.data_counts,
+                                   "epoch": epoch, "recovered": True, "n_parameters": run.n_parameters})
+
+
+def train(run: Run) -> dict:
+    """The epoch loop from args.start_epoch; returns the last epoch's log record."""
+    args = run.args
+    previous = _read_log(run.log_path)
+    run.best = {"regular": _best_logged_ap(previous, "test_coco_eval_bbox"),
+                "ema": _best_logged_ap(previous, "ema_test_coco_eval_bbox")}
+    _recover_missing_epoch(run, previous)
     tb_writer = None
-    if args.tensorboard and main_proc:
+    if args.tensorboard and run.main_proc:
         from torch.utils.tensorboard import SummaryWriter
         tb_writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
-    previous = _read_log(log_path)
-    best_ap = _best_logged_ap(previous, "test_coco_eval_bbox")
-    best_ema_ap = _best_logged_ap(previous, "ema_test_coco_eval_bbox")
-    log_stats = {}
-    # a kill between an epoch's checkpoint and its log line loses that line: evaluate it again
-    missing = main_proc and args.start_epoch > 0 and (args.start_epoch - 1) not in {r.get("epoch") for r in previous}
-    if dist_utils.all_gather_object(missing)[0]:
-        log.warning("log.txt has no line for epoch %d (the run stopped after its checkpoint); evaluating it "
-                    "again", args.start_epoch - 1)
-        test_stats, _ = evaluate(model, criterion, postprocessors, loader_val, base_ds, device, **eval_kwargs)
-        best_ap = max(best_ap, test_stats["coco_eval_bbox"][0])
-        if main_proc:
-            _append_log(log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **data_counts,
-                                   "epoch": args.start_epoch - 1, "recovered": True, "n_parameters": n_parameters})
+    record = {}
     try:
         for epoch in range(args.start_epoch, args.epochs):
-            t0 = time.time()
-            s = epoch_seed(args.seed, args.rank, epoch)
-            seed_all(s)
-            sampler_gen.manual_seed(epoch_seed(args.seed, 0, epoch))
-            loader_gen.manual_seed(s)
-            if args.distributed:
-                train_sampler.set_epoch(epoch)
-            train_stats = train_one_epoch(
-                model, criterion, loader_train, optimizer, device, epoch, max_norm=args.clip_max_norm,
-                amp=args.amp, scaler=scaler, lr_scheduler=lr_scheduler if per_iter else None,
-                ema=ema if ema is not None and epoch >= args.ema_epoch else None, debug=args.debug,
-                skip_nonfinite=args.skip_nonfinite, tb_writer=tb_writer)
-            if not per_iter:
-                lr_scheduler.step()
-            ckpt = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch, "args": args_to_dict(args),
-                    "scaler": scaler.state_dict() if scaler is not None else None}
-            if ema is not None:
-                ckpt["ema_model"] = ema.state_dict()
-            if main_proc:
-                save_checkpoint(ckpt, os.path.join(args.output_dir, "checkpoint.pth"))
-                if (epoch + 1) % args.lr_drop == 0 or (epoch + 1) % args.save_checkpoint_interval == 0:
-                    save_checkpoint(ckpt, os.path.join(args.output_dir, f"checkpoint{epoch:04}.pth"))
-            test_stats, _ = evaluate(model, criterion, postprocessors, loader_val, base_ds, device,
-                                     **eval_kwargs)
-            ap = test_stats["coco_eval_bbox"][0]
-            if ap > best_ap:
-                best_ap = ap
-                if main_proc:
-                    save_checkpoint({k: v for k, v in ckpt.items() if k != "ema_model"},
-                                    os.path.join(args.output_dir, "checkpoint_best_regular.pth"))
-            log_stats = {**{f"train_{k}": v for k, v in train_stats.items()},
-                         **{f"test_{k}": v for k, v in test_stats.items()}}
-            if ema is not None:
-                ema_stats, _ = evaluate(ema.module, criterion, postprocessors, loader_val, base_ds, device,
-                                        **{**eval_kwargs, "save_results": False})
-                log_stats.update({f"ema_test_{k}": v for k, v in ema_stats.items()})
-                ema_ap = ema_stats["coco_eval_bbox"][0]
-                if ema_ap > best_ema_ap:
-                    best_ema_ap = ema_ap
-                    if main_proc:  # the EMA weights as "model", so --resume / inference load them directly
-                        save_checkpoint({"model": ckpt["ema_model"], "epoch": epoch, "args": ckpt["args"]},
-                                        os.path.join(args.output_dir, "checkpoint_best_ema.pth"))
-                log_stats["best_ema_ap"] = best_ema_ap
-            log_stats.update(data_counts)
-            log_stats.update(epoch=epoch, n_parameters=n_parameters, best_ap=best_ap,
-                             now_time=time.strftime("%Y-%m-%d %H:%M:%S"), epoch_time=time.time() - t0)
-            if main_proc:
-                _append_log(log_path, log_stats)
-            if tb_writer is not None:
-                tb_writer.add_scalar("test/AP", ap, epoch)
-                tb_writer.add_scalar("test/AP50", test_stats["coco_eval_bbox"][1], epoch)
-            log.info("epoch %d done in %.1fs: AP %.4f (best %.4f)", epoch, time.time() - t0, ap, best_ap)
+            record = run_epoch(run, epoch, tb_writer)
     finally:
         if tb_writer is not None:
             tb_writer.close()
-    return log_stats
+    return record
+
+
+def run_epoch(run: Run, epoch: int, tb_writer=None) -> dict:
+    """Train one epoch, checkpoint, evaluate (and the EMA), append the epoch's log record."""
+    from datasets.loaders import seed_epoch
+    from engine import train_one_epoch
+
+    args, t0 = run.args, time.time()
+    seed_epoch(run.loaders, args.seed, args.rank, epoch)
+    ema = run.ema if run.ema is not None and epoch >= args.ema_epoch else None
+    train_stats = train_one_epoch(
+        run.model, run.criterion, run.loaders.train, run.optimizer, run.device, epoch, max_norm=args.clip_max_norm,
+        amp=args.amp, scaler=run.scaler, lr_scheduler=run.lr_scheduler if run.per_iter else None, ema=ema,
+        debug=args.debug, skip_nonfinite=args.skip_nonfinite, tb_writer=tb_writer)
+    if not run.per_iter:
+        run.lr_scheduler.step()
+    ckpt = save_epoch_checkpoints(run, epoch)
+    test_stats, _ = run.evaluate()
+    record = {**{f"train_{k}": v for k, v in train_stats.items()}, **{f"test_{k}": v for k, v in test_stats.items()}}
+    _keep_best(run, "regular", test_stats, {k: v for k, v in ckpt.items() if k != "ema_model"},
+               "checkpoint_best_regular.pth")
+    if run.ema is not None:
+        ema_stats, _ = run.evaluate(run.ema.module, save_results=False)
+        record.update({f"ema_test_{k}": v for k, v in ema_stats.items()})
+        # the EMA weights as "model", so --resume / inference load them directly
+        _keep_best(run, "ema", ema_stats, {"model": ckpt["ema_model"], "epoch": epoch, "args": ckpt["args"]},
+                   "checkpoint_best_ema.pth")
+        record["best_ema_ap"] = run.best["ema"]
+    record.update(run.data_counts)
+    record.update(epoch=epoch, n_parameters=run.n_parameters, best_ap=run.best["regular"],
+                  now_time=time.strftime("%Y-%m-%d %H:%M:%S"), epoch_time=time.time() - t0)
+    if run.main_proc:
+        _append_log(run.log_path, record)
+    ap = test_stats["coco_eval_bbox"][0]
+    if tb_writer is not None:
+        tb_writer.add_scalar("test/AP", ap, epoch)
+        tb_writer.add_scalar("test/AP50", test_stats["coco_eval_bbox"][1], epoch)
+    logging.getLogger("detr").info("epoch %d done in %.1fs: AP %.4f (best %.4f)", epoch, time.time() - t0, ap,
+                                   run.best["regular"])
+    return record
+
+
+def save_epoch_checkpoints(run: Run, epoch: int) -> dict:
+    """checkpoint.pth every epoch, checkpointNNNN.pth at lr drops and every save_checkpoint_interval
+    epochs (rank 0); returns the checkpoint dict."""
+    args = run.args
+    ckpt = {"model": run.model_without_ddp.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "lr_scheduler": run.lr_scheduler.state_dict(), "epoch": epoch, "args": args_to_dict(args),
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None}
+    if run.ema is not None:
+        ckpt["ema_model"] = run.ema.state_dict()
+    if run.main_proc:
+        save_checkpoint(ckpt, os.path.join(args.output_dir, "checkpoint.pth"))
+        if (epoch + 1) % args.lr_drop == 0 or (epoch + 1) % args.save_checkpoint_interval == 0:
+            save_checkpoint(ckpt, os.path.join(args.output_dir, f"checkpoint{epoch:04}.pth"))
+    return ckpt
+
+
+def _keep_best(run: Run, which: str, stats: dict, ckpt: dict, name: str) -> None:
+    """Write output_dir/name when this epoch's AP beats the best so far of `which` ('regular' / 'ema')."""
+    ap = stats["coco_eval_bbox"][0]
+    if ap > run.best[which]:
+        run.best[which] = ap
+        if run.main_proc:
+            save_checkpoint(ckpt, os.path.join(run.args.output_dir, name))
 
 
 def test_dev_file_name(args: argparse.Namespace) -> str:
@@ -421,15 +452,18 @@ def test_dev_file_name(args: argparse.Namespace) -> str:
     return f"detections_test-dev2017_{method}_results.json"
 
 
-def _write_test_dev(args, model, postprocessors, loader, device, log_path) -> dict:
+def write_test_dev(run: Run) -> dict:
     """--test: detections for every test-dev image, written by rank 0; returns what was written."""
     from engine import predict, write_coco_results
-    detections = predict(model, postprocessors, loader, device, amp=args.amp, debug=args.debug)
+    args = run.args
+    if not run.resumed_from:
+        raise ConfigError("--test needs trained weights: pass --resume CHECKPOINT")
+    detections = predict(run.model, run.postprocessors, run.loaders.val, run.device, amp=args.amp, debug=args.debug)
     stats = {"test_dev_images": len(detections), "test_dev_results": test_dev_file_name(args)}
-    if dist_utils.is_main_process():
+    if run.main_proc:
         stats["test_dev_detections"] = write_coco_results(
             detections, os.path.join(args.output_dir, stats["test_dev_results"]))
-        _append_log(log_path, stats)
+        _append_log(run.log_path, stats)
         logging.getLogger("detr").info("wrote %d detections on %d test-dev images to %s; zip it and upload it "
                                        "to the COCO evaluation server", stats["test_dev_detections"],
                                        len(detections), stats["test_dev_results"])
@@ -457,14 +491,18 @@ def cli(argv: Optional[List[str]] = None) -> int:
     """`python main.py`: known user errors print `error: <message>` to stderr and return 2;
     anything else (a bug) keeps its traceback."""
     try:
-        main(build_args(argv))
+        args = build_args(argv)
+        if args.print_config:
+            print(f"# {args.config_file}, resolved (defaults: config/DINO/DINO_4scale.py)")
+            print("\n".join(describe({k: getattr(args, k) for k in args.config_keys})))
+            return 0
+        main(args)
     except user_error_types() as err:
         message = one_line(err)
         log = logging.getLogger("detr")
-        if any(isinstance(h, logging.FileHandler) for h in log.handlers):  # keep the reason in info.txt
-            for h in log.handlers:
-                if isinstance(h, logging.FileHandler):
-                    h.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None))
+        for h in log.handlers:  # keep the reason in info.txt
+            if isinstance(h, logging.FileHandler):
+                h.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None))
         print(f"error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -23,22 +23,16 @@ def default_synthetic_dir() -> str:
 
 def build_dataset(image_set: str, args) -> torch.utils.data.Dataset:
     """Builder reading ``args.dataset_file`` ('coco' or 'synthetic') and the data keys of ``args``."""
-    name = getattr(args, "dataset_file", "coco")
-    if name == "coco":
-        return build_coco(image_set, args)
-    if name == "synthetic":
-        from datasets.synthetic import DEFAULTS, ensure_synthetic_dataset
-
-        def opt(key):
-            value = getattr(args, f"synthetic_{key}", None)
-            return DEFAULTS[key] if value is None else value
-
-        root = ensure_synthetic_dataset(
-            getattr(args, "synthetic_dir", None) or default_synthetic_dir(),
-            num_train=int(opt("num_train")), num_val=int(opt("num_val")),
-            image_size=int(opt("image_size")), seed=int(opt("seed")))
-        return build_coco(image_set, args, root=root)
-    raise DataError(f"unknown dataset_file {name!r}: use 'coco' or 'synthetic'")
+    if args.dataset_file == "coco":
+        if not args.coco_path:
+            raise DataError("dataset_file='coco' needs --coco_path /path/to/coco (or use -c "
+                            "config/DINO/DINO_synthetic.py for the synthetic dataset)")
+        return build_coco(image_set, args, args.coco_path)
+    from datasets.synthetic import ensure_synthetic_dataset
+    root = ensure_synthetic_dataset(args.synthetic_dir or default_synthetic_dir(), num_train=args.synthetic_num_train,
+                                    num_val=args.synthetic_num_val, image_size=args.synthetic_image_size,
+                                    seed=args.synthetic_seed)
+    return build_coco(image_set, args, root)
 
 
 def get_coco_api_from_dataset(dataset):

@@ -252,14 +252,9 @@ class CocoDetection(torch.utils.data.Dataset):
 def transforms_from_args(image_set: str, args):
     """DINO's transforms from the data_aug_* / fix_size keys of ``args``."""
     scales, max_size, scales2_resize, scales2_crop = scaled_aug_sizes(
-        getattr(args, "data_aug_scales", [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]),
-        getattr(args, "data_aug_max_size", 1333),
-        getattr(args, "data_aug_scales2_resize", [400, 500, 600]),
-        getattr(args, "data_aug_scales2_crop", [384, 600]),
-        getattr(args, "data_aug_scale_overlap", None),
-    )
-    return make_coco_transforms(image_set, scales, max_size, scales2_resize, scales2_crop,
-                                fix_size=bool(getattr(args, "fix_size", False)))
+        args.data_aug_scales, args.data_aug_max_size, args.data_aug_scales2_resize, args.data_aug_scales2_crop,
+        args.data_aug_scale_overlap)
+    return make_coco_transforms(image_set, scales, max_size, scales2_resize, scales2_crop, fix_size=args.fix_size)
 
 
 # image_set -> (image folder, annotation file) inside coco_path; 'test' is COCO test-dev: the
@@ -269,13 +264,15 @@ SPLITS = {"train": ("train2017", "instances_train2017.json"), "val": ("val2017",
 
 
 def build(image_set: str, args, root: Optional[str] = None) -> CocoDetection:
-    """Builder: COCO layout at ``root`` (default ``args.coco_path``) for 'train', 'val' or 'test'."""
+    """Builder: COCO layout at ``root`` (None: ``args.coco_path``) for 'train', 'val' or 'test'
+    (transforms and classes from ``args``)."""
+    root = args.coco_path if root is None else root
     if image_set not in SPLITS:
         raise DataError(f"unknown image_set {image_set!r}: use 'train', 'val' or 'test'")
-    raw = root if root is not None else getattr(args, "coco_path", None)
-    if not raw or not os.path.isdir(raw):
-        raise DataError(f"coco_path {raw!r} is not a directory; pass --coco_path DIR with train2017/, val2017/, annotations/")
-    root = Path(raw)
+    if not root or not os.path.isdir(root):
+        raise DataError(f"coco_path {root!r} is not a directory; pass --coco_path DIR with train2017/, val2017/, "
+                        f"annotations/")
+    root = Path(root)
     folder, ann_name = SPLITS[image_set]
     img_folder = root / folder
     ann_file = root / "annotations" / ann_name
@@ -283,12 +280,8 @@ def build(image_set: str, args, root: Optional[str] = None) -> CocoDetection:
         raise DataError(f"image folder {img_folder} is missing; coco_path must hold {folder}/ with the images")
     if not ann_file.is_file():
         raise DataError(f"annotation file {ann_file} is missing; coco_path must hold annotations/{ann_name}")
-    num_classes = getattr(args, "num_classes", None)
-    dn_size = getattr(args, "dn_labelbook_size", None)
-    if dn_size is None:
-        dn_size = num_classes
     transforms = transforms_from_args("train" if image_set == "train" else "val", args)  # test: val's
     return CocoDetection(img_folder, ann_file, transforms=transforms,
-                         num_classes=num_classes, dn_labelbook_size=dn_size,
-                         skip_bad_images=bool(getattr(args, "skip_bad_images", False)),
+                         num_classes=args.num_classes, dn_labelbook_size=args.dn_labelbook_size,
+                         skip_bad_images=args.skip_bad_images,
                          images_only=image_set == "test")

@@ -25,7 +25,6 @@ from PIL import Image, ImageDraw
 
 VERSION = 1
 MARKER = "synthetic.json"
-DEFAULTS = {"num_train": 240, "num_val": 48, "image_size": 256, "seed": 0}
 CATEGORIES = ["rectangle", "ellipse", "triangle", "cross", "ring", "diamond"]  # ids 1..6
 EMPTY_FRACTION = 0.1
 MAX_OBJECTS = 6
@@ -173,8 +172,7 @@ def _read_marker(root: str) -> Optional[Dict]:
         return None
 
 
-def ensure_synthetic_dataset(root: str, num_train: int = DEFAULTS["num_train"], num_val: int = DEFAULTS["num_val"],
-                             image_size: int = DEFAULTS["image_size"], seed: int = DEFAULTS["seed"]) -> str:
+def ensure_synthetic_dataset(root: str, num_train: int, num_val: int, image_size: int, seed: int) -> str:
     """Generate the dataset at ``root`` unless its marker already has these parameters; return ``root``.
 
     Generation goes to a temporary sibling folder that is renamed into place, so an
@@ -211,12 +209,14 @@ def ensure_synthetic_dataset(root: str, num_train: int = DEFAULTS["num_train"], 
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    from util.config_schema import project_defaults
+    cfg = project_defaults()  # the synthetic_* keys' defaults
     p = argparse.ArgumentParser(description="Write the synthetic shapes dataset in COCO layout.")
     p.add_argument("--out", required=True, help="output folder (train2017/, val2017/, annotations/)")
-    p.add_argument("--num-train", type=int, default=DEFAULTS["num_train"])
-    p.add_argument("--num-val", type=int, default=DEFAULTS["num_val"])
-    p.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--num-train", type=int, default=cfg["synthetic_num_train"], help="train images")
+    p.add_argument("--num-val", type=int, default=cfg["synthetic_num_val"], help="val images")
+    p.add_argument("--image-size", type=int, default=cfg["synthetic_image_size"], help="image side (px)")
+    p.add_argument("--seed", type=int, default=cfg["synthetic_seed"], help="generator seed")
     a = p.parse_args(argv)
     t0 = time.time()
     root = ensure_synthetic_dataset(a.out, a.num_train, a.num_val, a.image_size, a.seed)

@@ -6,17 +6,21 @@ import torch
 
 def tool_args(config: str, options: Optional[Sequence[str]] = None, use_hae: bool = False,
               use_emca: bool = False, device: str = "cpu", extra: Sequence[str] = ()):
-    """main.build_args for a model-only tool: no dataset is read, so --coco_path gets a placeholder."""
+    """main.build_args for a model-only tool (no dataset is read); applies the config's msda_backend."""
     import main
 
-    argv: List[str] = ["-c", config, "--device", device, "--coco_path", "(unused-by-tools)", *extra]
+    argv: List[str] = ["-c", config, "--device", device, *extra]
     if use_hae:
         argv.append("--use_hae")
     if use_emca:
         argv.append("--use_emca")
-    if options:
-        argv += ["--options", *options]
-    return main.build_args(argv)
+    # a tool's weights come from its checkpoint (or are irrelevant, benchmarks): no ImageNet download;
+    # the user's options come after, so an explicit backbone_weights still wins
+    argv += ["--options", "backbone_weights=none", *(options or [])]
+    args = main.build_args(argv)
+    from models import select_msda_backend
+    select_msda_backend(args.msda_backend)
+    return args
 
 
 def build_eval_model(args, checkpoint: Optional[str] = None):

@@ -128,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         model, postprocessors = build_eval_model(args, opts.checkpoint)
     except (CheckpointError, ConfigError) as err:
         sys.exit(f"export_onnx.py: error: {err}")
-    set_backend("pytorch")  # after building (the builder applies msda_backend); the compiled op has no ONNX export
+    set_backend("pytorch")  # after tool_args applied msda_backend: the compiled op has no ONNX export
     images = sample_input(*opts.image_size, opts.check, args)
     export(model, images, opts.output)
     print(f"wrote {opts.output} (opset {OPSET}, input 1x3x{opts.image_size[0]}x{opts.image_size[1]})")

@@ -34,8 +34,7 @@ def param_groups(model: nn.Module, lr: float, lr_backbone: float, lr_backbone_na
 
 def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
     """AdamW over param_groups(...) with args.lr, args.lr_backbone, args.weight_decay."""
-    groups = param_groups(model, args.lr, args.lr_backbone, args.lr_backbone_names,
-                          getattr(args, "param_dict_type", "default"))
+    groups = param_groups(model, args.lr, args.lr_backbone, args.lr_backbone_names)
     return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
 
 

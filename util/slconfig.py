@@ -17,7 +17,7 @@ import copy
 import difflib
 import os
 import types
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from addict import Dict as _AddictDict
 from yapf.yapflib.yapf_api import FormatCode
@@ -92,8 +92,12 @@ def _exec_config_file(path: str) -> Dict[str, Any]:
     }
 
 
-def _load_with_bases(path: str) -> Dict[str, Any]:
-    """Load `path` and, recursively, its `_base_` files; returns the merged plain dict."""
+def _load_with_bases(path: str, chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """Load `path` and, recursively, its `_base_` files; returns the merged plain dict.
+    `chain` holds the files that include this one (a file among them is a cycle)."""
+    if os.path.abspath(path) in chain:
+        cycle = " -> ".join(os.path.basename(p) for p in chain + (os.path.abspath(path),))
+        raise ConfigError(f"{chain[-1]}: _base_ inheritance is circular ({cycle}); remove one of the _base_ entries")
     if not path.endswith(".py"):
         raise ConfigError(f"{path}: only .py config files are supported (write `key = value` lines)")
     if not os.path.isfile(path):
@@ -105,13 +109,15 @@ def _load_with_bases(path: str) -> Dict[str, Any]:
     bases = own.pop(BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, (list, tuple)) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names, got {bases!r}")
     merged: Dict[str, Any] = {}
     owner: Dict[str, str] = {}
     for base in bases:
         base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base)
         if not os.path.isfile(base_path):
             raise ConfigError(f"{path}: _base_ file {base!r} not found (looked for {base_path})")
-        base_cfg = _load_with_bases(base_path)
+        base_cfg = _load_with_bases(base_path, chain + (os.path.abspath(path),))
         for key in base_cfg:
             if key in merged:
                 raise ConfigError(f"{path}: key {key!r} is defined in two _base_ files "

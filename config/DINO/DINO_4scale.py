@@ -1,14 +1,18 @@
 # DINO 4-scale, ResNet-50, COCO (values from IDEA-Research/DINO config/DINO/DINO_4scale.py).
+# This file defines every config key of the project: a config that does not set a key (an
+# official DINO file lacks this project's keys) takes the value written here. What each key
+# may be and means: util/config_schema.py, or `python main.py -c CONFIG --print_config`.
+# DINO keys this project does not implement (DAB/DN-DETR leftovers, masks, Swin options...)
+# are accepted only at DINO's value (util/config_schema.NOT_IMPLEMENTED) and so not listed here.
 _base_ = ['coco_transformer.py']
 
 # ---- data / classes -------------------------------------------------------
 num_classes = 91  # COCO max category id + 1 (labels are raw category ids)
-dataset_file = 'coco'  # also a CLI flag (--dataset_file wins); 'coco' or 'synthetic'
+dataset_file = 'coco'  # also a CLI flag (--dataset_file wins)
 fix_size = False  # also a CLI flag: train transform = flip + one fixed resize
 
 # ---- optimisation -----------------------------------------------------------
 lr = 0.0001
-param_dict_type = 'default'
 lr_backbone = 1e-05  # <= 0 freezes the backbone
 lr_backbone_names = ['backbone.0']
 batch_size = 2  # per process
@@ -35,25 +39,20 @@ backbone_freeze_stem = True  # keep the stem and layer1 frozen, as DINO does wit
 # ---- transformer ----------------------------------------------------------
 enc_layers = 6
 dec_layers = 6
-pre_norm = False
 dim_feedforward = 2048
 hidden_dim = 256
 dropout = 0.0
 nheads = 8
 num_queries = 900
-query_dim = 4
 num_feature_levels = 4
 enc_n_points = 4
 dec_n_points = 4
 transformer_activation = 'relu'
-decoder_sa_type = 'sa'
-decoder_module_seq = ['sa', 'ca', 'ffn']
 dec_pred_bbox_embed_share = True
 dec_pred_class_embed_share = True
 use_detached_boxes_dec_out = False
 
 # ---- two-stage (mixed query selection) ------------------------------------
-two_stage_type = 'standard'
 two_stage_bbox_embed_share = False
 two_stage_class_embed_share = False
 
@@ -66,7 +65,6 @@ aux_loss = True
 set_cost_class = 2.0
 set_cost_bbox = 5.0
 set_cost_giou = 2.0
-matcher_type = 'HungarianMatcher'
 cls_loss_coef = 1.0
 bbox_loss_coef = 5.0
 giou_loss_coef = 2.0
@@ -86,43 +84,6 @@ dn_labelbook_size = 91
 use_ema = False
 ema_decay = 0.9997
 ema_epoch = 0
-
-# ---- keys accepted for compatibility with DINO config files; they have no effect here
-# (legacy DAB/DN-DETR options, Swin/ConvNeXt-only options, mask head, and options that
-# DINO itself reads nowhere or only on code paths that are dead at these values).
-lr_linear_proj_names = ['reference_points', 'sampling_offsets']  # only for param_dict_type='ddetr_in_mmdet'
-lr_linear_proj_mult = 0.1
-ddetr_lr_param = False
-frozen_weights = None
-use_checkpoint = False
-backbone_freeze_keywords = None
-unic_layers = 0
-num_patterns = 0
-pdetr3_bbox_embed_diff_each_layer = False
-pdetr3_refHW = -1
-random_refpoints_xy = False
-fix_refpoints_hw = -1
-dabdetr_yolo_like_anchor_update = False
-dabdetr_deformable_encoder = False
-dabdetr_deformable_decoder = False
-use_deformable_box_attn = False
-box_attn_type = 'roi_align'
-dec_layer_number = None
-decoder_layer_noise = False
-dln_xy_noise = 0.2
-dln_hw_noise = 0.2
-add_channel_attention = False
-add_pos_value = False
-two_stage_pat_embed = 0
-two_stage_add_query_num = 0
-two_stage_learn_wh = False
-two_stage_default_hw = 0.05
-two_stage_keep_all_tokens = False
-masks = False
-mask_loss_coef = 1.0
-dice_loss_coef = 1.0
-enc_loss_coef = 1.0
-match_unstable_error = True
 
 # ---- keys added by this project -------------------------------------------
 backbone_weights = 'IMAGENET1K_V1'  # torchvision weights name (torch.hub cache), a .pth path, or None = from scratch

@@ -117,8 +117,7 @@ def build_weight_dict(args) -> Dict[str, float]:
 
     dn_label_coef / dn_bbox_coef scale the denoising classification / box losses."""
     base = {"loss_ce": args.cls_loss_coef, "loss_bbox": args.bbox_loss_coef, "loss_giou": args.giou_loss_coef}
-    dn_label = getattr(args, "dn_label_coef", 1.0)
-    dn_bbox = getattr(args, "dn_bbox_coef", 1.0)
+    dn_label, dn_bbox = args.dn_label_coef, args.dn_bbox_coef
     dn = {"loss_ce_dn": base["loss_ce"] * dn_label, "loss_bbox_dn": base["loss_bbox"] * dn_bbox,
           "loss_giou_dn": base["loss_giou"] * dn_bbox}
     per_layer = dict(base, **dn) if args.use_dn else dict(base)
@@ -126,7 +125,7 @@ def build_weight_dict(args) -> Dict[str, float]:
     if args.aux_loss:
         for i in range(args.dec_layers - 1):
             weights.update({f"{k}_{i}": v for k, v in per_layer.items()})
-    no_box = getattr(args, "no_interm_box_loss", False)
+    no_box = args.no_interm_box_loss
     interm_scale = {"loss_ce": 1.0, "loss_bbox": 0.0 if no_box else 1.0, "loss_giou": 0.0 if no_box else 1.0}
     weights.update({f"{k}_interm": v * args.interm_loss_coef * interm_scale[k] for k, v in base.items()})
     return weights

@@ -148,24 +148,15 @@ class DeformableTransformer(nn.Module):
 
 
 def build_deformable_transformer(args) -> DeformableTransformer:
-    if getattr(args, "two_stage_type", "standard") != "standard":
-        raise ValueError(f"two_stage_type={args.two_stage_type!r}: only 'standard' (DINO's default) is implemented")
-    if getattr(args, "pre_norm", False):
-        raise ValueError("pre_norm=True is not implemented: DINO uses post-norm layers")
-    use_hae = bool(getattr(args, "use_hae", False))
+    """Map the config onto DeformableTransformer (two-stage 'standard', post-norm: DINO's only layout)."""
     emca_layers = None
-    if getattr(args, "use_emca", False):
-        emca_layers = getattr(args, "emca_enc_layers", None)
-        if emca_layers is None:
-            emca_layers = list(range(args.enc_layers))
-        elif isinstance(emca_layers, int):
-            emca_layers = [emca_layers]
+    if args.use_emca:
+        emca_layers = list(range(args.enc_layers)) if args.emca_enc_layers is None else list(args.emca_enc_layers)
     return DeformableTransformer(
         d_model=args.hidden_dim, nhead=args.nheads, num_queries=args.num_queries, num_encoder_layers=args.enc_layers,
         num_decoder_layers=args.dec_layers, dim_feedforward=args.dim_feedforward, dropout=args.dropout,
         activation=args.transformer_activation, num_feature_levels=args.num_feature_levels,
         enc_n_points=args.enc_n_points, dec_n_points=args.dec_n_points, embed_init_tgt=args.embed_init_tgt,
-        use_detached_boxes_dec_out=getattr(args, "use_detached_boxes_dec_out", False),
-        num_hae_layers=int(getattr(args, "num_hae_layers", 2)) if use_hae else 0,
-        hae_dense_level=int(getattr(args, "hae_dense_level", -1)), hae_ffn=bool(getattr(args, "hae_ffn", False)),
-        emca_enc_layers=emca_layers, emca_shared_value_proj=bool(getattr(args, "emca_shared_value_proj", False)))
+        use_detached_boxes_dec_out=args.use_detached_boxes_dec_out,
+        num_hae_layers=args.num_hae_layers if args.use_hae else 0, hae_dense_level=args.hae_dense_level,
+        hae_ffn=args.hae_ffn, emca_enc_layers=emca_layers, emca_shared_value_proj=args.emca_shared_value_proj)

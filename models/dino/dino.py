@@ -15,7 +15,6 @@ from torchvision.ops import batched_nms, box_convert
 
 from util.misc import NestedTensor, inverse_sigmoid, to_nested_tensor
 
-from . import ops
 from .backbone import build_backbone
 from .criterion import SetCriterion, build_weight_dict
 from .deformable_transformer import DeformableTransformer, build_deformable_transformer
@@ -160,32 +159,21 @@ class PostProcess(nn.Module):
         return results
 
 
-def resolve_dn_number(args) -> int:
-    """dn_scalar (DN-DETR's name for the denoising budget) replaces dn_number when set."""
-    dn_scalar = getattr(args, "dn_scalar", None)
-    return int(dn_scalar) if dn_scalar is not None else int(args.dn_number)
-
-
 def build_dino(args):
     """Map the config namespace onto DINO, its criterion and post-processor."""
-    if getattr(args, "masks", False):
-        raise ValueError("masks=True (segmentation) is not implemented in this project")
-    if getattr(args, "msda_backend", None):
-        ops.set_backend(args.msda_backend)
-    dn_labelbook_size = getattr(args, "dn_labelbook_size", args.num_classes)
-    if dn_labelbook_size < args.num_classes - 1:
-        raise ValueError(f"dn_labelbook_size={dn_labelbook_size} must be >= num_classes - 1 = {args.num_classes - 1} "
-                         f"(class ids index label_enc): set --options dn_labelbook_size={args.num_classes}")
+    """Map the config namespace onto DINO, its criterion and post-processor (the values are checked
+    by util/config_schema.py; the deformable-attention backend is the caller's choice, see
+    models.select_msda_backend)."""
     model = DINO(build_backbone(args), build_deformable_transformer(args), num_classes=args.num_classes,
                  num_queries=args.num_queries, num_feature_levels=args.num_feature_levels, aux_loss=args.aux_loss,
-                 dn_number=resolve_dn_number(args) if args.use_dn else 0,
+                 dn_number=args.dn_number if args.use_dn else 0,
                  dn_box_noise_scale=args.dn_box_noise_scale, dn_label_noise_ratio=args.dn_label_noise_ratio,
-                 dn_labelbook_size=dn_labelbook_size,
+                 dn_labelbook_size=args.dn_labelbook_size,
                  dec_pred_class_embed_share=args.dec_pred_class_embed_share,
                  dec_pred_bbox_embed_share=args.dec_pred_bbox_embed_share,
                  two_stage_class_embed_share=args.two_stage_class_embed_share,
                  two_stage_bbox_embed_share=args.two_stage_bbox_embed_share)
     criterion = SetCriterion(args.num_classes, build_matcher(args), build_weight_dict(args),
                              focal_alpha=args.focal_alpha)
-    postprocessors = {"bbox": PostProcess(args.num_select, getattr(args, "nms_iou_threshold", -1))}
+    postprocessors = {"bbox": PostProcess(args.num_select, args.nms_iou_threshold)}
     return model, criterion, postprocessors

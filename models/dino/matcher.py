@@ -54,7 +54,4 @@ class HungarianMatcher(nn.Module):
 
 
 def build_matcher(args) -> HungarianMatcher:
-    kind = getattr(args, "matcher_type", "HungarianMatcher")
-    if kind != "HungarianMatcher":
-        raise ValueError(f"matcher_type={kind!r}: only 'HungarianMatcher' is implemented")
     return HungarianMatcher(args.set_cost_class, args.set_cost_bbox, args.set_cost_giou, args.focal_alpha)

@@ -44,8 +44,6 @@ class PositionEmbeddingSineHW(nn.Module):
 
 
 def build_position_encoding(args) -> PositionEmbeddingSineHW:
-    kind = getattr(args, "position_embedding", "sine")
-    if kind not in ("sine", "SineHW"):
-        raise ValueError(f"position_embedding={kind!r}: only 'sine' is implemented")
+    """DINO's sine encoding ('sine' and 'SineHW' name the same one)."""
     return PositionEmbeddingSineHW(args.hidden_dim // 2, temperature_h=args.pe_temperatureH,
                                    temperature_w=args.pe_temperatureW, normalize=True)

@@ -6,6 +6,7 @@ from pycocotools.coco import COCO
 
 from datasets import DataError, build_dataset, default_synthetic_dir, get_coco_api_from_dataset
 from data_helpers import data_args
+from util.slconfig import ConfigError
 
 
 def test_build_coco_and_api(synthetic_root):
@@ -32,8 +33,10 @@ def test_default_synthetic_dir_uses_env(monkeypatch, tmp_path):
 
 
 def test_unknown_dataset_file_and_split(synthetic_root):
-    with pytest.raises(DataError, match="'voc'"):
-        build_dataset("val", data_args(dataset_file="voc"))
+    with pytest.raises(ConfigError, match="dataset_file='voc' is not allowed"):
+        data_args(dataset_file="voc")
+    with pytest.raises(DataError, match="needs --coco_path"):
+        build_dataset("val", data_args())
     with pytest.raises(DataError, match="'minival'"):
         build_dataset("minival", data_args(coco_path=synthetic_root))
     with pytest.raises(DataError, match="test2017/ with the images"):  # test-dev needs its own folder

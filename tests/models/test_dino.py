@@ -52,10 +52,8 @@ def test_eval_forward_and_postprocess(seeded):
 
 
 def test_dn_scalar_replaces_dn_number_and_coefs_scale_dn_weights():
-    from models.dino.dino import resolve_dn_number
-    args = tiny_args(dn_scalar=100, dn_label_coef=0.5, dn_bbox_coef=2.0)
-    assert resolve_dn_number(args) == 100
-    assert resolve_dn_number(tiny_args(dn_scalar=None)) == MODEL["dn_number"]
+    # dn_scalar -> dn_number is resolved with the config (tests/util/test_config_schema.py)
+    args = tiny_args(dn_label_coef=0.5, dn_bbox_coef=2.0)
     _, criterion, _ = build_model(args)
     w = criterion.weight_dict
     assert w["loss_ce_dn"] == 0.5 * w["loss_ce"]
@@ -64,7 +62,7 @@ def test_dn_scalar_replaces_dn_number_and_coefs_scale_dn_weights():
 
 
 def test_missing_backbone_weights_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="backbone_weights"):
+    with pytest.raises(ValueError, match="backbone_weights"):
         build_model(tiny_args(backbone_weights=str(tmp_path / "nope.pth")))
 
 

@@ -4,6 +4,7 @@ import textwrap
 import pytest
 
 from util.slconfig import ConfigError, SLConfig, parse_option_value
+from util.config_schema import NOT_IMPLEMENTED
 
 DINO_4SCALE_KEYS = (
     "data_aug_scales data_aug_max_size data_aug_scales2_resize data_aug_scales2_crop data_aug_scale_overlap "
@@ -35,7 +36,8 @@ def write(tmp_path, name, text):
 def test_dino_4scale_has_every_dino_key_with_dino_values():
     cfg = SLConfig.fromfile("config/DINO/DINO_4scale.py")
     assert len(DINO_4SCALE_KEYS) == 103
-    missing = [k for k in DINO_4SCALE_KEYS if k not in cfg]
+    # DINO's keys this project does not implement are accepted only at DINO's value, not listed
+    missing = [k for k in DINO_4SCALE_KEYS if k not in cfg and k not in NOT_IMPLEMENTED]
     assert missing == []
     assert cfg.lr == 1e-4 and cfg.lr_backbone == 1e-5 and cfg.num_queries == 900 and cfg.dn_number == 100
     assert cfg.dn_box_noise_scale == 0.4 and cfg.return_interm_indices == [1, 2, 3]
