@@ -3,7 +3,7 @@
 Progress lines come in two forms (see MetricLogger.log_every): a full line with every
 meter, written to info.txt, and a compact one (epoch, iteration/total, ETA, loss, lr,
 it/s, peak memory). On a terminal the console shows the compact line and colours the
-WARNING/ERROR level names (termcolor; NO_COLOR / FORCE_COLOR are honoured); on a pipe
+WARNING/ERROR level names (termcolor; NO_COLOR turns that off); on a pipe
 or in CI it shows the full lines, exactly what info.txt gets, so nothing is lost there.
 """
 import datetime
@@ -36,14 +36,15 @@ class _DropProgress(logging.Filter):
 
 
 class _ColourLevelFormatter(logging.Formatter):
-    """The usual format with the level name coloured (terminal only)."""
+    """The usual format with the WARNING / ERROR level names coloured (used on a terminal)."""
 
     def format(self, record: logging.LogRecord) -> str:
         colour = LEVEL_COLOURS.get(record.levelname)
         if colour is None:
             return super().format(record)
         plain = record.levelname
-        record.levelname = colored(plain, colour, attrs=["bold"])
+        # forced: setup_logger decided (the stream is a terminal); termcolor would check sys.stdout
+        record.levelname = colored(plain, colour, attrs=["bold"], force_color=True)
         try:
             return super().format(record)
         finally:
@@ -53,6 +54,11 @@ class _ColourLevelFormatter(logging.Formatter):
 def _is_tty(stream) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
+
+
+def _colour_wanted() -> bool:
+    """False when the user turned colours off (https://no-color.org, termcolor's ANSI_COLORS_DISABLED)."""
+    return not (os.environ.get("NO_COLOR") or os.environ.get("ANSI_COLORS_DISABLED"))
 
 
 def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = LOGGER_NAME,
@@ -72,7 +78,7 @@ def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = LOGGER_NA
         stream = sys.stdout if stream is None else stream
         tty = _is_tty(stream)
         console = logging.StreamHandler(stream)
-        console.setFormatter(_ColourLevelFormatter(fmt_str, datefmt=_DATEFMT) if tty else fmt)
+        console.setFormatter(_ColourLevelFormatter(fmt_str, datefmt=_DATEFMT) if tty and _colour_wanted() else fmt)
         console.addFilter(_DropProgress(PROGRESS_FULL if tty else PROGRESS_COMPACT))
         log.addHandler(console)
     if output_dir:
