@@ -21,6 +21,7 @@ from util import dist as dist_utils
 from util.checkpoint import (CheckpointError, args_to_dict, find_resume_checkpoint, load_checkpoint,
                              load_model_state, remove_stale_temp_files, save_checkpoint)
 from util.config_schema import describe, load_config
+from util.log_records import append_log_record, read_log_records
 from util.logger import setup_logger
 from util.optim import ModelEMA, build_lr_scheduler, build_optimizer
 from util.slconfig import ConfigError, DictAction, SLConfig
@@ -162,30 +163,9 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def _read_log(path: str) -> List[dict]:
-    """The JSON records of log.txt; unreadable lines (e.g. a half-written last line after a
-    kill) are skipped."""
-    records = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    records.append(record)
-    return records
-
-
 def _best_logged_ap(records: List[dict], key: str) -> float:
     """Best AP (first of the 12 COCO numbers) under `key` in log.txt records; -1 when none."""
     return max((r[key][0] for r in records if r.get(key)), default=-1.0)
-
-
-def _append_log(path: str, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 @dataclass
@@ -339,7 +319,7 @@ def evaluate_once(run: Run) -> dict:
             logging.getLogger("detr").info("EMCA fusion weights (mean per encoder layer): %s", ", ".join(
                 f"E{layer}={m:.3f}" for layer, m in zip(summary["enc_layers"], summary["mean"])))
     if run.main_proc:
-        _append_log(run.log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **run.data_counts,
+        append_log_record(run.log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **run.data_counts,
                                    "n_parameters": run.n_parameters})
     return test_stats
 
@@ -355,14 +335,14 @@ def _recover_missing_epoch(run: Run, previous: List[dict]) -> None:
     test_stats, _ = run.evaluate()
     run.best["regular"] = max(run.best["regular"], test_stats["coco_eval_bbox"][0])
     if run.main_proc:
-        _append_log(run.log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **run.data_counts,
+        append_log_record(run.log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **run.data_counts,
                                    "epoch": epoch, "recovered": True, "n_parameters": run.n_parameters})
 
 
 def train(run: Run) -> dict:
     """The epoch loop from args.start_epoch; returns the last epoch's log record."""
     args = run.args
-    previous = _read_log(run.log_path)
+    previous = read_log_records(run.log_path, missing_ok=True)
     run.best = {"regular": _best_logged_ap(previous, "test_coco_eval_bbox"),
                 "ema": _best_logged_ap(previous, "ema_test_coco_eval_bbox")}
     _recover_missing_epoch(run, previous)
@@ -410,7 +390,7 @@ def run_epoch(run: Run, epoch: int, tb_writer=None) -> dict:
     record.update(epoch=epoch, n_parameters=run.n_parameters, best_ap=run.best["regular"],
                   now_time=time.strftime("%Y-%m-%d %H:%M:%S"), epoch_time=time.time() - t0)
     if run.main_proc:
-        _append_log(run.log_path, record)
+        append_log_record(run.log_path, record)
     ap = test_stats["coco_eval_bbox"][0]
     if tb_writer is not None:
         tb_writer.add_scalar("test/AP", ap, epoch)
@@ -463,7 +443,7 @@ def write_test_dev(run: Run) -> dict:
     if run.main_proc:
         stats["test_dev_detections"] = write_coco_results(
             detections, os.path.join(args.output_dir, stats["test_dev_results"]))
-        _append_log(run.log_path, stats)
+        append_log_record(run.log_path, stats)
         logging.getLogger("detr").info("wrote %d detections on %d test-dev images to %s; zip it and upload it "
                                        "to the COCO evaluation server", stats["test_dev_detections"],
                                        len(detections), stats["test_dev_results"])
@@ -474,7 +454,8 @@ def user_error_types() -> tuple:
     """Exceptions that are the user's input (config, data, checkpoint, numerics, memory), not bugs."""
     from datasets.coco import DataError
     from engine import NonFiniteLossError, ResourceError
-    return (ConfigError, CheckpointError, DataError, NonFiniteLossError, ResourceError)
+    from util.log_records import LogRecordError
+    return (ConfigError, CheckpointError, DataError, NonFiniteLossError, ResourceError, LogRecordError)
 
 
 def one_line(err: BaseException) -> str:

@@ -38,7 +38,7 @@ def test_config_errors_exit_2(tmp_path, capsys):
     nobase = tmp_path / "child.py"
     nobase.write_text("_base_ = ['gone.py']\nlr = 0.1\n")
     assert_one_line_error(*run_cli(["-c", str(nobase)], capsys), "'gone.py' not found")
-    assert_one_line_error(*run_cli(["--options", "lr_drop=abc"], capsys), "lr_drop='abc'", "expected int")
+    assert_one_line_error(*run_cli(["--options", "lr_drop=abc"], capsys), "lr_drop='abc'", "must be an int >= 1")
     assert_one_line_error(*run_cli(["--options", "hiden_dim=3"], capsys), "did you mean 'hidden_dim'")
 
 
