@@ -18,6 +18,8 @@ class FakeModel(nn.Module):
         self.w = nn.Parameter(torch.ones(1))
 
     def forward(self, samples, targets=None):
+        # the AMP state the forward ran under (None: autocast off)
+        self.autocast_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
         return {"pred": samples.tensors.mean() * self.w}
 
 
@@ -82,8 +84,11 @@ def test_debug_stops_early():
 
 
 def test_amp_bf16_on_cpu_runs():
-    _, _, stats = run(n=1, amp=True)
+    model, _, stats = run(n=1, amp=True)
+    assert model.autocast_dtype == torch.bfloat16  # the forward really ran under bf16 autocast
     assert stats["loss"] == pytest.approx(2.5, rel=1e-2)
+    model, _, _ = run(n=1)
+    assert model.autocast_dtype is None
 
 
 def test_tensorboard_hook_receives_scalars():

@@ -17,15 +17,27 @@ def test_sine_embedding_of_boxes_matches_formula():
     assert torch.allclose(emb[0, 0, :4], expected_y)  # y first, then x, w, h
 
 
-def test_position_encoding_normalises_by_valid_size():
+def test_position_encoding_values_and_valid_size_normalisation():
+    """Every feature against the formula: (y features, then x) [sin(c / T^(0/F)), cos(c / T^(0/F)),
+    sin(c / T^(2/F)), cos(c / T^(2/F))] with c = 2*pi * (valid pixels up to here) / (valid size),
+    T = 20 for y, 10 for x, F = 4; the right half of the map is padding (valid width 3), where
+    no pixel of the column is valid (y = 0) and x keeps the row's last valid count."""
     mask = torch.zeros(1, 4, 6, dtype=torch.bool)
-    mask[:, :, 3:] = True  # right half padded
-    pe = PositionEmbeddingSineHW(4, 20, 20)(NestedTensor(torch.zeros(1, 1, 4, 6), mask))
+    mask[:, :, 3:] = True
+    pe = PositionEmbeddingSineHW(4, temperature_h=20, temperature_w=10)(NestedTensor(torch.zeros(1, 1, 4, 6), mask))
     assert pe.shape == (1, 8, 4, 6)
-    # x of the last valid column is 2*pi: its first x feature is sin(2*pi) = 0
-    assert abs(pe[0, 4, 0, 2].item()) < 1e-5
-    # y of row 1 (of 4) is 2*pi * 2/4 = pi
-    assert abs(pe[0, 0, 1, 0].item() - math.sin(math.pi)) < 1e-5
+
+    def features(c, t):
+        return [math.sin(c), math.cos(c), math.sin(c / t ** 0.5), math.cos(c / t ** 0.5)]
+
+    expected = torch.zeros(8, 4, 6)
+    for i in range(4):
+        for j in range(6):
+            y = 2 * math.pi * (i + 1) / 4 if j < 3 else 0.0
+            x = 2 * math.pi * min(j + 1, 3) / 3
+            expected[:, i, j] = torch.tensor(features(y, 20) + features(x, 10))
+    assert torch.allclose(pe[0], expected, atol=1e-5)
+    assert expected.abs().max() > 0.9  # not satisfiable by an all-zero encoding
 
 
 def test_proposals_are_inf_on_padding_and_centred_on_pixels():
