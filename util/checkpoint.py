@@ -26,6 +26,7 @@ import pickle
 import re
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -95,15 +96,19 @@ def _canonical(value: Any) -> str:
 def compute_integrity(obj: Dict[str, Any]) -> Dict[str, Any]:
     """The '_integrity' record of a checkpoint dict: SHA-256 per tensor path, and per top-level key
     one SHA-256 over that key's non-tensor leaves (epoch, args, optimizer param_groups, ...)."""
-    tensors: Dict[str, str] = {}
+    tensors: Dict[str, torch.Tensor] = {}
     entries: Dict[str, Any] = {}
     for path, leaf in _walk({k: v for k, v in obj.items() if k != INTEGRITY_KEY}):
         if isinstance(leaf, torch.Tensor):
-            tensors[path] = tensor_digest(leaf)
+            tensors[path] = leaf
         else:
             top = path.split("/", 1)[0]
             entries.setdefault(top, hashlib.sha256()).update(f"{path}={_canonical(leaf)}\n".encode())
-    return {"algo": "sha256", "tensors": tensors, "entries": {k: h.hexdigest() for k, h in entries.items()}}
+    # hashlib releases the GIL on large buffers, so threads hash tensors in parallel (~1.8 GB/s per core)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(tensor_digest, tensors.values()))
+    return {"algo": "sha256", "tensors": dict(zip(tensors, digests)),
+            "entries": {k: h.hexdigest() for k, h in entries.items()}}
 
 
 def verify_integrity(obj: Dict[str, Any], record: Any, source: str) -> int:

@@ -283,3 +283,11 @@ def test_verify_runs_as_module(tmp_path):
         f"FAILED {path}: integrity check failed: the non-tensor values under 'args' differ from their "
         "recorded SHA-256; the file changed after it was saved (bad disk, partial or faulty copy); "
         "use another copy or an older checkpoint\n"), proc.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_state_saves_and_verifies(tmp_path):
+    path = str(tmp_path / "checkpoint.pth")
+    model = nn.Linear(4, 3).cuda()
+    save_checkpoint({"model": model.state_dict(), "epoch": 0}, path)  # digests hash a host copy
+    assert torch.equal(load_checkpoint(path)["model"]["weight"], model.weight.detach().cpu())
