@@ -126,16 +126,35 @@ def test_cli(tmp_path, capsys):
     assert len(os.listdir(os.path.join(out, "val2017"))) == 2
 
 
-def test_concurrent_generation_builds_once_and_keeps_the_first_copy(tmp_path):
-    import multiprocessing as mp
+def test_concurrent_generation_builds_once_and_keeps_the_first_copy(tmp_path, monkeypatch):
+    """Three threads ask for the same dataset while the first one is still writing it: the lock
+    makes the others wait and then reuse it (without the lock each would generate and swap in
+    its own copy). flock locks separate open() calls even within one process."""
+    import threading
+    import time
 
+    calls, real = [], synthetic.generate
+
+    def slow_generate(out, *args):
+        calls.append(out)
+        time.sleep(0.3)  # the other threads arrive while this copy is half-written
+        real(out, *args)
+
+    monkeypatch.setattr(synthetic, "generate", slow_generate)
     root = tmp_path / "syn"
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=ensure_synthetic_dataset, args=(str(root), 4, 2, 64, 0)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0, 0]
+    errors = []
+
+    def worker():
+        try:
+            ensure_synthetic_dataset(str(root), 4, 2, 64, 0)
+        except BaseException as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(calls) == 1
     assert sorted(os.listdir(tmp_path)) == ["syn", "syn.lock"]  # no leftover temp or old folders
     assert len(os.listdir(root / "train2017")) == 4
