@@ -1,4 +1,7 @@
-"""tools/benchmark.py on a tiny model: parameter counts, FLOP formulas, FPS and the train-step table."""
+"""tools/benchmark.py on a tiny model: parameter counts, FLOP formulas, and the output format of the
+inference and train-step modes (smoke tests: no speed is asserted)."""
+import re
+
 import pytest
 import torch
 
@@ -19,13 +22,40 @@ def test_gflops_counts_grid_sample_path():
     assert benchmark.count_gflops(M(), torch.randn(1, 3, 6, 6)) == pytest.approx(8 * 3 * 4 * 5 / 2e9)
 
 
-def test_inference_mode(tiny_cfg, capsys):
+def test_inference_mode_result_and_printed_format(tiny_cfg, capsys):
+    """The result dict and the four printed lines on a tiny model; parameter counts are exact,
+    FPS only has to be a number (no speed is asserted)."""
+    from models import build_model
+    from tools.common import tool_args
+
     config, opts = tiny_cfg
     res = benchmark.main(["-c", config, "--image-size", "64", "96", "--runs", "1", "--warmup", "0",
                           "--options", *opts])
-    assert res["params_total"] >= res["params_trainable"] > 0 and res["gflops"] > 0 and res["fps"] > 0
-    out = capsys.readouterr().out
-    assert "GFLOPs (multiply-adds" in out and "FPS" in out
+    assert set(res) == {"config", "use_hae", "use_emca", "image_size", "device", "params_trainable",
+                        "params_total", "gflops", "fps", "msda_backend"}
+    model = build_model(tool_args(config, opts))[0]
+    assert res["params_total"] == sum(p.numel() for p in model.parameters())
+    assert res["params_trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert res["image_size"] == [64, 96] and res["device"] == "cpu" and res["msda_backend"] in ("compiled", "pytorch")
+    assert isinstance(res["gflops"], float) and isinstance(res["fps"], float)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(rf"config {re.escape(config)}  hae=False emca=False  image 64x96  device cpu "
+                        r"\(msda backend (compiled|pytorch)\)", lines[0])
+    assert lines[1] == f"parameters: {res['params_trainable'] / 1e6:.2f}M trainable, {res['params_total'] / 1e6:.2f}M total"
+    assert lines[2] == f"GFLOPs (multiply-adds, fvcore convention = FLOPs/2): {res['gflops']:.1f}"
+    assert re.fullmatch(r"inference FPS at batch 1: \d+\.\d{3} \(1 timed runs after 0 warm-up\)", lines[3])
+
+
+def test_inference_gflops_are_the_counted_flops_of_the_model(tiny_cfg):
+    """The reported GFLOPs are FlopCounterMode's count of one forward of the same model and input."""
+    from tools.common import build_eval_model, tool_args
+
+    config, opts = tiny_cfg
+    res = benchmark.main(["-c", config, "--image-size", "64", "96", "--runs", "1", "--warmup", "0",
+                          "--options", *opts, "msda_backend=pytorch"])
+    model, _ = build_eval_model(tool_args(config, [*opts, "msda_backend=pytorch"]))
+    images, _ = benchmark.dummy_batch(64, 96, 1, torch.device("cpu"))
+    assert res["gflops"] == pytest.approx(benchmark.count_gflops(model, images), rel=1e-9)
 
 
 def test_both_backends_count_deformable_attention(tiny_cfg):
@@ -45,14 +75,23 @@ def test_both_backends_count_deformable_attention(tiny_cfg):
 
 
 def test_train_step_table(tiny_cfg, capsys):
+    """Rows per variant and the printed table's format; parameter counts are exact, times and
+    memory only have to be numbers (no speed is asserted)."""
     config, opts = tiny_cfg
     rows = benchmark.main(["--train-step", "-c", config, "--variants", "dino,augdetr", "--image-size", "64", "96",
                            "--repeats", "1", "--options", *opts, "enc_layers=2", "num_hae_layers=1"])
     assert [r["variant"] for r in rows] == ["dino", "augdetr"]
-    assert rows[1]["params_total"] > rows[0]["params_total"] and all(r["peak_mib"] > 0 for r in rows)
-    out = capsys.readouterr().out
-    assert "| variant |" in out
-    assert out.strip().splitlines()[-1].startswith("augdetr/dino train-step time ratio: ")
+    assert all(set(r) == {"variant", "time_s", "peak_mib", "params_total", "params_trainable"} for r in rows)
+    assert all(isinstance(r["time_s"], float) and isinstance(r["peak_mib"], float) for r in rows)
+    assert rows[1]["params_total"] > rows[0]["params_total"]  # HAE and EMCA add parameters
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1] == "| variant | fwd+bwd time (s) | vs dino | peak memory (MiB) | params (M) | params delta vs dino |"
+    delta = rows[1]["params_total"] - rows[0]["params_total"]
+    assert re.fullmatch(rf"\| dino \| \d+\.\d{{3}} \| 1\.00x \| \d+ \| {rows[0]['params_total'] / 1e6:.3f} \| \+0 \|",
+                        lines[3])
+    assert re.fullmatch(rf"\| augdetr \| \d+\.\d{{3}} \| \d+\.\d\dx \| \d+ \| {rows[1]['params_total'] / 1e6:.3f} \| "
+                        rf"\+{delta:,d} \|", lines[4])
+    assert re.fullmatch(r"augdetr/dino train-step time ratio: \d+\.\d{3}", lines[-1])
 
 
 def test_bad_variant():
