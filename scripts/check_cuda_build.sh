@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Compile-and-link check of the msda CUDA kernel (no GPU needed): builds the extension
 # into a temporary folder with setup.py build_ext and checks the CUDA object got linked.
+# ptxas runs verbose (-Xptxas -v): every msda kernel's registers are printed per
+# architecture, and a register spill or a nonzero local-memory stack frame fails the check.
 # Exits non-zero on failure; prints its duration.
 set -euo pipefail
 start=$(date +%s)
@@ -9,6 +11,7 @@ export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
 export MAX_JOBS="${MAX_JOBS:-2}"
 export PATH="$CUDA_HOME/bin:$PATH"
+export MSDA_EXTRA_NVCC_FLAGS="-Xptxas -v"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 if [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
@@ -30,6 +33,15 @@ grep -q "building CPU + CUDA kernels" "$tmp/log" || { echo "check_cuda_build: CU
 readelf -S "$so" >"$tmp/sections"
 if ! grep -q "nv_fatbin" "$tmp/sections"; then
   echo "check_cuda_build: $so has no .nv_fatbin section (no device code linked)" >&2
+  exit 1
+fi
+# ptxas -v prints, per kernel and architecture:
+#   ptxas info    : Compiling entry function '<mangled>' for 'sm_80'
+#   ptxas info    : Function properties for <mangled>
+#       0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+#   ptxas info    : Used 40 registers, used 0 barriers, 416 bytes cmem[0]
+if ! python "$repo/models/dino/ops/ptxas_report.py" "$tmp/log"; then
+  echo "check_cuda_build: FAILED (register spills or local-memory stack frames, see above)" >&2
   exit 1
 fi
 if [ -x "$CUDA_HOME/bin/cuobjdump" ]; then

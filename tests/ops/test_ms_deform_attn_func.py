@@ -112,6 +112,8 @@ def test_compiled_rejects_bad_input_with_clear_error(compiled):
         compiled.ms_deform_attn_forward(value, shapes, starts, loc.double(), attn)
     with pytest.raises(RuntimeError, match="spatial_shapes must be an int64"):
         compiled.ms_deform_attn_forward(value, shapes.int(), starts, loc, attn)
+    with pytest.raises(RuntimeError, match="level 1 .* does not fit in value's 29 tokens"):
+        compiled.ms_deform_attn_forward(value[:, :29].clone(), shapes, starts, loc, attn)
     with pytest.raises(RuntimeError, match="heads"):
         compiled.ms_deform_attn_forward(value, shapes, starts, torch.cat([loc] * 3, 2)[:, :, :3],
                                         torch.cat([attn] * 3, 2)[:, :, :3])

@@ -1,11 +1,13 @@
-"""Fake (meta) implementations and autograd for the torch.ops.msda operators.
+"""Fake (meta) implementations and autograd for the msda operators.
 
-Registered once, after the compiled library is loaded; they make the operators work
-under torch.compile (shape propagation without running a kernel) and under autograd.
+Registered once per operator namespace (`msda`, and `msda_emu` for the test-only SIMT
+emulator build, same schema), after the compiled library is loaded; they make the
+operators work under torch.compile (shape propagation without running a kernel) and
+under autograd.
 """
 import torch
 
-_registered = False
+_registered: set = set()
 
 
 def _forward_fake(value, spatial_shapes, level_start_index, sampling_loc, attn_weight):
@@ -25,19 +27,21 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_loc, attn_weight)
 
 
-def _backward(ctx, grad_output):
-    value, spatial_shapes, level_start_index, sampling_loc, attn_weight = ctx.saved_tensors
-    grad_value, grad_loc, grad_attn = torch.ops.msda.ms_deform_attn_backward(
-        value, spatial_shapes, level_start_index, sampling_loc, attn_weight, grad_output)
-    return grad_value, None, None, grad_loc, grad_attn
+def _autograd_backward(namespace: str):
+    def backward(ctx, grad_output):
+        value, spatial_shapes, level_start_index, sampling_loc, attn_weight = ctx.saved_tensors
+        grad_value, grad_loc, grad_attn = getattr(torch.ops, namespace).ms_deform_attn_backward(
+            value, spatial_shapes, level_start_index, sampling_loc, attn_weight, grad_output)
+        return grad_value, None, None, grad_loc, grad_attn
+    return backward
 
 
-def register() -> None:
-    """Idempotent; call after the library with the msda schema has been loaded."""
-    global _registered
-    if _registered:
+def register(namespace: str = "msda") -> None:
+    """Idempotent; call after the library defining `namespace`'s schema has been loaded."""
+    if namespace in _registered:
         return
-    torch.library.register_fake("msda::ms_deform_attn_forward")(_forward_fake)
-    torch.library.register_fake("msda::ms_deform_attn_backward")(_backward_fake)
-    torch.library.register_autograd("msda::ms_deform_attn_forward", _backward, setup_context=_setup_context)
-    _registered = True
+    torch.library.register_fake(f"{namespace}::ms_deform_attn_forward")(_forward_fake)
+    torch.library.register_fake(f"{namespace}::ms_deform_attn_backward")(_backward_fake)
+    torch.library.register_autograd(f"{namespace}::ms_deform_attn_forward", _autograd_backward(namespace),
+                                    setup_context=_setup_context)
+    _registered.add(namespace)

@@ -5,7 +5,9 @@
 
 The CPU kernel is always built; the CUDA kernel whenever CUDA_HOME (nvcc) is found and
 torch has CUDA, no GPU needed. Without a visible GPU and TORCH_CUDA_ARCH_LIST unset,
-the architectures default to "8.0;9.0". MSDA_NO_CUDA=1 skips the CUDA kernel.
+the architectures default to "8.0;9.0". MSDA_NO_CUDA=1 skips the CUDA kernel;
+MSDA_EXTRA_NVCC_FLAGS (space-separated) adds nvcc flags, e.g. "-Xptxas -v" for
+scripts/check_cuda_build.sh's register and spill report.
 """
 import os
 import subprocess
@@ -40,6 +42,7 @@ from build_config import CXX_FLAGS, LD_FLAGS, NVCC_FLAGS, source_hash  # noqa: E
 
 # the module records which sources it was built from, so a stale install is noticed at load time
 CXX_ARGS = CXX_FLAGS + [f"-DMSDA_SOURCE_HASH={source_hash()}"]
+NVCC_ARGS = NVCC_FLAGS + os.environ.get("MSDA_EXTRA_NVCC_FLAGS", "").split()
 
 
 def extension():
@@ -55,7 +58,7 @@ def extension():
     print(f"msda setup.py: building CPU + CUDA kernels (CUDA_HOME={CUDA_HOME}, "
           f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPUs')})")
     return CUDAExtension("msda_ext", sources + ["src/msda_cuda.cu"], include_dirs=[str(HERE / "src")],
-                         extra_compile_args={"cxx": CXX_ARGS, "nvcc": NVCC_FLAGS}, extra_link_args=LD_FLAGS)
+                         extra_compile_args={"cxx": CXX_ARGS, "nvcc": NVCC_ARGS}, extra_link_args=LD_FLAGS)
 
 
 os.chdir(HERE)  # sources are relative to this folder, whoever calls us

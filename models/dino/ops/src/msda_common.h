@@ -57,6 +57,18 @@ inline Sizes check_inputs(const at::Tensor& value, const at::Tensor& shapes, con
   TORCH_CHECK(value.device() == loc.device() && value.device() == attn.device() &&
                   value.device() == shapes.device() && value.device() == starts.device(),
               "msda: all inputs must be on one device (value is on ", value.device(), ")");
+  // Every level must lie inside value's S tokens, else the kernels read out of bounds (found by
+  // the ASan build of the emulator). Checked where it is free: on CPU tensors; on the GPU it would
+  // cost a device-to-host copy (a sync) per call.
+  if (shapes.device().is_cpu()) {
+    const at::Tensor sh = shapes.contiguous(), st = starts.contiguous();
+    const int64_t* hw = sh.data_ptr<int64_t>();
+    const int64_t* start = st.data_ptr<int64_t>();
+    for (int64_t l = 0; l < s.L; ++l)
+      TORCH_CHECK(hw[2 * l] >= 0 && hw[2 * l + 1] >= 0 && start[l] >= 0 && start[l] + hw[2 * l] * hw[2 * l + 1] <= s.S,
+                  "msda: level ", l, " (", hw[2 * l], " x ", hw[2 * l + 1], " starting at token ", start[l],
+                  ") does not fit in value's ", s.S, " tokens: spatial_shapes / level_start_index do not match value");
+  }
   return s;
 }
 
