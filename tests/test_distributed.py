@@ -16,12 +16,11 @@ import pytest
 
 import main
 from coco_layouts import make_test_dev_layout
+from tiny_configs import RUN, options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
-TINY = ["synthetic_num_train=8", "synthetic_num_val=5", "enc_layers=1", "dec_layers=1", "hidden_dim=64",
-        "num_queries=20", "num_select=20", "dn_number=4", "data_aug_scales=96", "data_aug_max_size=128",
-        "data_aug_scales2_resize=96", "data_aug_scales2_crop=64,96", "batch_size=2"]
+TINY = options(RUN, synthetic_num_train=8, synthetic_num_val=5, batch_size=2)  # tests/tiny_configs.py
 
 
 def free_port() -> int:

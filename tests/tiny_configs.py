@@ -4,7 +4,7 @@ Two views of the same sizes:
   * MODEL: the model the model tests build in-process (2 encoder + 2 decoder layers, so that
     EMCA mixes layers and the decoder refines boxes twice), pure-PyTorch deformable attention
     so the numbers do not depend on which kernel a machine compiled;
-  * RUN: the same widths with 1 + 1 layers and 64-96 px training scales, for end-to-end
+  * RUN: width 64 with 1 + 1 layers and 64-96 px training scales, for end-to-end
     runs of main.py and the tools (`--options` strings from `options()`).
 A test states only what it changes (e.g. `options(RUN, epochs=2)`); the sizes live here.
 """
@@ -21,8 +21,10 @@ MODEL: Dict[str, Any] = dict(
     backbone="resnet18", hidden_dim=32, nheads=4, dim_feedforward=64, enc_layers=2, dec_layers=2,
     num_queries=10, num_select=10, num_classes=7, dn_labelbook_size=7, dn_number=4, msda_backend="pytorch")
 
+# width 64: GroupNorm(32) of the input projections then sees 2 channels per group, so a training
+# batch of one 64 px image (a 1 x 1 stride-64 level) still has more than one value per group
 RUN: Dict[str, Any] = dict(
-    {k: v for k, v in MODEL.items() if k != "msda_backend"}, enc_layers=1, dec_layers=1,
+    {k: v for k, v in MODEL.items() if k != "msda_backend"}, hidden_dim=64, enc_layers=1, dec_layers=1,
     data_aug_scales=[64], data_aug_max_size=96, data_aug_scales2_resize=[64], data_aug_scales2_crop=[48, 64])
 
 

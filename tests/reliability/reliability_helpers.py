@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from tiny_configs import RUN, options
 from util.checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -13,10 +14,8 @@ HOOKED_MAIN = os.path.join(ROOT, "tests", "reliability", "hooked_main.py")
 
 # 8 train images / batch 4 = 2 iterations per epoch; 2 val images in one batch
 SYN = {"num_train": 8, "num_val": 2, "image_size": 96, "seed": 0}
-TINY = ["synthetic_num_train=8", "synthetic_num_val=2", "synthetic_image_size=96", "val_batch_size=2",
-        "enc_layers=1", "dec_layers=1", "hidden_dim=32", "dim_feedforward=64", "nheads=4",
-        "num_queries=10", "num_select=10", "dn_number=4", "data_aug_scales=64", "data_aug_max_size=96",
-        "data_aug_scales2_resize=64", "data_aug_scales2_crop=48,64"]
+TINY = options(RUN, synthetic_num_train=8, synthetic_num_val=2, synthetic_image_size=96,
+               val_batch_size=2)  # the shared tiny run, tests/tiny_configs.py
 
 
 def make_synthetic(root: str) -> str:

@@ -7,13 +7,13 @@ import sys
 import pytest
 
 import run_with_submitit
+from tiny_configs import RUN, options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MINE = ["_common.sh", "train_single_gpu.sh", "train_multi_gpu.sh", "train_multi_node.sh", "train_slurm.sh",
         "train_submitit.sh", "eval_single_gpu.sh", "eval_multi_gpu.sh"]
-TINY = ["epochs=1", "synthetic_num_train=4", "synthetic_num_val=2", "enc_layers=1", "dec_layers=1", "hidden_dim=64",
-        "dim_feedforward=64", "num_queries=10", "num_select=10", "dn_scalar=4", "batch_size=2",
-        "data_aug_scales=96", "data_aug_max_size=128", "data_aug_scales2_resize=96", "data_aug_scales2_crop=64,96"]
+# the shared tiny run (tests/tiny_configs.py); dn_scalar=4 must win over the script's README dn_scalar=100
+TINY = options(RUN, epochs=1, synthetic_num_train=4, synthetic_num_val=2, batch_size=2, dn_scalar=4)
 
 
 @pytest.mark.parametrize("name", MINE)
@@ -47,7 +47,7 @@ def test_single_gpu_script_end_to_end(tmp_path):
     with open(out / "config_args_all.json") as f:
         args = json.load(f)
     assert args["use_hae"] and args["use_emca"] and args["embed_init_tgt"] is True and args["use_ema"] is False
-    assert args["dn_number"] == 4 and args["hidden_dim"] == 64  # passthrough wins over dn_scalar=100
+    assert args["dn_number"] == 4 and args["hidden_dim"] == RUN["hidden_dim"]  # passthrough wins over dn_scalar=100
     assert (out / "checkpoint.pth").is_file()
 
 

@@ -2,11 +2,10 @@
 import os
 
 import main
+from tiny_configs import RUN, options
 from tools import plot_logs
 
-TINY = ["epochs=1", "synthetic_num_train=4", "synthetic_num_val=2", "enc_layers=1", "dec_layers=1", "hidden_dim=64",
-        "num_queries=10", "num_select=10", "dn_number=4", "batch_size=2", "data_aug_scales=96",
-        "data_aug_max_size=128", "data_aug_scales2_resize=96", "data_aug_scales2_crop=64,96"]
+TINY = options(RUN, epochs=1, synthetic_num_train=4, synthetic_num_val=2, batch_size=2)
 
 
 def test_tensorboard_event_files(tmp_path):
