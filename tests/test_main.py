@@ -7,6 +7,7 @@ import torch
 
 import main
 from coco_layouts import make_test_dev_layout
+from tiny_configs import RUN, options
 from util.checkpoint import load_checkpoint
 from util.slconfig import ConfigError
 
@@ -65,9 +66,8 @@ def test_help_documents_every_flag(capsys):
         assert action.help, action.dest
 
 
-TINY = ["epochs=1", "synthetic_num_train=8", "synthetic_num_val=4", "enc_layers=1", "dec_layers=1",
-        "hidden_dim=64", "num_queries=20", "num_select=20", "dn_number=4", "data_aug_scales=96",
-        "data_aug_max_size=128", "data_aug_scales2_resize=96", "data_aug_scales2_crop=64,96"]
+# the shared tiny run (tests/tiny_configs.py) with 20 queries (the test-dev detection count below)
+TINY = options(RUN, epochs=1, synthetic_num_train=8, synthetic_num_val=4, num_queries=20, num_select=20)
 
 
 @pytest.fixture(scope="session")
