@@ -73,3 +73,19 @@ def test_backbone_weights_load_from_local_file(tmp_path):
     torch.save(ref.state_dict(), path)
     model, _, _ = build_model(tiny_args(backbone_weights=str(path)))
     assert torch.equal(model.backbone[0].body.conv1.weight, ref.conv1.weight)
+
+
+def test_postprocess_nms_removes_same_class_duplicates_only():
+    """Per-class NMS: of two near-identical boxes of one class the lower-scored goes; the same box
+    with another class and a distant box stay."""
+    from models.dino.dino import PostProcess
+    logits = torch.full((1, 3, 3), -9.0)
+    logits[0, 0, 1], logits[0, 1, 1], logits[0, 1, 2], logits[0, 2, 1] = 3.0, 2.0, 1.0, 0.0
+    boxes = torch.tensor([[[0.30, 0.30, 0.2, 0.2], [0.31, 0.30, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1]]])
+    out = {"pred_logits": logits, "pred_boxes": boxes}
+    plain = PostProcess(num_select=4)(out, torch.tensor([[100, 100]]))[0]
+    nms = PostProcess(num_select=4, nms_iou_threshold=0.5)(out, torch.tensor([[100, 100]]))[0]
+    assert plain["labels"].tolist() == [1, 1, 2, 1]
+    assert nms["labels"].tolist() == [1, 2, 1]
+    assert torch.allclose(nms["scores"], plain["scores"][[0, 2, 3]])
+    assert torch.allclose(nms["boxes"][2], torch.tensor([75.0, 75.0, 85.0, 85.0]))
