@@ -20,10 +20,11 @@ import torch
 from util import dist as dist_utils
 from util.checkpoint import (CheckpointError, args_to_dict, find_resume_checkpoint, load_checkpoint,
                              load_model_state, remove_stale_temp_files, save_checkpoint)
-from util.config_schema import describe, load_config
-from util.log_records import append_log_record, read_log_records
+from util.config_schema import config_differences, describe, load_config
+from util.log_records import append_log_record, read_log_records, training_epochs
 from util.logger import setup_logger
 from util.optim import ModelEMA, build_lr_scheduler, build_optimizer
+from util.run_dir import eval_output_dir, expand_output_dir
 from util.slconfig import ConfigError, DictAction, SLConfig
 
 DEFAULT_CONFIG = "config/DINO/DINO_synthetic.py"
@@ -79,7 +80,9 @@ def _add_data_flags(g) -> None:
 
 def _add_run_flags(g) -> None:
     g.add_argument("--output_dir", default=None,
-                   help="where logs and checkpoints go (default logs/<config file stem>)")
+                   help="where logs and checkpoints go (default logs/<config file stem>); %%j = SLURM job id, "
+                        "%%t = start time; --eval/--test write to <folder>/eval/<checkpoint stem> unless given "
+                        "a folder that holds no training run")
     g.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'")
     g.add_argument("--seed", type=int, default=42, help="random seed; each process uses seed + rank")
     g.add_argument("--resume", default="", help="checkpoint to resume from (wins over auto-resume from output_dir)")
@@ -135,12 +138,25 @@ def build_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     for key, value in cfg.items():
         setattr(args, key, value)
     args.config_keys = list(cfg)
+    args.output_dir_given = args.output_dir is not None
     if args.output_dir is None:
         args.output_dir = os.path.join("logs", os.path.splitext(os.path.basename(args.config_file))[0])
     args.device = resolve_device(args.device)
     if args.test:
         args.eval = True  # no training; the test split replaces the val split
+    _check_run_flags(args)
     return args
+
+
+def _check_run_flags(args) -> None:
+    """Flag combinations and environment values that cannot work, as one-line errors."""
+    from models.dino.ops.backend import BACKENDS
+    env = os.environ.get("MSDA_BACKEND")
+    if env and env not in BACKENDS:
+        raise ConfigError(f"MSDA_BACKEND={env!r} is not one of {', '.join(BACKENDS)}; unset it or pick one")
+    if args.save_emca_weights and not (args.use_emca and args.eval):
+        raise ConfigError("--save_emca_weights records EMCA's fusion weights during an evaluation: add --eval "
+                          "and --use_emca (the checkpoint must be an EMCA model)")
 
 
 def resolve_device(name: str) -> str:
@@ -208,6 +224,7 @@ def main(args: argparse.Namespace):
     """Run training (or evaluation with --eval, test-dev with --test); returns the last stats dict."""
     dist_utils.init_distributed_mode(args)
     try:
+        settle_output_dir(args)
         run = build_run(args)
         resume(run)
         if args.test:
@@ -217,6 +234,24 @@ def main(args: argparse.Namespace):
         return train(run)
     finally:
         dist_utils.cleanup()
+
+
+def settle_output_dir(args) -> None:
+    """Expand %j / %t (rank 0's clock for every rank). For --eval / --test also pick the weights
+    (--resume, --pretrain_model_path, else the newest checkpoint of output_dir) and their own
+    folder (util/run_dir.eval_output_dir), so no evaluation writes into a training run's files."""
+    args.output_dir = dist_utils.all_gather_object(expand_output_dir(args.output_dir, os.environ))[0]
+    if not args.eval:
+        return
+    weights = args.resume or args.pretrain_model_path or find_resume_checkpoint(args.output_dir)
+    if not weights:
+        what = "--test" if args.test else "--eval"
+        raise ConfigError(f"{what} needs trained weights: pass --resume CHECKPOINT (no checkpoint given and none "
+                          f"in {args.output_dir})")
+    if not args.pretrain_model_path:
+        args.resume = weights
+    args.output_dir = eval_output_dir(args.output_dir if args.output_dir_given else None, args.output_dir,
+                                      weights, args.debug)
 
 
 def _prepare_output_dir(args) -> logging.Logger:
@@ -283,7 +318,7 @@ def resume(run: Run) -> None:
     ema_state = None
     if path:
         ckpt = load_checkpoint(path)
-        load_model_state(run.model_without_ddp, ckpt["model"], source=path, strict=True)
+        _load_weights(run, ckpt, path, strict=True)
         log.info("resumed model weights from %s", path)
         run.resumed_from, ema_state = path, ckpt.get("ema_model")
         if not args.eval and "optimizer" in ckpt:
@@ -294,13 +329,37 @@ def resume(run: Run) -> None:
                 run.scaler.load_state_dict(ckpt["scaler"])
     elif args.pretrain_model_path:
         ckpt = load_checkpoint(args.pretrain_model_path)
-        load_model_state(run.model_without_ddp, ckpt["model"], source=args.pretrain_model_path, strict=False,
-                         ignore=args.finetune_ignore)
+        _load_weights(run, ckpt, args.pretrain_model_path, strict=False)
         run.resumed_from = args.pretrain_model_path
     if args.use_ema:  # a copy of the loaded weights, or the checkpoint's own EMA
         run.ema = ModelEMA(run.model_without_ddp, args.ema_decay)
         if ema_state is not None:
             run.ema.load_state_dict(ema_state)
+
+
+def _load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
+    """Load ckpt['model']; when the tensors do not fit, say which config the checkpoint was trained
+    with and how it differs from this run's (the full tensor list goes to info.txt)."""
+    args = run.args
+    try:
+        load_model_state(run.model_without_ddp, ckpt["model"], source=path, strict=strict,
+                         ignore=None if strict else args.finetune_ignore)
+    except CheckpointError as err:
+        saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+        logging.getLogger("detr").info("full load error: %s", err)
+        diffs = config_differences(saved, vars(args))
+        shown = ", ".join(f"{k}={old!r} (now {new!r})" for k, old, new in diffs[:3])
+        count = re.search(r"(\d+) shape mismatches", str(err))
+        trained = saved.get("config_file", "an unknown config (no config stored in the checkpoint)")
+        fix = (f"use -c {trained}" + (" with the same --options" if diffs else "") if "config_file" in saved
+               else "use the config it was trained with")
+        if not strict:
+            fix += ", or --finetune_ignore SUBSTRING to skip those weights"
+        raise CheckpointError(
+            f"{path} does not fit this model: it was trained with {trained}, this run uses {args.config_file}"
+            + (f"; differing keys: {shown}" + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "") if diffs else "")
+            + (f"; {count.group(1)} tensors have other shapes" if count else "")
+            + f"; {fix} (full list in info.txt)") from None
 
 
 def evaluate_once(run: Run) -> dict:
@@ -318,9 +377,10 @@ def evaluate_once(run: Run) -> dict:
                 json.dump(summary, f, indent=2)
             logging.getLogger("detr").info("EMCA fusion weights (mean per encoder layer): %s", ", ".join(
                 f"E{layer}={m:.3f}" for layer, m in zip(summary["enc_layers"], summary["mean"])))
-    if run.main_proc:
+    if run.main_proc:  # marked, so tools that read training epochs skip it
         append_log_record(run.log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **run.data_counts,
-                                   "n_parameters": run.n_parameters})
+                                         "mode": "eval", "checkpoint": run.resumed_from, "debug": args.debug,
+                                         "n_parameters": run.n_parameters})
     return test_stats
 
 
@@ -342,9 +402,16 @@ def _recover_missing_epoch(run: Run, previous: List[dict]) -> None:
 def train(run: Run) -> dict:
     """The epoch loop from args.start_epoch; returns the last epoch's log record."""
     args = run.args
-    previous = read_log_records(run.log_path, missing_ok=True)
+    previous = training_epochs(read_log_records(run.log_path, missing_ok=True))
     run.best = {"regular": _best_logged_ap(previous, "test_coco_eval_bbox"),
                 "ema": _best_logged_ap(previous, "ema_test_coco_eval_bbox")}
+    if args.start_epoch >= args.epochs and run.resumed_from:
+        last = next((r for r in reversed(previous) if r.get("test_coco_eval_bbox")), {})
+        logging.getLogger("detr").info(
+            "training is complete: %d of %d epochs in %s, best AP %.4f, last AP %.4f; nothing to do (raise "
+            "--options epochs=N to train longer)", args.start_epoch, args.epochs, args.output_dir,
+            run.best["regular"], (last.get("test_coco_eval_bbox") or [-1.0])[0])
+        return last
     _recover_missing_epoch(run, previous)
     tb_writer = None
     if args.tensorboard and run.main_proc:
@@ -436,14 +503,12 @@ def write_test_dev(run: Run) -> dict:
     """--test: detections for every test-dev image, written by rank 0; returns what was written."""
     from engine import predict, write_coco_results
     args = run.args
-    if not run.resumed_from:
-        raise ConfigError("--test needs trained weights: pass --resume CHECKPOINT")
     detections = predict(run.model, run.postprocessors, run.loaders.val, run.device, amp=args.amp, debug=args.debug)
     stats = {"test_dev_images": len(detections), "test_dev_results": test_dev_file_name(args)}
     if run.main_proc:
         stats["test_dev_detections"] = write_coco_results(
             detections, os.path.join(args.output_dir, stats["test_dev_results"]))
-        append_log_record(run.log_path, stats)
+        append_log_record(run.log_path, {**stats, "mode": "test", "checkpoint": run.resumed_from})
         logging.getLogger("detr").info("wrote %d detections on %d test-dev images to %s; zip it and upload it "
                                        "to the COCO evaluation server", stats["test_dev_detections"],
                                        len(detections), stats["test_dev_results"])

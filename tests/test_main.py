@@ -1,6 +1,7 @@
 """CLI (build_args) and end-to-end train -> checkpoint -> resume -> eval runs (main.py)."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -76,7 +77,8 @@ def synthetic_dir(tmp_path_factory):
 
 
 def tiny_args(out, synthetic_dir, *extra, options=()):
-    argv = ["--output_dir", str(out), "--num_workers", "0", "--device", "cpu", *extra,
+    """build_args of the tiny run; out=None leaves --output_dir to main.py."""
+    argv = [*(["--output_dir", str(out)] if out is not None else []), "--num_workers", "0", "--device", "cpu", *extra,
             "--options", *TINY, f"synthetic_dir={synthetic_dir}", *options]
     return main.build_args(argv)
 
@@ -141,21 +143,70 @@ def test_ema_is_evaluated_and_its_best_checkpoint_saved(resumed_run):
 
 
 def test_eval_only_explicit_resume_wins_and_saves_results(resumed_run, synthetic_dir, capsys):
+    """--eval into a training run's folder goes to <run>/eval/<checkpoint stem>: the run's log.txt and
+    config dumps stay as training wrote them."""
     out, _ = resumed_run
+    before = {name: (out / name).read_bytes() for name in ("log.txt", "config_args_all.json", "config_cfg.py")}
     main.main(tiny_args(out, synthetic_dir, "--eval", "--save_results", "--resume", str(out / "checkpoint0000.pth")))
     assert "auto-resume" not in capsys.readouterr().out
-    last = read_log(out)[-1]
-    assert "test_coco_eval_bbox" in last and "epoch" not in last
-    with open(out / "results.json") as f:
+    assert before == {name: (out / name).read_bytes() for name in before}
+    eval_dir = out / "eval" / "checkpoint0000"
+    last = read_log(eval_dir)[-1]
+    assert "test_coco_eval_bbox" in last and "epoch" not in last and last["mode"] == "eval"
+    assert last["checkpoint"] == str(out / "checkpoint0000.pth") and last["debug"] is False
+    with open(eval_dir / "results.json") as f:
         dets = json.load(f)
-    assert dets and set(dets[0]) == {"image_id", "category_id", "bbox", "score"}
+    assert dets and set(dets[0]) >= {"image_id", "category_id", "bbox", "score"}
+    # without --output_dir: beside the checkpoint; --debug subsets get their own folder
+    main.main(tiny_args(None, synthetic_dir, "--eval", "--debug", "--resume", str(out / "checkpoint.pth")))
+    assert read_log(out / "eval" / "checkpoint-debug")[-1]["debug"] is True
+    assert before == {name: (out / name).read_bytes() for name in before}
+
+
+def test_eval_without_weights_is_an_error(tmp_path, synthetic_dir):
+    with pytest.raises(main.ConfigError, match=r"--eval needs trained weights: pass --resume CHECKPOINT"):
+        main.main(tiny_args(tmp_path, synthetic_dir, "--eval"))
+    assert not (tmp_path / "log.txt").exists()
+
+
+def test_finished_run_says_so(resumed_run, synthetic_dir, caplog):
+    out, _ = resumed_run
+    epochs = len([r for r in read_log(out) if "epoch" in r])
+    before = (out / "log.txt").read_bytes()
+    main.main(tiny_args(out, synthetic_dir, options=[f"epochs={epochs}", *EMA]))
+    assert before == (out / "log.txt").read_bytes()
+    assert re.search(rf"training is complete: {epochs} of {epochs} epochs .* best AP [\d.]+, last AP [\d.]+",
+                     (out / "info.txt").read_text())
+
+
+def test_output_dir_patterns(tmp_path, synthetic_dir, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    args = tiny_args(str(tmp_path / "R50-%j"), synthetic_dir, "--eval", "--resume", "x.pth")
+    main.settle_output_dir(args)
+    assert args.output_dir == str(tmp_path / "R50-4242")
+    monkeypatch.delenv("SLURM_JOB_ID")
+    with pytest.raises(main.ConfigError, match="SLURM_JOB_ID is not set"):
+        main.settle_output_dir(tiny_args(str(tmp_path / "R50-%j"), synthetic_dir))
+
+
+def test_flag_and_environment_errors(monkeypatch):
+    with pytest.raises(main.ConfigError, match="--save_emca_weights .* add --eval and --use_emca"):
+        main.build_args(["--eval", "--save_emca_weights"])
+    monkeypatch.setenv("MSDA_BACKEND", "bogus")
+    with pytest.raises(main.ConfigError, match="MSDA_BACKEND='bogus' is not one of auto, compiled, pytorch"):
+        main.build_args([])
 
 
 def test_mismatched_checkpoint_is_clear_error(tmp_path, resumed_run, synthetic_dir):
     out, _ = resumed_run
-    with pytest.raises(Exception, match=r"does not fit this model.*shape mismatches"):
+    with pytest.raises(main.CheckpointError, match=r"does not fit this model: it was trained with "
+                       r"config/DINO/DINO_synthetic.py, this run uses config/DINO/DINO_synthetic.py; differing keys: "
+                       r"hidden_dim=64 \(now 32\), [^;]*; \d+ tensors have other shapes; use -c config/DINO/DINO_synthetic.py "
+                       r"with the same --options") as info:
         main.main(tiny_args(tmp_path, synthetic_dir, "--eval", "--resume", str(out / "checkpoint.pth"),
                             options=["hidden_dim=32"]))
+    assert len(str(info.value).replace(str(out), "")) < 350
+    assert "full load error" in (tmp_path / "info.txt").read_text()
 
 
 def test_test_dev_detections_equal_eval_results(tmp_path, resumed_run, synthetic_dir):

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from util.log_records import LogRecordError, read_log_records  # noqa: E402
+from util.log_records import LogRecordError, read_log_records, training_epochs  # noqa: E402
 
 COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
@@ -23,7 +23,8 @@ def read_stats(run_dir: str, which: str = "last") -> Optional[dict]:
     run has no log.txt or no evaluated line. Read with util.log_records (as main.py does): a
     half-written last line is skipped, a corrupt line elsewhere is a LogRecordError."""
     path = run_dir if run_dir.endswith(".txt") else os.path.join(run_dir, "log.txt")
-    rows = [r for r in read_log_records(path, missing_ok=True) if "test_coco_eval_bbox" in r]
+    # training epochs only: an --eval line (e.g. a --debug subset) never stands for the run
+    rows = [r for r in training_epochs(read_log_records(path, missing_ok=True)) if "test_coco_eval_bbox" in r]
     if not rows:
         return None
     return max(rows, key=lambda r: r["test_coco_eval_bbox"][0]) if which == "best" else rows[-1]
@@ -38,7 +39,7 @@ def table(run_dirs: List[str], names: Optional[List[str]] = None, which: str = "
             lines.append(f"| {name} | - | " + " | ".join(["n/a"] * len(COLUMNS)) + " |")
             continue
         stats = row["test_coco_eval_bbox"][:6]
-        epoch = row.get("epoch", "eval")
+        epoch = row["epoch"]
         lines.append(f"| {name} | {epoch} | " + " | ".join(f"{100 * v:.1f}" for v in stats) + " |")
     return "\n".join(lines)
 

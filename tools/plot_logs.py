@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from util.log_records import LogRecordError, read_log_records  # noqa: E402
+from util.log_records import LogRecordError, read_log_records, training_epochs  # noqa: E402
 
 
 class LogError(ValueError):
@@ -35,9 +35,7 @@ def read_log(path: str) -> Dict[str, List[float]]:
     except LogRecordError as err:
         raise LogError(str(err)) from None
     series = {"epoch": [], "loss": [], "ap": []}
-    for entry in records:
-        if "epoch" not in entry:
-            continue
+    for entry in training_epochs(records):
         series["epoch"].append(entry["epoch"])
         series["loss"].append(float(entry.get("train_loss", float("nan"))))
         ap = entry.get("test_coco_eval_bbox")

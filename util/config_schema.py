@@ -15,7 +15,7 @@ import difflib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from util.slconfig import ConfigError
 
@@ -377,3 +377,21 @@ def load_config(path: str, options: Optional[Dict[str, Any]] = None, flags: Opti
     if cfg["dn_scalar"] is not None:
         cfg["dn_number"] = cfg["dn_scalar"]  # DN-DETR's name for the denoising query budget
     return cfg
+
+
+def _model_keys() -> List[str]:
+    """Keys that change the model's tensors (backbone .. embed_init_tgt in SCHEMA, classes, AugDETR)."""
+    names = list(SCHEMA)
+    block = names[names.index("modelname"):names.index("msda_backend")]
+    return block + ["num_classes", "dn_labelbook_size"] + [n for n in names if n.startswith(("hae_", "emca_"))] + [
+        "use_hae", "num_hae_layers", "use_emca"]
+
+
+def config_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
+    """(key, saved value, current value) for the config keys whose values differ: keys that change
+    the model's tensors first, then the others, each in schema order; keys the saved config lacks
+    (older files) are not compared."""
+    model = _model_keys()
+    order = model + [k for k in SCHEMA if k not in model]
+    return [(k, saved[k], current[k]) for k in order
+            if k in saved and k in current and not _same(current[k], saved[k])]

@@ -78,3 +78,9 @@ def append_log_record(path: str, record: dict) -> None:
                     f.truncate(start)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def training_epochs(records: List[dict]) -> List[dict]:
+    """The training-epoch records (they carry 'epoch'); --eval / --test lines (marked 'mode') and
+    the unmarked evaluation lines of older logs have no 'epoch' and are left out."""
+    return [r for r in records if "epoch" in r and r.get("mode", "train") == "train"]

@@ -35,6 +35,19 @@ def test_collect_results_prints_the_papers_columns(tmp_path):
     assert best.startswith("| AugDETR | 0 | 50.0 |")
 
 
+def test_collect_results_and_plot_logs_skip_evaluation_lines(tmp_path):
+    """--eval lines (marked mode=eval, e.g. a --debug subset) and old unmarked eval lines never stand for the run."""
+    from plot_logs import read_log
+    write_log(tmp_path / "run", [0.30, 0.32])
+    with open(tmp_path / "run" / "log.txt", "a") as f:
+        f.write(json.dumps({"mode": "eval", "debug": True, "test_coco_eval_bbox": [0.9] * 12}) + "\n")
+        f.write(json.dumps({"test_coco_eval_bbox": [0.8] * 12}) + "\n")
+    for which in ("last", "best"):
+        assert collect_results.table([str(tmp_path / "run")], which=which).splitlines()[2].startswith(
+            "| run | 1 | 32.0 |")
+    assert read_log(str(tmp_path / "run" / "log.txt"))["ap"] == [0.30, 0.32]
+
+
 def test_collect_results_reads_logs_as_main_does(tmp_path):
     write_log(tmp_path / "run", [0.30, 0.40])
     with open(tmp_path / "run" / "log.txt", "a") as f:
