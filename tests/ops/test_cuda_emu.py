@@ -1,29 +1,19 @@
 """The CUDA kernels (msda_cuda_kernels.cuh, unchanged) run on the CPU under the SIMT emulator.
 
-torch.ops.msda_emu is the CUDA op's device code built by the host compiler (models/dino/ops/_emu.py):
+torch.ops.msda_emu (the `emu` fixture) is the CUDA op's device code built by the host compiler
+(models/dino/ops/_emu.py):
 warps run as 32 lanes that meet at every __shfl_xor_sync, blocks in a seeded shuffled order. The cases
 are those of the CUDA tests and more: every group width (channels per head 1..71), warps and blocks
 left partly filled, the EMCA head layout, strided and zero-sized inputs, points on and off the borders.
 The first tests check the emulator's own rules.
 """
-import shutil
-
 import pytest
 import torch
 
-from models.dino.ops import _emu, ms_deform_attn_pytorch
+from models.dino.ops import ms_deform_attn_pytorch
 from tests.ops.conftest import make_inputs
 
 D_VALUES = [1, 2, 5, 8, 16, 30, 32, 33, 71]
-
-
-@pytest.fixture(scope="session")
-def emu():
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler for the msda emulator build")
-    ops = _emu.load()  # a failed build fails the tests, with the compiler's error
-    ops.set_seed(0)
-    return ops
 
 
 # ---- the emulator's rules ----

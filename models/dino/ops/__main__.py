@@ -1,9 +1,49 @@
-"""`python -m models.dino.ops`: print which msda backend runs on cpu / cuda and why (builds it if needed)."""
+"""`python -m models.dino.ops`: print which msda backend runs on cpu / cuda and why (builds it if needed).
+
+`python -m models.dino.ops --check`: run the compiled kernels' self-check (models/dino/ops/selfcheck.py)
+on cpu and, when a GPU is visible, cuda; one line per device; exit status 1 when a check fails or a
+kernel is missing. The results refresh the per-machine cache that first use reads.
+"""
+import argparse
 import json
 import logging
+import sys
 
+import torch
+
+from . import _build, _library, selfcheck
 from .backend import backend_info
 
-if __name__ == "__main__":
+
+def check() -> int:
+    failed = 0
+    for device_type in ("cpu", "cuda"):
+        if device_type == "cuda" and not torch.cuda.is_available():
+            print("msda self-check on cuda: skipped, CUDA is unavailable (no CUDA device visible)")
+            continue
+        problem = _build.missing_kernel_reason(device_type)
+        if problem is not None:
+            print(f"msda self-check on {device_type}: no compiled kernel to check ({problem})")
+            failed += 1
+            continue
+        _library.register()
+        result = selfcheck.run_check(device_type)
+        selfcheck.save(device_type, result)
+        print(result.line())
+        failed += not result.ok
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.dino.ops", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare the compiled kernels with the reference")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.check:
+        return check()
     print(json.dumps(backend_info(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,7 @@ CUDA sources are compiled only when a GPU is visible and CUDA_HOME is set.
 """
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import logging
 import os
@@ -22,7 +23,7 @@ BUILD_HINT = ("build it with `pip install --no-build-isolation ./models/dino/ops
               "or make a C++ compiler and ninja available for the just-in-time build")
 
 _lock = threading.Lock()
-_state: dict = {"tried": False, "source": None, "error": None}
+_state: dict = {"tried": False, "source": None, "error": None, "cuda_note": None, "library": None}
 
 
 def ops_registered() -> bool:
@@ -68,11 +69,16 @@ def jit_build(with_cuda: Optional[bool] = None, verbose: bool = False) -> Path:
 
     if with_cuda is None:
         with_cuda = torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+        if torch.cuda.is_available() and not with_cuda:
+            _state["cuda_note"] = ("a CUDA device is visible but the just-in-time build found no CUDA toolkit "
+                                   "(CUDA_HOME unset and no nvcc on PATH), so it built the CPU kernel only")
     build_dir = cache_dir(with_cuda)
     sources = [str(p) for p in CPU_SOURCES + (CUDA_SOURCES if with_cuda else [])]
+    name = "msda_ext_jit_cuda" if with_cuda else "msda_ext_jit_cpu"
+    _state["library"] = str(build_dir / f"{name}.so")
     with _file_lock(build_dir / ".msda.lock"):
         cpp_extension.load(
-            name="msda_ext_jit_cuda" if with_cuda else "msda_ext_jit_cpu",
+            name=name,
             sources=sources,
             # the hash changes the build flags whenever any source or header changes, so
             # torch rebuilds instead of reusing a library built from older headers
@@ -117,6 +123,7 @@ def load() -> Optional[str]:
                     import msda_ext  # noqa: F401  (importing registers torch.ops.msda)
 
                     _state["source"] = f"installed msda_ext ({msda_ext.__file__})"
+                    _state["library"] = msda_ext.__file__
                     return _state["source"]
                 # not imported: its operator namespace would clash with the JIT build's
                 errors.append(f"installed msda_ext was built from other sources ({built_from}, these are "
@@ -138,3 +145,22 @@ def load() -> Optional[str]:
 
 def load_error() -> Optional[str]:
     return _state["error"]
+
+
+def build_id() -> str:
+    """Identifies the loaded kernels: a hash of the library file, else (unknown file) of the sources."""
+    path = _state["library"]
+    if path and Path(path).is_file():
+        return "lib-" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return "src-" + source_hash()
+
+
+def missing_kernel_reason(device_type: str) -> Optional[str]:
+    """None when the loaded library has a `device_type` kernel, else why not (loading it if needed)."""
+    source = load()
+    if source is None:
+        return f"compiled kernels unavailable: {load_error()}"
+    if has_kernel(device_type):
+        return None
+    why = _state["cuda_note"] if device_type == "cuda" and _state["cuda_note"] else "built without CUDA?"
+    return f"the loaded msda library ({source}) has no {device_type.upper()} kernel ({why})"

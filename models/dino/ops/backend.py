@@ -6,6 +6,10 @@ Order of authority: `set_backend(name)` > environment variable MSDA_BACKEND > "a
   pytorch   always the grid_sample reference
 One message per device and process says what was chosen and why (a UserWarning when
 auto falls back to PyTorch, a logging INFO line otherwise).
+The first use of a compiled kernel on a device type in selfcheck.CHECKED_ON_FIRST_USE (CUDA)
+compares it with the reference on a small fixed problem (cached per machine, build and GPU):
+on a mismatch auto falls back to PyTorch with a one-line warning naming the largest error,
+and a forced "compiled" raises.
 """
 import logging
 import os
@@ -15,7 +19,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import Tensor
 
-from . import _build, _library
+from . import _build, _library, selfcheck
 
 BACKENDS = ("auto", "compiled", "pytorch")
 log = logging.getLogger(__name__)
@@ -64,26 +68,39 @@ def _compiled_status(device_type: str) -> Optional[str]:
     """None when the compiled kernel can run on `device_type`, else the reason it cannot."""
     if device_type not in _KERNEL_DTYPES:
         return f"no compiled kernel for device type {device_type!r}"
-    source = _build.load()
-    if source is None:
-        return f"compiled kernels unavailable: {_build.load_error()}"
-    _library.register()
-    if not _build.has_kernel(device_type):
-        return f"the loaded msda library ({source}) has no {device_type.upper()} kernel (built without CUDA?)"
-    return None
+    problem = _build.missing_kernel_reason(device_type)
+    if problem is None:
+        _library.register()
+    return problem
+
+
+def _self_check_failure(device_type: str) -> Optional[str]:
+    """None when the compiled kernel passed its first-use self-check (or is not checked), else why not."""
+    if device_type not in selfcheck.CHECKED_ON_FIRST_USE:
+        return None
+    result = selfcheck.cached_check(device_type)
+    if result.ok:
+        log.info(result.line())
+        return None
+    return (f"the compiled kernel failed its self-check on {result.device}: largest error {result.max_error:.2e} "
+            f"in {result.where}, tolerance {result.tolerance:.0e}; `python -m models.dino.ops --check` reruns it")
 
 
 @torch.compiler.disable
 def _resolve(device_type: str) -> str:
     name, origin = requested()
+    hint = _build.BUILD_HINT
     if name == "pytorch":
         choice, why = "pytorch", f"forced by {origin}"
     else:
         problem = _compiled_status(device_type)
         if problem is None:
+            problem = _self_check_failure(device_type)
+            hint = "please report it with the output of `python -m models.dino.ops --check`" if problem else hint
+        if problem is None:
             choice, why = "compiled", f"{_build.load()}" + (f", forced by {origin}" if name == "compiled" else "")
         elif name == "compiled":
-            raise RuntimeError(f"msda: backend 'compiled' forced by {origin} but {problem}; {_build.BUILD_HINT}")
+            raise RuntimeError(f"msda: backend 'compiled' forced by {origin} but {problem}; {hint}")
         else:
             choice, why = "pytorch", problem
     _resolved[device_type] = choice
@@ -92,7 +109,8 @@ def _resolve(device_type: str) -> str:
         _announced.add(device_type)
         msg = f"msda: multi-scale deformable attention on {device_type} uses the {choice} backend ({why})"
         if choice == "pytorch" and name == "auto":
-            warnings.warn(msg + f"; the compiled kernel is faster, {_build.BUILD_HINT}", stacklevel=3)
+            faster = "" if "self-check" in why else f"; the compiled kernel is faster, {hint}"
+            warnings.warn(msg + faster, stacklevel=3)
         else:
             log.info(msg)
     return choice
