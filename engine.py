@@ -96,38 +96,20 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimiz
     total = len(data_loader)
     for it, (samples, targets) in enumerate(meters.log_every(data_loader, f"Epoch: [{epoch}]", total)):
         samples, targets = _batch_to(samples, targets, device, skipped)
-        try:
-            with autocast(device, amp):
-                outputs = model(samples, targets)
-                loss_dict = criterion(outputs, targets)
-                losses, _ = total_loss(loss_dict, weight_dict)
-        except torch.OutOfMemoryError as e:
-            oom = _oom_error(e, f"training (epoch {epoch} iteration {it}, forward)", samples)
-        else:
-            oom = None
-        if oom is not None:  # raised outside the except block so the failed step's tensors are freed
-            raise oom
+        where = f"training (epoch {epoch} iteration {it}"
+        losses, loss_dict = _guard_oom(lambda: _forward_losses(model, criterion, samples, targets, device, amp),
+                                       where + ", forward)", samples)
         # reduce over ranks so every rank takes the same skip/stop decision
         reduced = dist_utils.all_reduce_mean({k: v.float() for k, v in loss_dict.items()})
         loss_terms = _logged_losses(reduced, weight_dict)
         loss_value = loss_terms["loss"]
+        optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(loss_value):
-            terms = ", ".join(f"{k}={loss_terms[k]:.4g}" for k in reduced if k in weight_dict)
-            if not skip_nonfinite:
-                raise NonFiniteLossError(
-                    f"non-finite loss {loss_value} at epoch {epoch} iteration {it}: {terms}; no checkpoint was "
-                    f"written for this epoch (lower lr / check the data, or pass --skip_nonfinite)")
-            log.warning("skipping step: non-finite loss at epoch %d iteration %d: %s", epoch, it, terms)
-            optimizer.zero_grad(set_to_none=True)
+            _nonfinite_step(loss_terms, [k for k in reduced if k in weight_dict], epoch, it, skip_nonfinite)
             nonfinite += 1
             continue
-        optimizer.zero_grad(set_to_none=True)
-        try:
-            _backward_and_step(losses, model, optimizer, scaler, max_norm)
-        except torch.OutOfMemoryError as e:
-            oom = _oom_error(e, f"training (epoch {epoch} iteration {it}, backward)", samples)
-        if oom is not None:
-            raise oom
+        _guard_oom(lambda: _backward_and_step(losses, model, optimizer, scaler, max_norm), where + ", backward)",
+                   samples)
         if lr_scheduler is not None:
             lr_scheduler.step()
         if ema is not None:
@@ -144,6 +126,36 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimiz
     stats["nonfinite_steps"] = nonfinite
     stats["skipped_images"] = _count_across_ranks(skipped)
     return stats
+
+
+def _forward_losses(model: nn.Module, criterion: nn.Module, samples, targets, device: torch.device, amp: bool):
+    """(weighted total loss, loss_dict) of one training forward."""
+    with autocast(device, amp):
+        outputs = model(samples, targets)
+        loss_dict = criterion(outputs, targets)
+        losses, _ = total_loss(loss_dict, criterion.weight_dict)
+    return losses, loss_dict
+
+
+def _guard_oom(step: Callable, where: str, samples):
+    """step(), with out-of-memory turned into a ResourceError naming `where` and the batch. The error
+    is raised outside the except block so the failed step's tensors are freed first."""
+    try:
+        return step()
+    except torch.OutOfMemoryError as e:
+        oom = _oom_error(e, where, samples)
+    raise oom
+
+
+def _nonfinite_step(loss_terms: Dict[str, float], names: List[str], epoch: int, it: int, skip: bool) -> None:
+    """A NaN/inf loss: NonFiniteLossError, or (skip) a warning naming every term."""
+    terms = ", ".join(f"{k}={loss_terms[k]:.4g}" for k in names)
+    if not skip:
+        raise NonFiniteLossError(
+            f"non-finite loss {loss_terms['loss']} at epoch {epoch} iteration {it}: {terms}; no checkpoint was "
+            f"written for this epoch (lower lr / check the data, or pass --skip_nonfinite)")
+    logging.getLogger(LOGGER_NAME).warning("skipping step: non-finite loss at epoch %d iteration %d: %s",
+                                           epoch, it, terms)
 
 
 def _backward_and_step(losses, model, optimizer, scaler, max_norm: float) -> None:
