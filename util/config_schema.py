@@ -231,6 +231,14 @@ SCHEMA: Dict[str, Key] = {
     "emca_enc_layers": Key("list[int]", "encoder layers EMCA mixes (0-based; none = all)", 0, none_ok=True,
                            length=(1, None)),
     "emca_shared_value_proj": _bool("one value projection for all mixed encoder layers (reproduction's variant)"),
+    # ---- AlignDETR (loss and matching only; the model stays DINO's)
+    "criterion_type": _choice("training loss and matching: DINO's, or AlignDETR's (IA-BCE, one-to-k, rank weights)",
+                              "dino", "aligndetr"),
+    "aligndetr_alpha": _prob("AlignDETR quality t = p^alpha * IoU^(1-alpha) (not the focal alpha)"),
+    "aligndetr_gamma": _float("AlignDETR negatives' factor p^gamma", 0),
+    "aligndetr_tau": _float("AlignDETR rank weight exp(-rank / tau)", 0, low_open=True),
+    "o2m_k": Key("list[int]", "AlignDETR matches per ground truth: [encoder proposals, decoder layer 1, ..., layer L]",
+                 1, length=(2, None)),
 }
 
 # Keys of DINO's config files that this project does not implement: accepted only at DINO's
@@ -338,6 +346,10 @@ def _check_relations(cfg: Dict[str, Any], source: str) -> None:
     if bad:
         fail(f"emca_enc_layers={cfg['emca_enc_layers']} names encoder layers {bad} of only {cfg['enc_layers']}; "
              f"use 0 .. {cfg['enc_layers'] - 1}")
+    if cfg["criterion_type"] == "aligndetr" and len(cfg["o2m_k"]) != cfg["dec_layers"] + 1:
+        fail(f"o2m_k={cfg['o2m_k']} has {len(cfg['o2m_k'])} entries for dec_layers={cfg['dec_layers']}; give "
+             f"dec_layers + 1 = {cfg['dec_layers'] + 1} (encoder proposals, then each decoder layer), "
+             f"e.g. o2m_k={[2] * cfg['dec_layers'] + [1]}")
     lo, hi = cfg["data_aug_scales2_crop"]
     if lo > hi:
         fail(f"data_aug_scales2_crop={cfg['data_aug_scales2_crop']} must be [min, max]; swap them")

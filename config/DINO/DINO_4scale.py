@@ -100,6 +100,12 @@ hae_ffn = False  # add an FFN after the dense attention (the reproduction's vari
 use_emca = False
 emca_enc_layers = None  # None = all encoder layers; else a list of 0-based encoder layer indices
 emca_shared_value_proj = False  # True = one value projection for all encoder layers (the reproduction's variant)
+# AlignDETR: its loss and matching on this model (config/AlignDETR/)
+criterion_type = 'dino'  # 'aligndetr': IA-BCE, one-to-k matching, rank weights
+aligndetr_alpha = 0.25  # quality t = p^alpha * IoU^(1 - alpha)
+aligndetr_gamma = 2.0  # unmatched elements: p^gamma * BCE(p, 0)
+aligndetr_tau = 1.5  # rank weight exp(-rank / tau)
+o2m_k = [2, 2, 2, 2, 2, 2, 1]  # matches per ground truth: encoder proposals, decoder layers 1..6
 # evaluation / data robustness
 eval_backend = 'pycocotools'  # or 'faster_coco_eval'
 val_batch_size = 1  # DINO evaluates with batch 1 (padding changes AP)

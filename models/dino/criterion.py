@@ -34,15 +34,11 @@ class SetCriterion(nn.Module):
                    num_boxes: float, log: bool = False) -> Dict[str, Tensor]:
         """Focal, L1 and GIoU losses of one prediction set for given (query, target) indices."""
         logits = outputs["pred_logits"]  # (B, Q, K)
-        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(logits.device)
-        src_idx = torch.cat([src for src, _ in indices]).to(logits.device)
-        tgt_labels = torch.cat([t["labels"][j.to(t["labels"].device)] for t, (_, j) in zip(targets, indices)])
+        batch_idx, src_idx, tgt_labels, src_boxes, tgt_boxes = self.matched_pairs(outputs, targets, indices)
         onehot = torch.zeros_like(logits, dtype=torch.float32)
-        onehot[batch_idx, src_idx, tgt_labels.to(logits.device)] = 1.0
+        onehot[batch_idx, src_idx, tgt_labels] = 1.0
         loss_ce = sigmoid_focal_loss(logits.float(), onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
                                      reduction="sum") / num_boxes
-        src_boxes = outputs["pred_boxes"][batch_idx, src_idx].float()
-        tgt_boxes = torch.cat([t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, indices)]).to(src_boxes)
         l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none")
         losses = {
             "loss_ce": loss_ce,
@@ -50,15 +46,43 @@ class SetCriterion(nn.Module):
             "loss_giou": generalized_box_iou_loss(box_convert(src_boxes, "cxcywh", "xyxy"),
                                                   box_convert(tgt_boxes, "cxcywh", "xyxy"), reduction="sum") / num_boxes,
         }
-        if log:  # logged, not trained on
-            losses["loss_xy"] = l1[:, :2].sum().detach() / num_boxes
-            losses["loss_hw"] = l1[:, 2:].sum().detach() / num_boxes
-            if len(src_idx):
-                correct = logits[batch_idx, src_idx].argmax(-1) == tgt_labels.to(logits.device)
-                losses["class_error"] = 100.0 - 100.0 * correct.float().mean().detach()
-            else:
-                losses["class_error"] = logits.new_tensor(0.0)
+        if log:
+            losses.update(self.log_terms(logits, batch_idx, src_idx, tgt_labels, l1, num_boxes))
         return losses
+
+    @staticmethod
+    def matched_pairs(outputs: Dict[str, Tensor], targets: List[Dict], indices: List[Tuple[Tensor, Tensor]]
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The P matched pairs of one set: image index (P,), query index (P,), target label (P,),
+        predicted box (P, 4) float and target box (P, 4), cxcywh, all on the predictions' device."""
+        logits = outputs["pred_logits"]
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(logits.device)
+        src_idx = torch.cat([src for src, _ in indices]).to(logits.device)
+        tgt_labels = torch.cat([t["labels"][j.to(t["labels"].device)] for t, (_, j) in zip(targets, indices)])
+        src_boxes = outputs["pred_boxes"][batch_idx, src_idx].float()
+        tgt_boxes = torch.cat([t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, indices)]).to(src_boxes)
+        return batch_idx, src_idx, tgt_labels.to(logits.device), src_boxes, tgt_boxes
+
+    @staticmethod
+    def log_terms(logits: Tensor, batch_idx: Tensor, src_idx: Tensor, tgt_labels: Tensor, l1: Tensor,
+                  num_boxes: float) -> Dict[str, Tensor]:
+        """Logged, not trained on: loss_xy, loss_hw (the L1 parts, l1 (P, 4)) and class_error (%)."""
+        terms = {"loss_xy": l1[:, :2].sum().detach() / num_boxes, "loss_hw": l1[:, 2:].sum().detach() / num_boxes}
+        if len(src_idx):
+            correct = logits[batch_idx, src_idx].argmax(-1) == tgt_labels
+            terms["class_error"] = 100.0 - 100.0 * correct.float().mean().detach()
+        else:
+            terms["class_error"] = logits.new_tensor(0.0)
+        return terms
+
+    def match(self, suffix: str, preds: Dict[str, Tensor], targets: List[Dict]) -> List[Tuple[Tensor, Tensor]]:
+        """(query, target) indices of the prediction set `suffix` ('', '_i', '_interm'): one-to-one."""
+        return self.matcher(preds, targets)
+
+    def dn_set_losses(self, outputs: Dict[str, Tensor], targets: List[Dict], indices: List[Tuple[Tensor, Tensor]],
+                      num_boxes: float) -> Dict[str, Tensor]:
+        """Losses of one denoising set (its known assignment `indices`)."""
+        return self.set_losses(outputs, targets, indices, num_boxes)
 
     @staticmethod
     def dn_indices(targets: List[Dict], dn_meta: Dict) -> List[Tuple[Tensor, Tensor]]:
@@ -90,7 +114,7 @@ class SetCriterion(nn.Module):
         losses: Dict[str, Tensor] = {}
         final_indices = None
         for suffix, preds, log in sets:
-            indices = self.matcher(preds, targets)
+            indices = self.match(suffix, preds, targets)
             if suffix == "":
                 final_indices = indices
             losses.update({k + suffix: v for k, v in self.set_losses(preds, targets, indices, num_boxes, log).items()})
@@ -102,7 +126,7 @@ class SetCriterion(nn.Module):
             dn_boxes = num_boxes * dn_meta["num_dn_group"]
             dn_sets = [("_dn", known)] + [(f"_dn_{i}", aux) for i, aux in enumerate(known["aux_outputs"])]
             for suffix, preds in dn_sets:
-                losses.update({k + suffix: v for k, v in self.set_losses(preds, targets, dn_idx, dn_boxes).items()})
+                losses.update({k + suffix: v for k, v in self.dn_set_losses(preds, targets, dn_idx, dn_boxes).items()})
         else:
             # no denoising in this batch (evaluation): report zeros so logs keep their keys
             zero = outputs["pred_logits"].new_zeros(())

@@ -15,6 +15,7 @@ from torchvision.ops import batched_nms, box_convert
 
 from util.misc import NestedTensor, inverse_sigmoid, to_nested_tensor
 
+from .aligndetr import build_aligndetr_criterion
 from .backbone import build_backbone
 from .criterion import SetCriterion, build_weight_dict
 from .deformable_transformer import DeformableTransformer, build_deformable_transformer
@@ -173,7 +174,10 @@ def build_dino(args):
                  dec_pred_bbox_embed_share=args.dec_pred_bbox_embed_share,
                  two_stage_class_embed_share=args.two_stage_class_embed_share,
                  two_stage_bbox_embed_share=args.two_stage_bbox_embed_share)
-    criterion = SetCriterion(args.num_classes, build_matcher(args), build_weight_dict(args),
-                             focal_alpha=args.focal_alpha)
+    if args.criterion_type == "aligndetr":  # AlignDETR: only the loss and the matching differ
+        criterion = build_aligndetr_criterion(args)
+    else:
+        criterion = SetCriterion(args.num_classes, build_matcher(args), build_weight_dict(args),
+                                 focal_alpha=args.focal_alpha)
     postprocessors = {"bbox": PostProcess(args.num_select, args.nms_iou_threshold)}
     return model, criterion, postprocessors
