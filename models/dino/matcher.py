@@ -48,6 +48,9 @@ class HungarianMatcher(nn.Module):
                     + self.cost_bbox * torch.cdist(boxes, tgt_boxes, p=1)
                     - self.cost_giou * generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"),
                                                            box_convert(tgt_boxes, "cxcywh", "xyxy")))
+            # NaN/inf predictions (a diverged step) still get an assignment, so the loss turns
+            # non-finite and the training loop's non-finite handling reports it (or skips the step)
+            cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8)
             i, j = linear_sum_assignment(cost.cpu().numpy())
             indices.append((torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)))
         return indices

@@ -44,3 +44,15 @@ def test_box_cost_prefers_the_closer_box():
            "pred_boxes": torch.tensor([[[0.7, 0.7, 0.2, 0.2], [0.31, 0.3, 0.2, 0.2]]])}
     (src, _), = HungarianMatcher()(out, targets)
     assert src.tolist() == [1]
+
+
+def test_matcher_assigns_despite_non_finite_predictions():
+    """A diverged step's NaN boxes still get matched (the loss then reports the non-finite value)
+    instead of scipy raising 'matrix contains invalid numeric entries'."""
+    boxes = torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.7, 0.6, 0.3, 0.2]])
+    pred_boxes = torch.tensor([[[0.2, 0.2, 0.1, 0.1], [float("nan")] * 4, [0.7, 0.6, 0.3, 0.2]]])
+    logits = logits_for({0: 1, 2: 2}, 3, 4)[None]
+    logits[0, 1] = float("inf")
+    (src, tgt), = HungarianMatcher()({"pred_logits": logits, "pred_boxes": pred_boxes},
+                                     [{"labels": torch.tensor([1, 2]), "boxes": boxes}])
+    assert sorted(zip(src.tolist(), tgt.tolist())) == [(0, 0), (2, 1)]
