@@ -1,13 +1,18 @@
 """Run a trained DINO / AugDETR checkpoint on images; write COCO-format detections and drawn PNGs.
 
-    python tools/inference.py -c config/DINO/DINO_4scale.py --checkpoint ckpt.pth --input IMAGE_OR_FOLDER \
-        --output out/ [--threshold 0.3] [--names-from instances_val2017.json | --names names.txt]
+    python tools/inference.py --checkpoint ckpt.pth --input IMAGE_OR_FOLDER --output out/ \
+        [-c CONFIG] [--threshold 0.2] [--no_nms] [--names-from instances_val2017.json | --names names.txt]
 
-Writes OUTPUT/detections.json (COCO result format, as main.py's results.json: image_id = the
-file's index in sorted order, category_id, bbox xywh in original pixels, score; plus file_name
-and category_name) and OUTPUT/<image stem>.png with the boxes, class names and scores above
-the threshold drawn. Images get the dataset's val transform (resize to max(data_aug_scales),
-longest side <= data_aug_max_size, ImageNet normalisation) and the model's own post-processor.
+-c is needed only for a checkpoint that does not store its config (official DINO ones); this
+project's checkpoints build their model from the stored config, and an explicit -c that does not
+fit is one line naming the checkpoint's config. Writes OUTPUT/detections.json (COCO result format,
+as main.py's results.json: category_id, bbox xywh in original pixels, score, plus file_name and
+category_name; image_id is the COCO id when --names-from's annotation file lists the images, else
+the file's index in sorted order) with every detection >= --threshold, and OUTPUT/<image stem>.png
+drawn by tools/draw.py (a colour per class, labels on filled backgrounds, small images upscaled,
+same-class duplicates removed by NMS for the picture only unless --no_nms). Images get the
+dataset's val transform (resize to max(data_aug_scales), longest side <= data_aug_max_size,
+ImageNet normalisation) and the model's own post-processor.
 The loop and the JSON writer are main.py's (engine.predict, engine.write_coco_results), one
 image per batch. Works with this project's checkpoints and official DINO ones (util.checkpoint
 reads both).
@@ -21,16 +26,20 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 from torchvision.ops import box_convert
-from torchvision.utils import draw_bounding_boxes
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.common import build_eval_model, tool_args  # noqa: E402
+from tools.common import ToolError, load_tool_model  # noqa: E402
+from tools.draw import DISPLAY_NMS_IOU, draw_detections, select_for_display  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# The default model (python main.py, 12 epochs on the synthetic shapes) scores its true objects
+# from about 0.2 to 0.6; at 0.3 half of them were missing from its pictures. 0.2 with the
+# display NMS shows them without clutter (tuned on its val images, see docs/tools.md).
+DEFAULT_THRESHOLD = 0.2
 
 
-class InputError(ValueError):
+class InputError(ToolError):
     """Bad command-line input (one-line message)."""
 
 
@@ -53,10 +62,9 @@ def load_names(names_from: Optional[str] = None, names_file: Optional[str] = Non
     """
     if names_from:
         try:
-            with open(names_from) as f:
-                cats = json.load(f)["categories"]
+            cats = read_annotation(names_from)["categories"]
             return {int(c["id"]): str(c["name"]) for c in cats}
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"--names-from {names_from}: cannot read 'categories' with id/name ({err})") from None
     if names_file:
         try:
@@ -73,6 +81,42 @@ def load_names(names_from: Optional[str] = None, names_file: Optional[str] = Non
                 raise InputError(f"--names {names_file}: expected a JSON object id->name or a list ({err})") from None
         return {i: line.strip() for i, line in enumerate(text.splitlines())}
     return {}
+
+
+_annotations: Dict[tuple, dict] = {}
+
+
+def read_annotation(path: str) -> dict:
+    """A COCO annotation file's JSON, read once for names and image ids (cached while the file is unchanged)."""
+    try:
+        stat = os.stat(path)
+        key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+        if key not in _annotations:
+            with open(path) as f:
+                _annotations.clear()  # keep one file: a COCO annotation file can be large
+                _annotations[key] = json.load(f)
+    except (OSError, ValueError) as err:
+        raise InputError(f"--names-from {path}: cannot read it as COCO JSON ({err})") from None
+    return _annotations[key]
+
+
+def coco_image_ids(names_from: Optional[str], files: List[str]) -> Optional[List[int]]:
+    """The COCO image id of each file (matched by file name to the annotation file's 'images'), or
+    None when there is no annotation file or it lists none of the files (ids are then the input
+    order). Some but not all listed: InputError, as ids would mix the two numberings."""
+    if not names_from:
+        return None
+    by_name = {os.path.basename(str(im.get("file_name", ""))): im.get("id")
+               for im in read_annotation(names_from).get("images") or [] if isinstance(im, dict)}
+    ids = [by_name.get(os.path.basename(p)) for p in files]
+    missing = [os.path.basename(p) for p, i in zip(files, ids) if i is None]
+    if len(missing) == len(files):
+        return None
+    if missing:
+        raise InputError(f"--names-from {names_from} lists {len(files) - len(missing)} of the {len(files)} input "
+                         f"images but not {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+                         + "; pass only images it lists, or --names FILE for names with image_id = input order")
+    return [int(i) for i in ids]
 
 
 def class_name(names: Dict[int, str], label: int) -> str:
@@ -122,17 +166,16 @@ def as_result(dets: np.ndarray) -> Dict[str, torch.Tensor]:
     return {"boxes": box_convert(t[:, :4], "xywh", "xyxy"), "scores": t[:, 4], "labels": t[:, 5].long()}
 
 
-def draw(image: torch.Tensor, result: Dict[str, torch.Tensor], names: Dict[int, str], threshold: float):
-    keep = result["scores"] >= threshold
-    labels = [f"{class_name(names, int(l))} {float(s):.2f}"
-              for l, s in zip(result["labels"][keep], result["scores"][keep])]
-    return draw_bounding_boxes(image, result["boxes"][keep], labels=labels, colors="red", width=2)
+def draw(image, result: Dict[str, torch.Tensor], names: Dict[int, str], threshold: float,
+         nms: bool = True):
+    """The picture of one image's detections (PIL image): score >= threshold, same-class duplicates
+    removed unless nms=False; result as as_result gives it, boxes in the image's pixels."""
+    keep = select_for_display(result["boxes"], result["scores"], result["labels"], threshold,
+                              DISPLAY_NMS_IOU if nms else None)
+    return draw_detections(image, result["boxes"][keep], result["labels"][keep], result["scores"][keep], names)
 
 
 def run(opts) -> List[Dict]:
-    from PIL import Image
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
     from datasets.coco import transforms_from_args
     from engine import write_coco_results
 
@@ -142,33 +185,48 @@ def run(opts) -> List[Dict]:
         raise InputError(f"--checkpoint {opts.checkpoint}: no such file")
     files = list_images(opts.input)
     names = load_names(opts.names_from, opts.names)
-    args = tool_args(opts.config_file, opts.options, opts.use_hae, opts.use_emca, opts.device)
-    model, postprocessors = build_eval_model(args, opts.checkpoint)
+    image_ids = coco_image_ids(opts.names_from, files)
+    args, model, postprocessors, origin = load_tool_model(
+        opts.config_file, opts.checkpoint, opts.options, opts.use_hae, opts.use_emca, opts.device,
+        error_file=os.path.join(opts.output, "load_error.txt"))
+    print(origin)
     transform = transforms_from_args("val", args)
-    device = torch.device(args.device)
     os.makedirs(opts.output, exist_ok=True)
-    detections = predict_files(model, postprocessors, transform, files, device)
-    kept = {i: d[d[:, 4] >= opts.threshold] for i, d in detections.items()}
+    detections = predict_files(model, postprocessors, transform, files, torch.device(args.device))
+    # engine.predict keys by the loader's image_id (the file index); the JSON gets the COCO id if known
+    kept = {(image_ids[i] if image_ids else i): d[d[:, 4] >= opts.threshold] for i, d in detections.items()}
+    index = {(image_ids[i] if image_ids else i): i for i in range(len(files))}
     out_json = os.path.join(opts.output, "detections.json")
-    write_coco_results(kept, out_json, fields=lambda i, label: {
-        "file_name": os.path.basename(files[i]), "category_name": class_name(names, label)})
+    write_coco_results(kept, out_json, fields=lambda image_id, label: {
+        "file_name": os.path.basename(files[index[image_id]]), "category_name": class_name(names, label)})
+    drawn_count = 0
     for i, path in enumerate(files):
-        drawn = draw(pil_to_tensor(read_image(path)), as_result(detections[i]), names, opts.threshold)
+        result = as_result(detections[i])
+        picture = draw(read_image(path), result, names, opts.threshold, nms=not opts.no_nms)
+        drawn_count += len(select_for_display(result["boxes"], result["scores"], result["labels"], opts.threshold,
+                                              None if opts.no_nms else DISPLAY_NMS_IOU))
         stem = os.path.splitext(os.path.basename(path))[0]
-        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(os.path.join(opts.output, f"{stem}.png"))
+        picture.save(os.path.join(opts.output, f"{stem}.png"))
     with open(out_json) as f:
         written = json.load(f)
-    print(f"{len(files)} image(s), {len(written)} detection(s) >= {opts.threshold} -> {opts.output}")
+    print(f"{len(files)} image(s), {len(written)} detection(s) >= {opts.threshold} in detections.json "
+          f"(image_id = {'COCO id from ' + opts.names_from if image_ids else 'input order'}), {drawn_count} drawn "
+          f"({'raw output' if opts.no_nms else f'same-class NMS at IoU {DISPLAY_NMS_IOU}'}) -> {opts.output}")
     return written
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config_file", required=True, help="config the checkpoint was trained with")
+    p.add_argument("-c", "--config_file", default=None,
+                   help="config the checkpoint was trained with (default: the one stored in the checkpoint; "
+                        "needed for official DINO checkpoints)")
     p.add_argument("--checkpoint", required=True, help="checkpoint .pth (this project's or official DINO)")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--output", required=True, help="output folder for detections.json and the PNGs")
-    p.add_argument("--threshold", type=float, default=0.3, help="minimum score kept and drawn (default 0.3)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"minimum score kept and drawn (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--no_nms", action="store_true",
+                   help="draw the raw output: no same-class NMS in the pictures (detections.json never has it)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
     p.add_argument("--options", nargs="+", default=None, metavar="KEY=VALUE", help="config overrides as in main.py")
     p.add_argument("--use_hae", action="store_true", help="the checkpoint is an AugDETR model with HAE")
@@ -189,7 +247,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     from util.slconfig import ConfigError
     try:
         return run(opts)
-    except (InputError, CheckpointError, ConfigError) as err:
+    except (ToolError, CheckpointError, ConfigError) as err:
         sys.exit(f"inference.py: error: {err}")
 
 

@@ -280,6 +280,31 @@ def load_model_state(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
     return result
 
 
+def misfit_error(err: CheckpointError, path: str, saved: Any, current: Dict[str, Any], strict: bool = True,
+                 fix: Optional[str] = None, full_list: str = "info.txt") -> CheckpointError:
+    """A short CheckpointError for weights that do not fit (`err` is load_model_state's long one; the
+    caller logs it): the config the checkpoint was trained with (its stored args), the one in use
+    (current['config_file']), the first three differing config keys, how many tensors have other
+    shapes, and `fix` (default: use -c <its config>). Shared by main.py and the tools."""
+    from util.config_schema import config_differences
+
+    saved = saved if isinstance(saved, dict) else {}
+    diffs = config_differences(saved, current)
+    shown = ", ".join(f"{k}={old!r} (now {new!r})" for k, old, new in diffs[:3])
+    count = re.search(r"(\d+) shape mismatches", str(err))
+    trained = saved.get("config_file", "an unknown config (no config stored in the checkpoint)")
+    if fix is None:
+        fix = (f"use -c {trained}" + (" with the same --options" if diffs else "") if "config_file" in saved
+               else "use the config it was trained with")
+        if not strict:
+            fix += ", or --finetune_ignore SUBSTRING to skip those weights"
+    return CheckpointError(
+        f"{path} does not fit this model: it was trained with {trained}, this run uses {current.get('config_file')}"
+        + (f"; differing keys: {shown}" + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "") if diffs else "")
+        + (f"; {count.group(1)} tensors have other shapes" if count else "")
+        + f"; {fix} (full list in {full_list})")
+
+
 def remove_stale_temp_files(output_dir: str) -> List[str]:
     """Delete temp files left in output_dir by a save that was killed; returns their paths.
 

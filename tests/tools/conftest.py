@@ -49,3 +49,17 @@ def names_json(tmp_path):
 def tiny_cfg():
     """(config path, --options list) of the tiny model."""
     return CONFIG, list(TINY)
+
+
+@pytest.fixture(scope="session")
+def stored_config_checkpoint(tmp_path_factory):
+    """The tiny model saved as main.py saves it: with 'args' (config_file and every config key)."""
+    from models import build_model
+    from util.checkpoint import args_to_dict, save_checkpoint
+
+    torch.manual_seed(0)
+    args = tool_args(CONFIG, TINY)
+    model, _, _ = build_model(args)
+    path = tmp_path_factory.mktemp("ckpt") / "with_args.pth"
+    save_checkpoint({"model": model.state_dict(), "epoch": 0, "args": args_to_dict(args)}, str(path))
+    return str(path)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tools import inference
+from tools import draw, inference
 
 
 def run(cfg, ckpt, inp, out, *extra):
@@ -24,9 +24,10 @@ def test_folder_writes_json_and_pngs(tiny_cfg, tiny_checkpoint, image_dir, names
         x, y, w, h = d["bbox"]
         assert w >= 0 and h >= 0 and 0 <= d["score"] <= 1
         assert d["category_name"] == f"shape{d['category_id']}"
-    for name, size in [("img0.png", (80, 60)), ("img1.png", (50, 70))]:
-        with Image.open(tmp_path / name) as im:
-            assert im.size == size  # drawn at the original resolution
+    for name, (w, h) in [("img0.png", (80, 60)), ("img1.png", (50, 70))]:
+        with Image.open(tmp_path / name) as im:  # small images are drawn upscaled, aspect kept
+            scale = draw.MIN_SIDE / max(w, h)
+            assert im.size == (round(w * scale), round(h * scale))
 
 
 def test_threshold_filters_and_default_names(tiny_cfg, tiny_checkpoint, image_dir, tmp_path):
@@ -44,13 +45,61 @@ def test_names_files(tmp_path):
     assert inference.load_names(names_file=str(js)) == {3: "car"}
 
 
-def test_draw_uses_threshold():
-    image = torch.zeros(3, 20, 20, dtype=torch.uint8)
-    result = {"scores": torch.tensor([0.9, 0.1]), "labels": torch.tensor([1, 2]),
-              "boxes": torch.tensor([[1.0, 1, 10, 10], [5, 5, 15, 15]])}
-    drawn = inference.draw(image, result, {1: "a"}, 0.5)
-    assert drawn.shape == image.shape and drawn.sum() > 0
-    assert drawn[:, 15, 15].sum() == 0  # the low-score box (corner 15,15) was not drawn
+def test_draw_uses_threshold_and_display_nms():
+    image = Image.new("RGB", (640, 640), "black")
+    result = {"scores": torch.tensor([0.9, 0.8, 0.1]), "labels": torch.tensor([1, 1, 2]),
+              "boxes": torch.tensor([[100.0, 100, 400, 400], [100, 100, 400, 410], [450, 450, 600, 600]])}
+    px = lambda im: torch.from_numpy(__import__("numpy").array(im)).permute(2, 0, 1)  # noqa: E731
+    drawn = px(inference.draw(image, result, {1: "a"}, 0.5))
+    raw = px(inference.draw(image, result, {1: "a"}, 0.5, nms=False))
+    assert drawn[:, 600, 450].sum() == 0  # the low-score box (edge at x=450) was not drawn
+    # the same-class duplicate (bottom edge at y=410) is removed for display, drawn with nms=False
+    assert drawn[:, 409, 250].sum() == 0 and raw[:, 409, 250].sum() > 0
+
+
+def test_default_threshold_is_the_documented_one():
+    assert inference.get_parser().parse_args(["--checkpoint", "c", "--input", "i", "--output", "o"]).threshold \
+        == inference.DEFAULT_THRESHOLD == 0.2
+
+
+def _annotation(tmp_path, files):
+    path = tmp_path / f"instances{len(list(tmp_path.glob('instances*')))}.json"
+    path.write_text(json.dumps({"categories": [{"id": i, "name": f"shape{i}"} for i in range(7)],
+                                "images": [{"id": 1000 + k, "file_name": f} for k, f in enumerate(files)]}))
+    return str(path)
+
+
+def test_coco_image_ids_from_the_annotation_file(tiny_cfg, tiny_checkpoint, image_dir, tmp_path):
+    ann = _annotation(tmp_path, ["img1.png", "img0.png"])  # listed in another order than sorted
+    dets = run(tiny_cfg, tiny_checkpoint, image_dir, tmp_path / "out", "--threshold", "0", "--names-from", ann)
+    assert {(d["file_name"], d["image_id"]) for d in dets} == {("img0.png", 1001), ("img1.png", 1000)}
+    # an annotation file that lists none of the images: names only, ids are the input order
+    other = _annotation(tmp_path, ["elsewhere.jpg"])
+    assert inference.coco_image_ids(other, [str(image_dir / "img0.png")]) is None
+    with pytest.raises(inference.InputError, match="lists 1 of the 2 input images but not img1.png"):
+        inference.coco_image_ids(_annotation(tmp_path, ["img0.png"]),
+                                 [str(image_dir / "img0.png"), str(image_dir / "img1.png")])
+
+
+def test_config_comes_from_the_checkpoint(tiny_cfg, stored_config_checkpoint, image_dir, tmp_path, capsys):
+    """A checkpoint with its args needs no -c; an explicit -c that does not fit is one short line."""
+    dets = inference.main(["--checkpoint", stored_config_checkpoint, "--input", str(image_dir / "img0.png"),
+                           "--output", str(tmp_path / "a"), "--threshold", "0"])
+    assert len(dets) == 10 and "model config: the one stored in" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        inference.main(["-c", tiny_cfg[0], "--checkpoint", stored_config_checkpoint, "--input",
+                        str(image_dir / "img0.png"), "--output", str(tmp_path / "b")])
+    msg = str(exc.value)
+    assert "\n" not in msg and len(msg.replace(stored_config_checkpoint, "").replace(str(tmp_path), "")) < 420
+    assert f"it was trained with {tiny_cfg[0]}, this run uses {tiny_cfg[0]}" in msg
+    assert "differing keys: enc_layers=1 (now 3), dec_layers=1 (now 3)" in msg and "tensors have other shapes" in msg
+    assert "; leave out -c (the tool then uses the config stored in the checkpoint) (full list in" in msg
+    assert "shape mismatches" in (tmp_path / "b" / "load_error.txt").read_text()
+
+
+def test_checkpoint_without_config_needs_c(tiny_checkpoint, image_dir, tmp_path):
+    with pytest.raises(SystemExit, match="stores no config .*pass -c"):
+        inference.main(["--checkpoint", tiny_checkpoint, "--input", str(image_dir), "--output", str(tmp_path)])
 
 
 @pytest.mark.parametrize("bad,msg", [(["--input", "/nope"], "no such file or folder"),
