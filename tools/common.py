@@ -104,9 +104,14 @@ def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: O
         if checkpoint is None:
             raise ToolError("-c CONFIG is required without --checkpoint")
         if saved is None:
-            raise ToolError(f"--checkpoint {checkpoint} stores no config (an official DINO checkpoint or an older "
-                            f"file): pass -c <the config it was trained with>")
-        args = args_from_stored(saved, checkpoint, options, use_hae, use_emca, device)
+            raise ToolError(f"--checkpoint {checkpoint} stores no config (no 'args' with 'config_file' and config "
+                            f"keys, e.g. a weights-only file): pass -c <the config it was trained with>")
+        from util.slconfig import ConfigError
+        try:
+            args = args_from_stored(saved, checkpoint, options, use_hae, use_emca, device)
+        except ConfigError as err:  # e.g. a file from another codebase whose stored values do not resolve here
+            raise ToolError(f"{err}; pass -c <the config it was trained with> to build the model from a config "
+                            f"file instead") from None
         origin = f"model config: the one stored in {checkpoint} ({saved['config_file']})"
     else:
         args = tool_args(config, options, use_hae, use_emca, device)
