@@ -168,11 +168,12 @@ def as_result(dets: np.ndarray) -> Dict[str, torch.Tensor]:
 
 def draw(image, result: Dict[str, torch.Tensor], names: Dict[int, str], threshold: float,
          nms: bool = True):
-    """The picture of one image's detections (PIL image): score >= threshold, same-class duplicates
-    removed unless nms=False; result as as_result gives it, boxes in the image's pixels."""
+    """(the picture of one image's detections (PIL image), how many were drawn): score >= threshold,
+    same-class duplicates removed unless nms=False; result as as_result gives it, boxes in the image's pixels."""
     keep = select_for_display(result["boxes"], result["scores"], result["labels"], threshold,
                               DISPLAY_NMS_IOU if nms else None)
-    return draw_detections(image, result["boxes"][keep], result["labels"][keep], result["scores"][keep], names)
+    return draw_detections(image, result["boxes"][keep], result["labels"][keep], result["scores"][keep],
+                           names), len(keep)
 
 
 def run(opts) -> List[Dict]:
@@ -201,10 +202,8 @@ def run(opts) -> List[Dict]:
         "file_name": os.path.basename(files[index[image_id]]), "category_name": class_name(names, label)})
     drawn_count = 0
     for i, path in enumerate(files):
-        result = as_result(detections[i])
-        picture = draw(read_image(path), result, names, opts.threshold, nms=not opts.no_nms)
-        drawn_count += len(select_for_display(result["boxes"], result["scores"], result["labels"], opts.threshold,
-                                              None if opts.no_nms else DISPLAY_NMS_IOU))
+        picture, drawn = draw(read_image(path), as_result(detections[i]), names, opts.threshold, nms=not opts.no_nms)
+        drawn_count += drawn
         stem = os.path.splitext(os.path.basename(path))[0]
         picture.save(os.path.join(opts.output, f"{stem}.png"))
     with open(out_json) as f:

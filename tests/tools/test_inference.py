@@ -50,8 +50,10 @@ def test_draw_uses_threshold_and_display_nms():
     result = {"scores": torch.tensor([0.9, 0.8, 0.1]), "labels": torch.tensor([1, 1, 2]),
               "boxes": torch.tensor([[100.0, 100, 400, 400], [100, 100, 400, 410], [450, 450, 600, 600]])}
     px = lambda im: torch.from_numpy(__import__("numpy").array(im)).permute(2, 0, 1)  # noqa: E731
-    drawn = px(inference.draw(image, result, {1: "a"}, 0.5))
-    raw = px(inference.draw(image, result, {1: "a"}, 0.5, nms=False))
+    (drawn, n_drawn), (raw, n_raw) = inference.draw(image, result, {1: "a"}, 0.5), \
+        inference.draw(image, result, {1: "a"}, 0.5, nms=False)
+    assert (n_drawn, n_raw) == (1, 2)
+    drawn, raw = px(drawn), px(raw)
     assert drawn[:, 600, 450].sum() == 0  # the low-score box (edge at x=450) was not drawn
     # the same-class duplicate (bottom edge at y=410) is removed for display, drawn with nms=False
     assert drawn[:, 409, 250].sum() == 0 and raw[:, 409, 250].sum() > 0
