@@ -232,7 +232,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--use_emca", action="store_true", help="the checkpoint is an AugDETR model with EMCA (with -c; a stored config knows it)")
     names = p.add_mutually_exclusive_group()
     names.add_argument("--names-from", default=None, metavar="ANNOTATION_JSON",
-                       help="take class names from a COCO annotation file's 'categories'")
+                       help="class names from a COCO annotation file's 'categories', and image_id from its "
+                            "'images' (matched by file name)")
     names.add_argument("--names", default=None, metavar="FILE",
                        help="class names: JSON id->name (or list), or text with line N naming id N")
     return p
