@@ -3,13 +3,27 @@
 The decoder's cross-attention reads K encoder layers E_1..E_K instead of the last one:
 
     A = W_a q,  dr = W_p q,  w = sigmoid(W_e q)             (computed once per query)
-    V_k = Samp(W_{v,k} E_k, r + dr)                          (one value projection per layer)
+    V_k = Samp(W_{v,k} E_k + b_k, r + dr)                    (one value projection per layer)
     EMCA(q) = W_o sum_k w_k * Softmax(A) V_k
 
-Fused: the K projected value maps are stacked on the head axis, (B, S, K*M, D), and sampled
-with one deformable-attention call that shares the M heads' locations and Softmax(A) across
-the K maps; the K results are then weighted by w_k and summed. The value stack is a view of
-one batched projection, so there is no per-layer op call and no copy of values or locations.
+Bilinear sampling and the attention-weighted sum are linear in the map and act per token,
+so they commute with the per-token projection. Two exact formulations, picked per call by
+`sample_first(S, Lq)`:
+
+  project first  project all S tokens of the K maps (K*S*C*C multiply-adds), stack them on
+                 the head axis (B, S, K*M, D) and sample them in one deformable-attention
+                 call that shares the M heads' locations and Softmax(A) across the K maps.
+  sample first   sample the raw maps, all C channels at each head's locations, folding the
+                 heads into the query axis: (K*B, S, 1, C) read at (K*B, Lq*M, 1, L, P);
+                 then project only what was sampled (K*Lq*C*C). The bias b_k is sampled
+                 like a constant map, so it is scaled by beta = the attention-weighted sum
+                 of in-bounds, unpadded corner weights: beta comes from a one-channel call
+                 on the map of unpadded tokens (1 - mask). Padded tokens are zeroed in the
+                 raw map, which makes their projection 0 as the project-first path's
+                 masked_fill does.
+
+Sample first costs 8x (= C/D) the sampling work but skips the projection of S tokens, so it
+wins when the maps are large against the queries (see `SAMPLE_FIRST_MIN_TOKENS_PER_POINT`).
 """
 import math
 from typing import Optional
@@ -18,6 +32,11 @@ import torch
 from torch import Tensor, nn
 
 from .ops import MSDeformAttn, ms_deform_attn
+
+# a level is sampled first when it has at least this many tokens per sampling point of one
+# head on it (S_l >= ratio * Lq * P); see EncoderMixingAttention.sample_first_levels
+SAMPLE_FIRST_MIN_TOKENS_PER_POINT = 1.0
+FORMULATIONS = ("auto", "project_first", "sample_first")
 
 
 class EncoderMixingAttention(MSDeformAttn):
@@ -35,6 +54,7 @@ class EncoderMixingAttention(MSDeformAttn):
         self.shared_value_proj = shared_value_proj or num_mixed == 1
         super().__init__(d_model, n_levels, n_heads, n_points)  # calls _reset_parameters
         self.record_mix_weights = False
+        self.formulation = "auto"  # or one of FORMULATIONS, e.g. to compare them
         self.last_mix_weights: Optional[Tensor] = None
         self.register_load_state_dict_post_hook(_init_missing_value_projs)
 
@@ -62,18 +82,82 @@ class EncoderMixingAttention(MSDeformAttn):
             self.extra_value_proj_weight.copy_(self.value_proj.weight.expand_as(self.extra_value_proj_weight))
             self.extra_value_proj_bias.copy_(self.value_proj.bias.expand_as(self.extra_value_proj_bias))
 
+    def value_projections(self):
+        """Per-layer projection weights (K, C, C) and biases (K, C), in memory order."""
+        if self.shared_value_proj:
+            k = self.num_mixed
+            return (self.value_proj.weight[None].expand(k, -1, -1), self.value_proj.bias[None].expand(k, -1))
+        return (torch.cat([self.extra_value_proj_weight, self.value_proj.weight[None]]),
+                torch.cat([self.extra_value_proj_bias, self.value_proj.bias[None]]))
+
     def project_values(self, memories: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
         """memories (K, B, S, C) -> stacked values (B, S, K*M, D) in one batched projection."""
         if self.shared_value_proj:
             value = self.value_proj(memories).permute(1, 2, 0, 3)  # (B, S, K, C)
         else:
-            weight = torch.cat([self.extra_value_proj_weight, self.value_proj.weight[None]])  # (K, C, C)
-            bias = torch.cat([self.extra_value_proj_bias, self.value_proj.bias[None]])  # (K, C)
+            weight, bias = self.value_projections()
             value = torch.einsum("kbsc,koc->bsko", memories, weight) + bias
         if padding_mask is not None:
             value = value.masked_fill(padding_mask[:, :, None, None], 0.0)
         b, s = value.shape[:2]
         return value.reshape(b, s, self.num_mixed * self.n_heads, self.d_model // self.n_heads)
+
+    def sample_first_levels(self, level_sizes, num_queries: int) -> int:
+        """How many leading (finest) levels to sample first; the rest is projected first.
+
+        Both are exact and the sum over levels splits, so the choice is per level: a level is
+        sampled first when it has at least SAMPLE_FIRST_MIN_TOKENS_PER_POINT tokens per
+        sampling point of one head on it (S_l >= ratio * Lq * P), i.e. when projecting its
+        tokens costs more than gathering all C channels at its points. The leading run of such
+        levels is taken, so that each formulation reads one contiguous token range.
+        `formulation` forces one for all levels ("project_first" / "sample_first").
+        """
+        if self.formulation not in FORMULATIONS:
+            raise ValueError(f"EncoderMixingAttention.formulation = {self.formulation!r}: use one of {FORMULATIONS}")
+        if self.formulation != "auto":
+            return len(level_sizes) if self.formulation == "sample_first" else 0
+        n = 0
+        while n < len(level_sizes) and level_sizes[n] >= SAMPLE_FIRST_MIN_TOKENS_PER_POINT * num_queries * self.n_points:
+            n += 1
+        return n
+
+    def _project_then_sample(self, memories, padding_mask, spatial_shapes, level_start_index, locations, weights,
+                             gates) -> Tensor:
+        """-> gated sum over the K maps (B, Lq, C), before output_proj."""
+        b, lq = gates.shape[:2]
+        value = self.project_values(memories, padding_mask)
+        # value head k*M + m reads location/weight head m: one call samples all K maps at the
+        # same points (the op takes location heads that divide the value heads, no copies)
+        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+        return (out.view(b, lq, self.num_mixed, self.d_model) * gates[..., None]).sum(2)
+
+    def _sample_then_project(self, memories, padding_mask, spatial_shapes, level_start_index, locations, weights,
+                             gates) -> Tensor:
+        """-> gated sum over the K maps (B, Lq, C), before output_proj; see the module docstring."""
+        k, b, s, c = memories.shape
+        lq, m = locations.shape[1], self.n_heads
+        levels_points = locations.shape[3:5]
+        if padding_mask is not None:  # (masked_fill also makes a token slice contiguous)
+            memories = memories.masked_fill(padding_mask[None, :, :, None], 0.0)
+            unpadded = (~padding_mask).to(memories.dtype)[:, :, None, None]  # (B, S, 1, 1)
+        else:
+            unpadded = memories.new_ones(b, s, 1, 1)
+        # heads folded into the queries: one location head reading all C channels
+        loc = locations.reshape(b, lq * m, 1, *levels_points, 2)
+        attn = weights.reshape(b, lq * m, 1, *levels_points)
+        # the K maps folded into the batch (a view of the stack); locations repeated K times
+        # (K*Lq*M*L*P*3 numbers, small next to the maps)
+        sampled = ms_deform_attn(memories.reshape(k * b, s, 1, c), spatial_shapes, level_start_index,
+                                 loc.repeat(k, 1, 1, 1, 1, 1), attn.repeat(k, 1, 1, 1, 1))  # (K*B, Lq*M, C)
+        beta = ms_deform_attn(unpadded, spatial_shapes, level_start_index, loc, attn).view(b, lq, m, 1)
+        weight, bias = self.value_projections()
+        sampled = sampled.view(k, b, lq, m, c) * gates.permute(2, 0, 1)[..., None, None]
+        if self.shared_value_proj:  # mix first, then one projection per head
+            out = torch.einsum("bqmc,mdc->bqmd", sampled.sum(0), weight[0].view(m, c // m, c))
+        else:  # per head m: contract over (k, c) in one matmul
+            out = torch.einsum("kbqmc,kmdc->bqmd", sampled, weight.view(k, m, c // m, c))
+        out = out + beta * (gates @ bias).view(b, lq, m, c // m)
+        return out.reshape(b, lq, c)
 
     def forward(self, query: Tensor, reference_points: Tensor, input_flatten: Tensor, input_spatial_shapes: Tensor,
                 input_level_start_index: Tensor, input_padding_mask: Optional[Tensor] = None) -> Tensor:
@@ -81,17 +165,22 @@ class EncoderMixingAttention(MSDeformAttn):
         if input_flatten.dim() != 4 or input_flatten.shape[0] != self.num_mixed:
             raise ValueError(f"EMCA expects {self.num_mixed} stacked encoder outputs (K, B, S, C), "
                              f"got {tuple(input_flatten.shape)}")
-        b, lq, _ = query.shape
-        k = self.num_mixed
-        value = self.project_values(input_flatten, input_padding_mask)
         locations, weights = self.sampling_locations_and_weights(query, reference_points, input_spatial_shapes)
         gates = self.mix_weights(query).sigmoid()  # (B, Lq, K)
         if self.record_mix_weights:
             self.last_mix_weights = gates.detach()
-        # value head k*M + m reads location/weight head m: one call samples all K maps at the
-        # same points (the op takes location heads that divide the value heads, no copies)
-        out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)
-        out = (out.view(b, lq, k, self.d_model) * gates[..., None]).sum(2)  # (B, Lq, C)
+        sizes = (input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).tolist()
+        n_fine = self.sample_first_levels(sizes, query.shape[1])
+        out = 0
+        for levels, mix in ((slice(0, n_fine), self._sample_then_project),
+                            (slice(n_fine, len(sizes)), self._project_then_sample)):
+            if levels.start == levels.stop:
+                continue
+            t0, t1 = sum(sizes[:levels.start]), sum(sizes[:levels.stop])  # this part's token range
+            mask = None if input_padding_mask is None else input_padding_mask[:, t0:t1]
+            out = out + mix(input_flatten[:, :, t0:t1], mask, input_spatial_shapes[levels],
+                            input_level_start_index[levels] - t0, locations[:, :, :, levels].contiguous(),
+                            weights[:, :, :, levels].contiguous(), gates)
         return self.output_proj(out)
 
 
