@@ -3,7 +3,9 @@
 Inference mode (default):
     python tools/benchmark.py -c config/DINO/DINO_4scale.py --image-size 800 1333 --runs 2 [--use_hae --use_emca]
 Training-step mode:
-    python tools/benchmark.py --train-step --variants dino,hae,emca,augdetr [-c CONFIG] [--device cpu|cuda]
+    python tools/benchmark.py --train-step --variants dino,hae,emca,augdetr [--image-size 800 1333] [-c CONFIG]
+        [--device cpu|cuda]: per variant the median step time and peak memory at that size, and
+        the augdetr/dino time ratio with both variants' figures
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions,
 SDPA) plus two formulas registered here for deformable attention:
@@ -185,7 +187,7 @@ def run_train_step(opts) -> List[Dict]:
     rows = []
     for name, (step, model) in steps.items():
         trainable, total = count_parameters(model)
-        rows.append({"variant": name, "time_s": statistics.median(times[name]),
+        rows.append({"variant": name, "image_size": [h, w], "time_s": statistics.median(times[name]),
                      "peak_mib": peak_memory_step(step, device) / 2**20,
                      "params_total": total, "params_trainable": trainable})
     base = next((r for r in rows if r["variant"] == "dino"), rows[0])
@@ -198,7 +200,9 @@ def run_train_step(opts) -> List[Dict]:
               f"{r['params_total'] / 1e6:.3f} | {r['params_total'] - base['params_total']:+,d} |")
     by = {r["variant"]: r for r in rows}
     if "augdetr" in by and "dino" in by:
-        print(f"augdetr/dino train-step time ratio: {by['augdetr']['time_s'] / by['dino']['time_s']:.3f}")
+        d, a = by["dino"], by["augdetr"]
+        print(f"augdetr/dino train-step time ratio at {h}x{w}: {a['time_s'] / d['time_s']:.3f} "
+              f"(dino {d['time_s']:.3f} s, {d['peak_mib']:.0f} MiB; augdetr {a['time_s']:.3f} s, {a['peak_mib']:.0f} MiB)")
     return rows
 
 

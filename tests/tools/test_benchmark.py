@@ -81,7 +81,9 @@ def test_train_step_table(tiny_cfg, capsys):
     rows = benchmark.main(["--train-step", "-c", config, "--variants", "dino,augdetr", "--image-size", "64", "96",
                            "--repeats", "1", "--options", *opts, "enc_layers=2", "num_hae_layers=1"])
     assert [r["variant"] for r in rows] == ["dino", "augdetr"]
-    assert all(set(r) == {"variant", "time_s", "peak_mib", "params_total", "params_trainable"} for r in rows)
+    assert all(set(r) == {"variant", "image_size", "time_s", "peak_mib", "params_total", "params_trainable"}
+               for r in rows)
+    assert all(r["image_size"] == [64, 96] for r in rows)
     assert all(isinstance(r["time_s"], float) and isinstance(r["peak_mib"], float) for r in rows)
     assert rows[1]["params_total"] > rows[0]["params_total"]  # HAE and EMCA add parameters
     lines = capsys.readouterr().out.strip().splitlines()
@@ -91,7 +93,11 @@ def test_train_step_table(tiny_cfg, capsys):
                         lines[3])
     assert re.fullmatch(rf"\| augdetr \| \d+\.\d{{3}} \| \d+\.\d\dx \| \d+ \| {rows[1]['params_total'] / 1e6:.3f} \| "
                         rf"\+{delta:,d} \|", lines[4])
-    assert re.fullmatch(r"augdetr/dino train-step time ratio: \d+\.\d{3}", lines[-1])
+    d, a = rows
+    assert lines[-1] == (f"augdetr/dino train-step time ratio at 64x96: {a['time_s'] / d['time_s']:.3f} "
+                         f"(dino {d['time_s']:.3f} s, {d['peak_mib']:.0f} MiB; "
+                         f"augdetr {a['time_s']:.3f} s, {a['peak_mib']:.0f} MiB)")
+    assert lines[0].startswith(f"train step: {config}, image 64x96, batch 1")
 
 
 def test_bad_variant():
