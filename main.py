@@ -341,6 +341,10 @@ def _load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
     """Load ckpt['model']; when the tensors do not fit, say which config the checkpoint was trained
     with and how it differs from this run's (the full tensor list goes to info.txt)."""
     args = run.args
+    from models.dino.backbone_timm import convert_official_state  # an official DINO Swin/ConvNeXt file
+    ckpt["model"], converted = convert_official_state(ckpt["model"], args.backbone, args.return_interm_indices)
+    for line in converted:
+        logging.getLogger("detr").info("%s: converted on load: %s", path, line)
     try:
         load_model_state(run.model_without_ddp, ckpt["model"], source=path, strict=strict,
                          ignore=None if strict else args.finetune_ignore)

@@ -42,7 +42,10 @@ class Key:
     def allowed(self) -> str:
         """Human text of what this key accepts, e.g. 'an int >= 1' or 'one of 'a', 'b''."""
         if self.choices is not None:
-            text = "one of " + ", ".join(repr(c) for c in self.choices)
+            names = [repr(c) for c in self.choices]
+            if len(names) > 8:  # a long list (backbone): the first names and where all are, to stay one short line
+                names = names[:6] + [f"... ({len(names)} names, all in util/config_schema.py)"]
+            text = "one of " + ", ".join(names)
         else:
             text = {"int": "an int", "float": "a number", "bool": "true or false", "str": "a string"}.get(
                 self.kind, f"a list of {self.kind[5:-1]}s")
@@ -168,9 +171,19 @@ SCHEMA: Dict[str, Key] = {
     "ema_epoch": _int("first epoch that updates the EMA", 0),
     # ---- model / backbone
     "modelname": _choice("detector", "dino"),
-    "backbone": _choice("torchvision ResNet", "resnet18", "resnet34", "resnet50", "resnet101"),
+    "backbone": _choice("torchvision ResNet, or Swin / ConvNeXt built with timm (DINO's names)",
+                        "resnet18", "resnet34", "resnet50", "resnet101", "swin_T_224_1k", "swin_S_224_1k",
+                        "swin_B_224_22k", "swin_B_384_22k", "swin_L_224_22k", "swin_L_384_22k", "convnext_tiny_1k",
+                        "convnext_small_1k", "convnext_base_22k", "convnext_large_22k", "convnext_xlarge_22k"),
     "backbone_weights": Key("str", "ImageNet weights: a torchvision weights name (e.g. IMAGENET1K_V1, through the "
-                            "torch hub cache), a .pth path, or none = random init", none_ok=True),
+                            "torch hub cache), a .pth path, or none = random init; Swin/ConvNeXt: a .pth path, none, "
+                            "or a name = DINO's file in backbone_dir", none_ok=True),
+    "backbone_dir": Key("str", "folder of the Swin/ConvNeXt ImageNet files under DINO's file names (none = unset)",
+                        none_ok=True),
+    "use_checkpoint": _bool("activation checkpointing of the Swin/ConvNeXt blocks (memory for compute)"),
+    "backbone_freeze_keywords": Key("list[str]", "freeze backbone parameters whose name contains one of these "
+                                    "(Swin/ConvNeXt: body.<timm name>, norm<k>; none = none)", none_ok=True,
+                                    length=(1, None)),
     "backbone_freeze_stem": _bool("keep the stem and layer1 frozen (DINO's recipe with ImageNet weights)"),
     "batch_norm_type": _choice("backbone normalisation", "FrozenBatchNorm2d", "BatchNorm2d"),
     "dilation": _bool("dilate the last ResNet stage (DC5)"),
@@ -245,8 +258,8 @@ SCHEMA: Dict[str, Key] = {
 # value (so an official config file loads) and then dropped.
 NOT_IMPLEMENTED: Dict[str, Any] = {
     "lr_linear_proj_names": ["reference_points", "sampling_offsets"], "lr_linear_proj_mult": 0.1,
-    "ddetr_lr_param": False, "frozen_weights": None, "use_checkpoint": False, "backbone_freeze_keywords": None,
-    "unic_layers": 0, "query_dim": 4, "num_patterns": 0, "pdetr3_bbox_embed_diff_each_layer": False,
+    "ddetr_lr_param": False, "frozen_weights": None, "unic_layers": 0,
+    "query_dim": 4, "num_patterns": 0, "pdetr3_bbox_embed_diff_each_layer": False,
     "pdetr3_refHW": -1, "random_refpoints_xy": False, "fix_refpoints_hw": -1,
     "dabdetr_yolo_like_anchor_update": False, "dabdetr_deformable_encoder": False,
     "dabdetr_deformable_decoder": False, "use_deformable_box_attn": False, "box_attn_type": "roi_align",

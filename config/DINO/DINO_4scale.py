@@ -87,6 +87,9 @@ ema_epoch = 0
 
 # ---- keys added by this project -------------------------------------------
 backbone_weights = 'IMAGENET1K_V1'  # torchvision weights name (torch.hub cache), a .pth path, or None = from scratch
+backbone_dir = None  # Swin/ConvNeXt: folder of the ImageNet files under DINO's names (swin_tiny_patch4_window7_224.pth..)
+use_checkpoint = False  # Swin/ConvNeXt: activation checkpointing per block (DINO's Swin configs: True)
+backbone_freeze_keywords = None  # Swin/ConvNeXt: freeze backbone parameters whose name contains any of these
 dn_scalar = None  # DN-DETR's name for the denoising query budget; when set it replaces dn_number
 dn_label_coef = 1.0  # loss_ce_dn weight = cls_loss_coef * dn_label_coef
 dn_bbox_coef = 1.0  # loss_bbox_dn / loss_giou_dn weights = bbox/giou_loss_coef * dn_bbox_coef

@@ -76,7 +76,15 @@ class Joiner(nn.Sequential):
 
 
 def build_backbone(args) -> Joiner:
-    """The ResNet named by args.backbone, initialised from args.backbone_weights, plus positions."""
+    """The ResNet named by args.backbone, initialised from args.backbone_weights, plus positions
+    (Swin/ConvNeXt: models/dino/backbone_timm.py)."""
+    if args.backbone not in _RESNET_CHANNELS:
+        from .backbone_timm import build_timm_backbone  # imports timm only for these backbones
+        return Joiner(build_timm_backbone(args), build_position_encoding(args))
+    if args.use_checkpoint or args.backbone_freeze_keywords:
+        raise ValueError(f"use_checkpoint / backbone_freeze_keywords are implemented for the Swin/ConvNeXt "
+                         f"backbones, not backbone={args.backbone}; set use_checkpoint=False and "
+                         f"backbone_freeze_keywords=None")
     state = backbone_state(args.backbone_weights, args.backbone)
     backbone = Backbone(args.backbone, args.lr_backbone > 0, args.dilation, args.return_interm_indices,
                         norm_layer=args.batch_norm_type, state_dict=state, freeze_stem=args.backbone_freeze_stem,

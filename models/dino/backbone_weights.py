@@ -149,8 +149,10 @@ def check_from_scratch(args) -> None:
     """
     if not is_none(args.backbone_weights) or args.eval or args.resume or args.pretrain_model_path:
         return
-    frozen = [s for s, bad in (("backbone_freeze_stem=True", args.backbone_freeze_stem),
-                               ("batch_norm_type='FrozenBatchNorm2d'", args.batch_norm_type == "FrozenBatchNorm2d"),
+    resnet = args.backbone.startswith("resnet")  # the stem and batch-norm keys concern ResNets only
+    frozen = [s for s, bad in (("backbone_freeze_stem=True", resnet and args.backbone_freeze_stem),
+                               ("batch_norm_type='FrozenBatchNorm2d'",
+                                resnet and args.batch_norm_type == "FrozenBatchNorm2d"),
                                (f"lr_backbone={args.lr_backbone}", args.lr_backbone <= 0)) if bad]
     from util.checkpoint import find_resume_checkpoint  # reads checkpoints: only when it matters
     if frozen and not find_resume_checkpoint(args.output_dir):

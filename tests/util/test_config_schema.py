@@ -52,7 +52,7 @@ def test_official_dino_config_file_loads(tmp_path):
 
 
 @pytest.mark.parametrize("option, match", [
-    ("use_checkpoint=True", "use_checkpoint=True is not implemented here .*use_checkpoint=False"),
+    ("ddetr_lr_param=True", "ddetr_lr_param=True is not implemented here .*ddetr_lr_param=False"),
     ("query_dim=2", "query_dim=2 is not implemented here"),
     ("num_patterns=3", "num_patterns=3 is not implemented here"),
     ("masks=True", "masks=True is not implemented here"),
@@ -64,8 +64,8 @@ def test_unimplemented_keys_refused_away_from_dino_value(option, match):
 
 
 def test_unimplemented_keys_accepted_at_dino_value():
-    args = main.build_args(["--options", "use_checkpoint=False", "query_dim=4", "decoder_module_seq=sa,ca,ffn"])
-    assert not hasattr(args, "query_dim") and "use_checkpoint" not in args.config_keys
+    args = main.build_args(["--options", "ddetr_lr_param=False", "query_dim=4", "decoder_module_seq=sa,ca,ffn"])
+    assert not hasattr(args, "query_dim") and "ddetr_lr_param" not in args.config_keys
 
 
 @pytest.mark.parametrize("option, match", [
