@@ -12,4 +12,16 @@ variant_flags() {
     augdetr5) CONFIG=config/DINO/DINO_5scale.py; FLAGS=(--use_hae --use_emca) ;;
     *) echo "unknown variant '$1': use dino4, dino5, augdetr4 or augdetr5" >&2; exit 2 ;;
   esac
+  with_backbone
+}
+
+# BACKBONE=NAME (optional, e.g. BACKBONE=swin_L_384_22k): another backbone (the names: README's backbone
+# table). A Swin or ConvNeXt switches CONFIG to its _swin.py twin (DINO_4scale_swin.py, DINO_5scale_swin.py),
+# which reads the ImageNet file from backbone_dir: add --options backbone_dir=FOLDER.
+with_backbone() {
+  [[ -z "${BACKBONE:-}" ]] && return 0
+  case "$BACKBONE" in
+    swin_*|convnext_*) CONFIG="${CONFIG%.py}_swin.py" ;;
+  esac
+  DINO_OPTIONS+=(backbone="$BACKBONE")
 }

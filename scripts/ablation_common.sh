@@ -9,6 +9,7 @@
 # last one): a quick run of the whole ablation on a laptop, not paper numbers.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"  # DINO_OPTIONS (the seed README's), REPO_ROOT
+CONFIG=config/DINO/DINO_4scale.py; with_backbone  # COCO mode; BACKBONE=NAME as in _common.sh
 
 ablation_parse_args() {
   if [[ $# -lt 1 ]]; then
@@ -49,10 +50,10 @@ run_variant() {
     fi
     python main.py --output_dir "$out" "${flags[@]}" ${opts[@]:+--options "${opts[@]}"} "${EXTRA_ARGS[@]}"
   elif [[ "$NUM_GPUS" -gt 1 ]]; then
-    torchrun --nproc_per_node="$NUM_GPUS" main.py -c config/DINO/DINO_4scale.py --coco_path "$COCO_PATH" \
+    torchrun --nproc_per_node="$NUM_GPUS" main.py -c "$CONFIG" --coco_path "$COCO_PATH" \
       --output_dir "$out" "${flags[@]}" --options "${DINO_OPTIONS[@]}" "${opts[@]}" "${EXTRA_ARGS[@]}"
   else
-    python main.py -c config/DINO/DINO_4scale.py --coco_path "$COCO_PATH" \
+    python main.py -c "$CONFIG" --coco_path "$COCO_PATH" \
       --output_dir "$out" "${flags[@]}" --options "${DINO_OPTIONS[@]}" "${opts[@]}" "${EXTRA_ARGS[@]}"
   fi
   echo "== $name finished in $(( SECONDS - start )) s"

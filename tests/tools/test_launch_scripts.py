@@ -83,3 +83,21 @@ def test_slurm_script_master_addr_from_long_host_list(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("MASTER_ADDR=node-1 MASTER_PORT=29500 ARGS=python main.py")
     assert "--use_hae --use_emca" in proc.stdout and "--coco_path /coco --output_dir /out" in proc.stdout
+
+
+@pytest.mark.parametrize("backbone, variant, config", [
+    ("swin_L_384_22k", "dino5", "config/DINO/DINO_5scale_swin.py"),
+    ("convnext_xlarge_22k", "augdetr4", "config/DINO/DINO_4scale_swin.py"),
+    ("resnet101", "dino4", "config/DINO/DINO_4scale.py"),
+])
+def test_backbone_variable_picks_config_and_option(backbone, variant, config):
+    """BACKBONE=NAME: a Swin/ConvNeXt takes the _swin.py config twin; every backbone reaches --options."""
+    script = f'source scripts/_common.sh; variant_flags {variant}; echo "$CONFIG|${{DINO_OPTIONS[-1]}}"'
+    proc = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, BACKBONE=backbone), check=True)
+    assert proc.stdout.strip() == f"{config}|backbone={backbone}"
+    assert os.path.isfile(os.path.join(ROOT, config))
+    proc = subprocess.run(["bash", "-c", 'source scripts/_common.sh; variant_flags dino4; echo "${DINO_OPTIONS[-1]}"'],
+                          cwd=ROOT, capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                         if k != "BACKBONE"}, check=True)
+    assert proc.stdout.strip() == "dn_box_noise_scale=1.0"  # no BACKBONE: the options are unchanged
