@@ -220,7 +220,7 @@ def load_imagenet(backbone: TimmBackbone, path: str) -> None:
         state = _body_keys_from_original(backbone.spec.family, state, backbone.body)
     own = backbone.body.state_dict()
     missing = sorted(set(own) - set(state))
-    unexpected = sorted(k for k in state if k not in own and not k.startswith("layers.4"))
+    unexpected = sorted(k for k in state if k not in own)
     bad = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or bad:
         raise BackboneWeightsError(f"backbone_weights file {path!r} does not fit backbone {backbone.spec.variant}: "

@@ -32,6 +32,10 @@ def fixture_backbone(indices=(0, 1, 2, 3), **kw) -> TimmBackbone:
 
 
 def test_timm_is_the_pinned_release(monkeypatch):
+    """requirements.txt pins the release _PadFirstSwinBlock is checked against; another one is refused."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "requirements.txt")) as f:
+        assert f"timm=={backbone_timm.PINNED_TIMM}" in f.read().split()
     assert timm.__version__ == backbone_timm.PINNED_TIMM
     monkeypatch.setattr(timm, "__version__", "9.9.9")
     with pytest.raises(RuntimeError, match=r"timm 9\.9\.9 is installed.*pip install timm==1\.0\.31"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.dino.backbone_timm import SPECS, Spec, TimmBackbone, convert_official_state
-from tiny_configs import tiny_args
+from tiny_configs import MODEL, options, tiny_args
 from tools import convert_checkpoint
 from tools.common import ToolError
 from util.checkpoint import load_checkpoint, load_model_state
@@ -66,6 +66,12 @@ def test_converted_fixture_checkpoint_loads_strictly(tmp_path, tiny_swin_spec):
     out = load_checkpoint(str(tmp_path / "out.pth"))
     assert "optimizer" not in out and out["converted_from"].endswith("official.pth")
     load_model_state(model, out["model"], source="out.pth", strict=True)
+    opts = options(MODEL, backbone="swin_T_224_1k", return_interm_indices=[0, 1, 2, 3], num_feature_levels=4,
+                   backbone_weights="none")
+    lines = convert_checkpoint.main([str(tmp_path / "official.pth"), str(tmp_path / "out2.pth"), "-c",
+                                     "config/DINO/DINO_4scale.py", "--verify", "--options", *opts])
+    assert lines[-1] == (f"verified: {tmp_path / 'out2.pth'} loads with strict=True into the model of "
+                         f"config/DINO/DINO_4scale.py")
     model.eval()
     case = fixture["cases"][1]
     with torch.no_grad():
@@ -104,6 +110,28 @@ def test_convnext_official_keys_map_through_timms_filter():
     assert {k: tuple(v.shape) for k, v in converted.items()} == {"backbone.0." + k: tuple(v.shape)
                                                                  for k, v in ours.items()}
     assert "3 output norms kept" in lines[0] and "6 dropped (norm0, patch_embed)" in lines[0]
+
+
+def test_convnext_imagenet_file_in_the_original_layout_loads(tmp_path):
+    """An original ConvNeXt ImageNet file (downsample_layers / stages.i.j / dwconv / pwconv, final norm, head)
+    loads into timm's ConvNeXt through timm's filter, every tensor in its place."""
+    from models.dino.backbone_timm import load_imagenet
+    tiny = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+    torch.manual_seed(0)
+    ref = TimmBackbone("convnext_tiny_1k", [1, 2, 3], overrides=tiny)
+    original = {}
+    for k, v in ref.body.state_dict().items():
+        k = k.replace("stem.", "downsample_layers.0.").replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv")
+        for i in (1, 2, 3):
+            k = k.replace(f"stages.{i}.downsample.", f"downsample_layers.{i}.")
+        original[k.replace(".blocks.", ".")] = v.clone()
+    original.update({"norm.weight": torch.ones(64), "norm.bias": torch.zeros(64), "head.weight": torch.zeros(3, 64),
+                     "head.bias": torch.zeros(3)})
+    torch.save({"model": original}, tmp_path / "convnext_tiny_1k_224_ema.pth")
+    bb = TimmBackbone("convnext_tiny_1k", [1, 2, 3], overrides=tiny)
+    load_imagenet(bb, str(tmp_path / "convnext_tiny_1k_224_ema.pth"))
+    for k, v in ref.body.state_dict().items():
+        assert torch.equal(bb.body.state_dict()[k], v), k
 
 
 def test_bad_invocations_are_one_line(tmp_path):
