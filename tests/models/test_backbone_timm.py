@@ -200,3 +200,16 @@ def _logs(folder):
             if name.endswith(".txt"):
                 lines += open(os.path.join(root, name), errors="replace").read().splitlines()
     return lines
+
+
+def test_random_swin_is_not_refused_for_resnet_only_keys(tmp_path):
+    """backbone_weights=none with a Swin: the frozen-stem / FrozenBatchNorm2d checks concern ResNets only,
+    a frozen backbone (lr_backbone <= 0) is still refused."""
+    from models.dino.backbone_weights import check_from_scratch
+    args = main.build_args(["-c", "config/DINO/DINO_4scale_swin.py", "--output_dir", str(tmp_path),
+                            "--options", "backbone_weights=none"])
+    assert args.backbone_freeze_stem is True and args.batch_norm_type == "FrozenBatchNorm2d"
+    check_from_scratch(args)
+    args.lr_backbone = 0.0
+    with pytest.raises(BackboneWeightsError, match="lr_backbone=0.0 keeps random layers frozen"):
+        check_from_scratch(args)
