@@ -19,8 +19,8 @@ import torch
 
 from util import dist as dist_utils
 from util.checkpoint import (CheckpointError, args_to_dict, find_resume_checkpoint, load_checkpoint,
-                             load_model_state, remove_stale_temp_files, save_checkpoint)
-from util.config_schema import config_differences, describe, load_config
+                             load_model_state, misfit_error, remove_stale_temp_files, save_checkpoint)
+from util.config_schema import describe, load_config
 from util.log_records import append_log_record, read_log_records, training_epochs
 from util.logger import setup_logger
 from util.optim import ModelEMA, build_lr_scheduler, build_optimizer
@@ -349,21 +349,8 @@ def _load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
         load_model_state(run.model_without_ddp, ckpt["model"], source=path, strict=strict,
                          ignore=None if strict else args.finetune_ignore)
     except CheckpointError as err:
-        saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
         logging.getLogger("detr").info("full load error: %s", err)
-        diffs = config_differences(saved, vars(args))
-        shown = ", ".join(f"{k}={old!r} (now {new!r})" for k, old, new in diffs[:3])
-        count = re.search(r"(\d+) shape mismatches", str(err))
-        trained = saved.get("config_file", "an unknown config (no config stored in the checkpoint)")
-        fix = (f"use -c {trained}" + (" with the same --options" if diffs else "") if "config_file" in saved
-               else "use the config it was trained with")
-        if not strict:
-            fix += ", or --finetune_ignore SUBSTRING to skip those weights"
-        raise CheckpointError(
-            f"{path} does not fit this model: it was trained with {trained}, this run uses {args.config_file}"
-            + (f"; differing keys: {shown}" + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "") if diffs else "")
-            + (f"; {count.group(1)} tensors have other shapes" if count else "")
-            + f"; {fix} (full list in info.txt)") from None
+        raise misfit_error(err, path, ckpt.get("args"), vars(args), strict) from None
 
 
 def evaluate_once(run: Run) -> dict:
