@@ -363,6 +363,9 @@ def _check_relations(cfg: Dict[str, Any], source: str) -> None:
         fail(f"o2m_k={cfg['o2m_k']} has {len(cfg['o2m_k'])} entries for dec_layers={cfg['dec_layers']}; give "
              f"dec_layers + 1 = {cfg['dec_layers'] + 1} (encoder proposals, then each decoder layer), "
              f"e.g. o2m_k={[2] * cfg['dec_layers'] + [1]}")
+    if cfg["dilation"] and cfg["backbone"] in ("resnet18", "resnet34"):
+        fail(f"dilation=True needs a bottleneck ResNet (resnet50/resnet101); {cfg['backbone']} has basic blocks, "
+             f"which torchvision cannot dilate: set dilation=False")
     lo, hi = cfg["data_aug_scales2_crop"]
     if lo > hi:
         fail(f"data_aug_scales2_crop={cfg['data_aug_scales2_crop']} must be [min, max]; swap them")

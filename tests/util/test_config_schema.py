@@ -90,6 +90,7 @@ def test_unimplemented_keys_accepted_at_dino_value():
     ("hae_dense_level=4", r"hae_dense_level=4 is not a level index"),
     ("dn_labelbook_size=3", r"dn_labelbook_size=3 must be >= num_classes - 1 = 6"),
     ("num_feature_levels=2", r"num_feature_levels=2 is below the 3 stages"),
+    ("dilation=True", r"dilation=True needs a bottleneck ResNet"),
 ])
 def test_bad_values_are_one_line_errors(option, match):
     with pytest.raises(ConfigError, match=match) as info:
