@@ -415,7 +415,27 @@ def train(run: Run) -> dict:
     finally:
         if tb_writer is not None:
             tb_writer.close()
+    if run.main_proc:
+        save_predictions_png(run)
     return record
+
+
+PREDICTION_IMAGES = 4  # val images drawn in output_dir/predictions.png after training
+
+
+def save_predictions_png(run: Run) -> str:
+    """output_dir/predictions.png: the trained model's detections on the first val images, drawn by
+    tools/draw.py (the same drawing as tools/inference.py)."""
+    from tools.draw import save_prediction_grid
+    dataset = run.loaders.dataset_val
+    names = {c["id"]: c["name"] for c in run.base_ds.dataset.get("categories", [])}
+    path = os.path.join(run.args.output_dir, "predictions.png")
+    with torch.no_grad():
+        save_prediction_grid(run.model_without_ddp, run.postprocessors, dataset,
+                             range(min(PREDICTION_IMAGES, len(dataset))), path, names=names)
+    logging.getLogger("detr").info("predicted boxes on %d val images: %s", min(PREDICTION_IMAGES, len(dataset)),
+                                   path)
+    return path
 
 
 def run_epoch(run: Run, epoch: int, tb_writer=None) -> dict:

@@ -104,7 +104,10 @@ def resumed_run(tmp_path_factory, synthetic_dir):
 def test_train_writes_checkpoints_and_logs(resumed_run):
     out, first = resumed_run
     assert {"checkpoint.pth", "checkpoint0000.pth", "checkpoint_best_regular.pth", "checkpoint_best_ema.pth",
-            "log.txt", "info.txt", "config_cfg.py", "config_args_all.json"} <= first
+            "log.txt", "info.txt", "config_cfg.py", "config_args_all.json", "predictions.png"} <= first
+    from PIL import Image
+    with Image.open(out / "predictions.png") as png:  # 4 val images of <= 96 px, upscaled for drawing, 2 x 2
+        assert png.format == "PNG" and png.width >= 2 * 96 and png.height >= 2 * 96
     ckpt = load_checkpoint(str(out / "checkpoint0000.pth"))
     assert ckpt["epoch"] == 0 and isinstance(ckpt["args"], dict) and ckpt["args"]["hidden_dim"] == 64
     line = read_log(out)[0]

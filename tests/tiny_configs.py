@@ -25,7 +25,8 @@ MODEL: Dict[str, Any] = dict(
 # batch of one 64 px image (a 1 x 1 stride-64 level) still has more than one value per group
 RUN: Dict[str, Any] = dict(
     {k: v for k, v in MODEL.items() if k != "msda_backend"}, hidden_dim=64, enc_layers=1, dec_layers=1,
-    data_aug_scales=[64], data_aug_max_size=96, data_aug_scales2_resize=[64], data_aug_scales2_crop=[48, 64])
+    data_aug_scales=[64], data_aug_max_size=96, data_aug_scales2_resize=[64], data_aug_scales2_crop=[48, 64],
+    save_checkpoint_interval=1)  # DINO's rule (the synthetic demo config keeps fewer files)
 
 
 def _format(value: Any) -> str:

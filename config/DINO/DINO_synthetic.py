@@ -19,6 +19,7 @@ lr_backbone = 0.0004
 batch_size = 4
 epochs = 12
 lr_drop = 10
+save_checkpoint_interval = 100  # a demo keeps checkpoint.pth, the best one and the lr-drop epoch's (~0.5 GB)
 clip_max_norm = 0.1
 
 hidden_dim = 128
