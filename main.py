@@ -240,7 +240,8 @@ def settle_output_dir(args) -> None:
     """Expand %j / %t (rank 0's clock for every rank). For --eval / --test also pick the weights
     (--resume, --pretrain_model_path, else the newest checkpoint of output_dir) and their own
     folder (util/run_dir.eval_output_dir), so no evaluation writes into a training run's files."""
-    args.output_dir = dist_utils.all_gather_object(expand_output_dir(args.output_dir, os.environ))[0]
+    args.output_dir = dist_utils.all_gather_object(
+        expand_output_dir(args.output_dir, os.environ, job_fallback=args.eval))[0]
     if not args.eval:
         return
     weights = args.resume or args.pretrain_model_path or find_resume_checkpoint(args.output_dir)

@@ -188,8 +188,12 @@ def test_output_dir_patterns(tmp_path, synthetic_dir, monkeypatch):
     main.settle_output_dir(args)
     assert args.output_dir == str(tmp_path / "R50-4242")
     monkeypatch.delenv("SLURM_JOB_ID")
-    with pytest.raises(main.ConfigError, match="SLURM_JOB_ID is not set"):
+    with pytest.raises(main.ConfigError, match="SLURM_JOB_ID is not set"):  # training
         main.settle_output_dir(tiny_args(str(tmp_path / "R50-%j"), synthetic_dir))
+    # the AugDETR README's evaluation commands use R50-MS4-%j outside SLURM as well
+    args = tiny_args(str(tmp_path / "R50-%j"), synthetic_dir, "--eval", "--resume", "x.pth")
+    main.settle_output_dir(args)
+    assert re.fullmatch(re.escape(str(tmp_path)) + r"/R50-local-\d{8}-\d{6}", args.output_dir)
 
 
 def test_flag_and_environment_errors(monkeypatch):

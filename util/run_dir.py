@@ -7,10 +7,13 @@ from typing import Mapping, Optional
 from util.slconfig import ConfigError
 
 
-def expand_output_dir(path: str, env: Mapping[str, str], now: Optional[float] = None) -> str:
+def expand_output_dir(path: str, env: Mapping[str, str], now: Optional[float] = None,
+                      job_fallback: bool = False) -> str:
     """`%j` -> the SLURM job id, `%t` -> the start time as YYYYmmdd-HHMMSS, `%%` -> `%`.
 
-    `%j` outside a SLURM job is a ConfigError (the folder would be literally named `%j`)."""
+    `%j` outside a SLURM job is a ConfigError (a training run there could never be resumed under
+    the same folder name), unless job_fallback: then it becomes `local-<start time>` (evaluations,
+    as in the AugDETR reproduction's README commands, which use `R50-MS4-%j` outside SLURM too)."""
     out, i = [], 0
     while i < len(path):
         if path[i] != "%" or i + 1 == len(path):
@@ -20,9 +23,12 @@ def expand_output_dir(path: str, env: Mapping[str, str], now: Optional[float] = 
         code = path[i + 1]
         if code == "j":
             job = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")
+            if not job and job_fallback:
+                job = "local-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
             if not job:
                 raise ConfigError(f"--output_dir {path}: %j is the SLURM job id, but SLURM_JOB_ID is not set "
-                                  f"(not inside a SLURM job); use %t for the start time or a plain name")
+                                  f"(not inside a SLURM job), so a rerun could not resume this training; use %t "
+                                  f"for the start time or a plain name")
             out.append(job)
         elif code == "t":
             out.append(time.strftime("%Y%m%d-%H%M%S", time.localtime(now)))

@@ -14,6 +14,7 @@ def test_patterns():
     assert expand_output_dir("a%%b%", {}) == "a%b%"
     with pytest.raises(ConfigError, match=r"%j is the SLURM job id, but SLURM_JOB_ID is not set"):
         expand_output_dir("logs/%j", {})
+    assert expand_output_dir("logs/R50-%j", {}, now, job_fallback=True).startswith("logs/R50-local-2023111")
     with pytest.raises(ConfigError, match=r"unknown pattern %q"):
         expand_output_dir("logs/%q", {})
 
