@@ -19,7 +19,8 @@ import torch
 
 from util import dist as dist_utils
 from util.checkpoint import (CheckpointError, args_to_dict, find_resume_checkpoint, load_checkpoint,
-                             load_model_state, misfit_error, remove_stale_temp_files, save_checkpoint)
+                             load_model_state, load_resume_checkpoint, misfit_error, remove_stale_temp_files,
+                             save_checkpoint)
 from util.config_schema import describe, load_config
 from util.log_records import append_log_record, read_log_records, training_epochs
 from util.logger import setup_logger
@@ -313,12 +314,15 @@ def resume(run: Run) -> None:
     if run.main_proc:
         for stale in remove_stale_temp_files(args.output_dir):
             log.warning("removed %s: an unfinished checkpoint write (the run was killed while saving)", stale)
-    path = args.resume or find_resume_checkpoint(args.output_dir)
-    if path and not args.resume:
-        log.info("auto-resume: found %s in output_dir (pass --resume to choose another)", path)
-    ema_state = None
+    path, ckpt = args.resume, None
     if path:
         ckpt = load_checkpoint(path)
+    else:
+        path, ckpt = load_resume_checkpoint(args.output_dir) or (None, None)
+        if path:
+            log.info("auto-resume: found %s in output_dir (pass --resume to choose another)", path)
+    ema_state = None
+    if path:
         _load_weights(run, ckpt, path, strict=True)
         log.info("resumed model weights from %s", path)
         run.resumed_from, ema_state = path, ckpt.get("ema_model")

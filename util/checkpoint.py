@@ -328,8 +328,21 @@ def find_resume_checkpoint(output_dir: str) -> Optional[str]:
     """Newest readable checkpoint in output_dir: checkpoint.pth, then checkpointNNNN.pth newest first.
 
     Unreadable candidates and ones that fail their integrity check are skipped with a warning.
-    None if there is none. (The caller loads the chosen file again, which logs whether it was verified.)
-    """
+    None if there is none. Logs nothing about verification (see load_resume_checkpoint)."""
+    found = _newest_valid(output_dir)
+    return found[0] if found else None
+
+
+def load_resume_checkpoint(output_dir: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """(path, checkpoint) of find_resume_checkpoint's choice, read once (a DINO checkpoint is 0.5 GB),
+    with load_checkpoint's "not verified" line for a file without a digest; None if there is none."""
+    found = _newest_valid(output_dir)
+    if found and found[2] is None:
+        logger.info("%s: no integrity digest: loaded without verification", found[0])
+    return found[:2] if found else None
+
+
+def _newest_valid(output_dir: str) -> Optional[Tuple[str, Dict[str, Any], Optional[int]]]:
     if not output_dir or not os.path.isdir(output_dir):
         return None
     numbered = sorted((n for n in os.listdir(output_dir) if _NUMBERED.match(n)), reverse=True)
@@ -338,11 +351,11 @@ def find_resume_checkpoint(output_dir: str) -> Optional[str]:
         if not os.path.isfile(path):
             continue
         try:
-            _load_verified(path)
+            obj, verified = _load_verified(path)
         except CheckpointError as e:
             logger.warning("auto-resume: skipping %s", e)
             continue
-        return path
+        return path, obj, verified
     return None
 
 

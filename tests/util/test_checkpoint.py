@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from util.checkpoint import (INTEGRITY_KEY, TMP_PREFIX, CheckpointError, UnsafeCheckpointError,
-                             find_resume_checkpoint, load_checkpoint, load_model_state, main, save_checkpoint)
+                             find_resume_checkpoint, load_checkpoint, load_model_state, load_resume_checkpoint, main,
+                             save_checkpoint)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -237,6 +238,10 @@ def test_auto_resume_skips_corrupted_newest_and_takes_previous(tmp_path, detr_lo
     warnings = [r.getMessage() for r in detr_log.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3 and all("auto-resume: skipping" in w and "integrity check failed" in w
                                       for w in warnings)
+    # the loading variant picks the same file and returns its verified content
+    path, loaded = load_resume_checkpoint(str(tmp_path))
+    assert path.endswith("checkpoint0000.pth") and loaded["epoch"] == 0
+    assert torch.equal(loaded["model"]["0.weight"], ckpt["model"]["0.weight"])
     # an explicit load of the corrupted file stops with the one-line error
     with pytest.raises(CheckpointError, match=r"checkpoint\.pth: integrity check failed: tensor 'model/1\.weight'"):
         load_checkpoint(newest)
