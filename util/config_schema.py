@@ -298,7 +298,7 @@ def check_value(name: str, value: Any) -> Any:
         check_not_implemented(name, value)
         return value
     if name not in SCHEMA:
-        raise ConfigError(f"unknown config key {name!r}; `python main.py --print_config` lists every key")
+        raise ConfigError(f"{name!r} is unknown; `python main.py --print_config` lists every key")
     return SCHEMA[name].check(name, value)
 
 

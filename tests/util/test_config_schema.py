@@ -28,9 +28,9 @@ def _write(path, text):
 def test_defaults_file_defines_exactly_the_schema():
     assert set(project_defaults()) == set(SCHEMA)
     assert not set(SCHEMA) & set(NOT_IMPLEMENTED)
+    defaults = project_defaults()
     for name, key in SCHEMA.items():
-        assert key.help and key.check(name, project_defaults()[name]) == project_defaults()[name] or \
-            isinstance(project_defaults()[name], int), name
+        assert key.help and key.check(name, defaults[name]) == defaults[name], name
 
 
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py")
@@ -116,7 +116,7 @@ def test_config_file_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.py: config key enc_layers=-2 is not allowed"):
         load_config(bad)
     unknown = _write(tmp_path / "unknown.py", "frobnicate = 1\n")
-    with pytest.raises(ConfigError, match=r"unknown.py: config key unknown config key 'frobnicate'|unknown.py: .*frobnicate"):
+    with pytest.raises(ConfigError, match=r"unknown.py: config key 'frobnicate' is unknown; .*--print_config"):
         load_config(unknown)
     flag = _write(tmp_path / "flag.py", "output_dir = 'x'\n")
     with pytest.raises(ConfigError, match=r"flag.py: key 'output_dir' is a command-line option only"):
