@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .emca import EncoderMixingAttention
+from .emca import EncoderMemories, EncoderMixingAttention
 from .hybrid_encoder import HybridEncoderLayer
 from .ops import MSDeformAttn
 from .utils import gen_encoder_output_proposals
@@ -141,7 +141,9 @@ class DeformableTransformer(nn.Module):
             refpoint_ = torch.cat([refpoint_embed, refpoint_], dim=1)
             tgt_ = torch.cat([tgt, tgt_], dim=1)
         # EMCA reads the chosen encoder layers stacked as (K, B, S, C)
-        dec_memory = torch.stack([layer_outputs[i] for i in self.emca_enc_layers]) if keep else memory
+        dec_memory = memory
+        if keep:  # zeroed at padded tokens once, for all decoder layers
+            dec_memory = EncoderMemories.stack([layer_outputs[i] for i in self.emca_enc_layers], mask_flatten)
         hs, references = self.decoder(tgt_, dec_memory, mask_flatten, refpoint_, level_start_index, spatial_shapes,
                                       valid_ratios, tgt_mask=attn_mask)
         return hs, references, tgt_undetach.unsqueeze(0), refpoint_undetach.sigmoid().unsqueeze(0), init_box_proposal

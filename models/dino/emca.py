@@ -24,9 +24,14 @@ so they commute with the per-token projection. Two exact formulations, picked pe
 
 Sample first costs 8x (= C/D) the sampling work but skips the projection of S tokens, so it
 wins when the maps are large against the queries (see `SAMPLE_FIRST_MIN_TOKENS_PER_POINT`).
+
+Sampling first needs the raw maps zero at padded tokens. The transformer zeroes them once
+per forward (`EncoderMemories.stack`, in place on the stack) and hands the same maps to all
+decoder layers; a plain tensor is zeroed by each call (a K-map copy per layer, kept for
+backward: 6 x 135 MB at 800x1333 for K = 6).
 """
 import math
-from typing import Optional
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +42,19 @@ from .ops import MSDeformAttn, ms_deform_attn
 # head on it (S_l >= ratio * Lq * P); see EncoderMixingAttention.sample_first_levels
 SAMPLE_FIRST_MIN_TOKENS_PER_POINT = 1.0
 FORMULATIONS = ("auto", "project_first", "sample_first")
+
+
+class EncoderMemories(NamedTuple):
+    """K stacked encoder outputs (K, B, S, C), zero at padded tokens; build it with `stack`."""
+    maps: Tensor
+
+    @staticmethod
+    def stack(layer_outputs: Sequence[Tensor], padding_mask: Optional[Tensor]) -> "EncoderMemories":
+        """layer_outputs: K tensors (B, S, C); padding_mask (B, S) True = padding."""
+        maps = torch.stack(list(layer_outputs))
+        if padding_mask is not None:  # in place on the new stack: no second copy
+            maps.masked_fill_(padding_mask[None, :, :, None], 0.0)
+        return EncoderMemories(maps)
 
 
 class EncoderMixingAttention(MSDeformAttn):
@@ -133,12 +151,14 @@ class EncoderMixingAttention(MSDeformAttn):
 
     def _sample_then_project(self, memories, padding_mask, spatial_shapes, level_start_index, locations, weights,
                              gates) -> Tensor:
-        """-> gated sum over the K maps (B, Lq, C), before output_proj; see the module docstring."""
+        """-> gated sum over the K maps (B, Lq, C), before output_proj; see the module docstring.
+
+        memories (K, B, S, C) contiguous and zero at padded tokens; the levels sampled here
+        lead the token axis and may cover only part of S (the op reads each level at its start)."""
         k, b, s, c = memories.shape
         lq, m = locations.shape[1], self.n_heads
         levels_points = locations.shape[3:5]
-        if padding_mask is not None:  # (masked_fill also makes a token slice contiguous)
-            memories = memories.masked_fill(padding_mask[None, :, :, None], 0.0)
+        if padding_mask is not None:
             unpadded = (~padding_mask).to(memories.dtype)[:, :, None, None]  # (B, S, 1, 1)
         else:
             unpadded = memories.new_ones(b, s, 1, 1)
@@ -147,7 +167,7 @@ class EncoderMixingAttention(MSDeformAttn):
         attn = weights.reshape(b, lq * m, 1, *levels_points)
         # the K maps folded into the batch (a view of the stack); locations repeated K times
         # (K*Lq*M*L*P*3 numbers, small next to the maps)
-        sampled = ms_deform_attn(memories.reshape(k * b, s, 1, c), spatial_shapes, level_start_index,
+        sampled = ms_deform_attn(memories.view(k * b, s, 1, c), spatial_shapes, level_start_index,
                                  loc.repeat(k, 1, 1, 1, 1, 1), attn.repeat(k, 1, 1, 1, 1))  # (K*B, Lq*M, C)
         beta = ms_deform_attn(unpadded, spatial_shapes, level_start_index, loc, attn).view(b, lq, m, 1)
         weight, bias = self.value_projections()
@@ -159,12 +179,16 @@ class EncoderMixingAttention(MSDeformAttn):
         out = out + beta * (gates @ bias).view(b, lq, m, c // m)
         return out.reshape(b, lq, c)
 
-    def forward(self, query: Tensor, reference_points: Tensor, input_flatten: Tensor, input_spatial_shapes: Tensor,
-                input_level_start_index: Tensor, input_padding_mask: Optional[Tensor] = None) -> Tensor:
-        """query (B, Lq, C); input_flatten: K stacked encoder outputs (K, B, S, C) -> (B, Lq, C)."""
-        if input_flatten.dim() != 4 or input_flatten.shape[0] != self.num_mixed:
+    def forward(self, query: Tensor, reference_points: Tensor, input_flatten: Union[EncoderMemories, Tensor],
+                input_spatial_shapes: Tensor, input_level_start_index: Tensor,
+                input_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """query (B, Lq, C); input_flatten: EncoderMemories, or the K stacked encoder outputs
+        (K, B, S, C) as a tensor (zeroed at padded tokens here, per call) -> (B, Lq, C)."""
+        prepared = isinstance(input_flatten, EncoderMemories)
+        memories = input_flatten.maps if prepared else input_flatten
+        if memories.dim() != 4 or memories.shape[0] != self.num_mixed:
             raise ValueError(f"EMCA expects {self.num_mixed} stacked encoder outputs (K, B, S, C), "
-                             f"got {tuple(input_flatten.shape)}")
+                             f"got {tuple(memories.shape)}")
         locations, weights = self.sampling_locations_and_weights(query, reference_points, input_spatial_shapes)
         gates = self.mix_weights(query).sigmoid()  # (B, Lq, K)
         if self.record_mix_weights:
@@ -172,15 +196,19 @@ class EncoderMixingAttention(MSDeformAttn):
         sizes = (input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).tolist()
         n_fine = self.sample_first_levels(sizes, query.shape[1])
         out = 0
-        for levels, mix in ((slice(0, n_fine), self._sample_then_project),
-                            (slice(n_fine, len(sizes)), self._project_then_sample)):
-            if levels.start == levels.stop:
-                continue
-            t0, t1 = sum(sizes[:levels.start]), sum(sizes[:levels.stop])  # this part's token range
-            mask = None if input_padding_mask is None else input_padding_mask[:, t0:t1]
-            out = out + mix(input_flatten[:, :, t0:t1], mask, input_spatial_shapes[levels],
-                            input_level_start_index[levels] - t0, locations[:, :, :, levels].contiguous(),
-                            weights[:, :, :, levels].contiguous(), gates)
+        if n_fine:
+            if not prepared and input_padding_mask is not None:
+                memories = memories.masked_fill(input_padding_mask[None, :, :, None], 0.0)
+            out = self._sample_then_project(memories.contiguous(), input_padding_mask, input_spatial_shapes[:n_fine],
+                                            input_level_start_index[:n_fine], locations[:, :, :, :n_fine].contiguous(),
+                                            weights[:, :, :, :n_fine].contiguous(), gates)
+        if n_fine < len(sizes):
+            t0 = sum(sizes[:n_fine])  # the coarse levels' tokens run to the end of S
+            mask = None if input_padding_mask is None else input_padding_mask[:, t0:]
+            out = out + self._project_then_sample(memories[:, :, t0:], mask, input_spatial_shapes[n_fine:],
+                                                  input_level_start_index[n_fine:] - t0,
+                                                  locations[:, :, :, n_fine:].contiguous(),
+                                                  weights[:, :, :, n_fine:].contiguous(), gates)
         return self.output_proj(out)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.dino.emca import FORMULATIONS, SAMPLE_FIRST_MIN_TOKENS_PER_POINT, EncoderMixingAttention
+from models.dino.emca import FORMULATIONS, SAMPLE_FIRST_MIN_TOKENS_PER_POINT, EncoderMemories, EncoderMixingAttention
 from models.dino.ops import ms_deform_attn, ms_deform_attn_pytorch, set_backend
 
 C, HEADS, POINTS, LEVELS = 32, 4, 2, 3
@@ -57,16 +57,24 @@ def outputs_and_grads(fn, m, args):
     return out, torch.autograd.grad(out.square().sum(), wrt)
 
 
+def with_encoder_memories(m: EncoderMixingAttention):
+    """m called as the transformer calls it: the maps zeroed once, as EncoderMemories."""
+    def call(query, ref, memories, spatial, start, mask):
+        return m(query, ref, EncoderMemories.stack(memories.unbind(0), mask), spatial, start, mask)
+    return call
+
+
 @pytest.mark.parametrize("backend", ["pytorch", "compiled"])
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("formulation", FORMULATIONS)
-def test_formulation_equals_paper_loop(formulation, shared, backend):
+@pytest.mark.parametrize("prepared", [False, True], ids=["tensor", "encoder_memories"])
+def test_formulation_equals_paper_loop(formulation, shared, backend, prepared):
     set_backend(backend)
     try:
         m = make_module(3, shared)
         args = inputs(3)
         m.formulation = formulation
-        out, grads = outputs_and_grads(m, m, args)
+        out, grads = outputs_and_grads(with_encoder_memories(m) if prepared else m, m, args)
         ref_out, ref_grads = outputs_and_grads(lambda *a: paper_loop(m, *a), m, args)
     finally:
         set_backend(None)
@@ -86,6 +94,34 @@ def test_masked_tokens_do_not_reach_the_output_in_either_formulation():
         a = m(query, ref, memories, spatial, start, mask)
         b = m(query, ref, changed, spatial, start, mask)
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), formulation
+
+
+def test_encoder_memories_zero_the_padded_tokens_in_place():
+    _, _, memories, _, _, mask = inputs(2)
+    stacked = EncoderMemories.stack(memories.detach().unbind(0), mask).maps
+    assert stacked.shape == memories.shape and stacked.is_contiguous()
+    assert (stacked[:, mask] == 0).all()
+    assert torch.equal(stacked[:, ~mask], memories.detach()[:, ~mask])
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "compiled"])
+def test_levels_may_cover_only_the_leading_tokens_of_value(backend):
+    """Sample first reads the fine levels out of the whole stack: extra tokens after the
+    last level are never read, by the reference and the kernel alike."""
+    query, ref, memories, spatial, start, mask = inputs(1)
+    m = make_module(1, False)
+    loc, weights = m.sampling_locations_and_weights(query, ref, spatial)
+    value = memories.detach()[0].view(2, -1, HEADS, C // HEADS)
+    set_backend(backend)
+    try:
+        full = ms_deform_attn(value, spatial[:2], start[:2], loc[:, :, :, :2].contiguous(),
+                              weights[:, :, :, :2].contiguous())
+    finally:
+        set_backend(None)
+    lead = int(spatial[:2].prod(1).sum())
+    cut = ms_deform_attn_pytorch(value[:, :lead].contiguous(), spatial[:2], start[:2],
+                                 loc[:, :, :, :2].contiguous(), weights[:, :, :, :2].contiguous())
+    assert torch.allclose(full, cut, rtol=1e-12, atol=1e-12)
 
 
 def test_sample_first_bias_scale_is_the_in_bounds_weight():

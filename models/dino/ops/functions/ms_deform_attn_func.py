@@ -25,8 +25,10 @@ def ms_deform_attn_pytorch(value: Tensor, spatial_shapes: Tensor, level_start_in
     """
     n, _, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    value_list = value.split(sizes, dim=1)
+    # each level read from its start (levels may cover only part of S, as in the kernels)
+    starts = level_start_index.tolist()
+    value_list = [value.narrow(1, int(start), int(h) * int(w))
+                  for start, (h, w) in zip(starts, spatial_shapes.tolist())]
     grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
     sampled = []
     for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
