@@ -42,6 +42,23 @@ def test_scheduler_choice(kw, kind, per_iter):
     assert type(sched).__name__ == kind and it == per_iter
 
 
+def test_adamw_is_fused_and_equals_the_per_parameter_loop():
+    torch.manual_seed(0)
+    a, b = Tiny(), Tiny()
+    b.load_state_dict(a.state_dict())
+    fused = build_optimizer(a, _args())
+    loop = torch.optim.AdamW(param_groups(b, 1e-3, 1e-4, ["backbone.0"]), lr=1e-3, weight_decay=1e-4, foreach=False)
+    assert fused.param_groups[0]["fused"] is True
+    x = torch.randn(8, 2)
+    for _ in range(20):
+        for m, opt in ((a, fused), (b, loop)):
+            opt.zero_grad()
+            m.head(m.backbone(x)).square().sum().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-7)
+
+
 def test_step_lr_drops_after_lr_drop_epochs():
     args = _args()
     opt = build_optimizer(Tiny(), args)
