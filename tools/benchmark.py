@@ -17,15 +17,23 @@ SDPA) plus two formulas registered here for deformable attention:
 Normalisation, softmax, activations and other elementwise ops are not counted.
 "GFLOPs" printed = counted FLOPs / 2 / 1e9, i.e. multiply-adds, the fvcore convention
 the DETR papers report.
+
+Counting only (--flops-only, optionally over --backbones a,b,...): the same count on fake
+tensors (torch's FakeTensorMode: shapes, dtypes and devices, no data), so nothing is allocated
+or computed and a Swin-L or ConvNeXt-XL DINO at 800x1333 takes seconds; FPS is not measured.
+    python tools/benchmark.py -c config/DINO/DINO_4scale_swin.py --flops-only --backbones swin_T_224_1k,swin_L_384_22k
 """
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch._subclasses.fake_tensor as fake_tensor
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
@@ -50,6 +58,11 @@ def grid_sample_flops(inp, grid, *_, out_shape=None, **__):
 
 
 def flop_mapping() -> Dict:
+    """FlopCounterMode's custom formulas. The msda backend is resolved first: the compiled library
+    defines torch.ops.msda only once loaded, and a mapping made before that (the first count in a
+    process with the auto backend) silently left the deformable attention out."""
+    from models.dino.ops import backend_info
+    backend_info()  # resolves (and loads, or JIT-builds) the backend of each visible device
     mapping = {torch.ops.aten.grid_sampler_2d: grid_sample_flops}
     try:
         mapping[torch.ops.msda.ms_deform_attn_forward] = msda_op_flops
@@ -86,6 +99,64 @@ def count_gflops(model: torch.nn.Module, images: torch.Tensor) -> float:
         for p, flag in flags:
             p.requires_grad_(flag)
     return counter.get_total_flops() / 2e9
+
+
+def fake_model(args) -> Tuple[torch.nn.Module, FakeTensorMode, int, int]:
+    """(model in eval mode whose parameters and buffers are fake tensors on args.device, its fake
+    mode, trainable and total parameter counts). Nothing is allocated and no weight initialised.
+
+    The model is built on the meta device and its tensors wrapped as fake tensors on the real
+    device. Building it under FakeTensorMode instead fails: DINO clones its heads with
+    copy.deepcopy, and a deep-copied fake tensor belongs to a new fake mode, which the forward
+    refuses ("Mixing fake modes"). Plain meta tensors fail in the forward: the msda backend of a
+    meta tensor is the PyTorch path, which reads the level shapes as values (tolist()).
+    """
+    from models import build_model
+    with torch.device("meta"):
+        model = build_model(args)[0].eval()
+    trainable, total = count_parameters(model)
+    mode = FakeTensorMode()
+    device = torch.device(args.device)
+
+    def fake(t):
+        return mode.fake_tensor_converter.from_meta_and_device(mode, t, device)
+
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:  # requires_grad off: see count_gflops
+                module._parameters[name] = torch.nn.Parameter(fake(p), requires_grad=False)
+        for name, b in module._buffers.items():
+            if b is not None:
+                module._buffers[name] = fake(b)
+    return model, mode, trainable, total
+
+
+@contextlib.contextmanager
+def _constant_small_tensors(limit: int = 64):
+    """Fake tensors made from Python numbers keep their values up to `limit` elements (torch's
+    default: 1), so the level shapes (L, 2) and start indices (L,) that the model builds from the
+    feature sizes can still be read with tolist() (the hybrid encoder, EMCA, the PyTorch msda path).
+    Only tensors computed from such constants alone carry values; activations never do."""
+    old = fake_tensor.CONSTANT_NUMEL_LIMIT
+    fake_tensor.CONSTANT_NUMEL_LIMIT = limit
+    try:
+        yield
+    finally:
+        fake_tensor.CONSTANT_NUMEL_LIMIT = old
+
+
+def count_gflops_fake(args, h: int, w: int) -> Dict:
+    """Parameters and multiply-add GFLOPs of one eval forward of args' model on a (1, 3, h, w)
+    image, counted on fake tensors; the same FlopCounterMode count as count_gflops on real ones."""
+    model, mode, trainable, total = fake_model(args)
+    counter = FlopCounterMode(display=False, custom_mapping=flop_mapping())
+    try:
+        with _constant_small_tensors(), mode, torch.no_grad(), counter:
+            model(torch.empty(1, 3, h, w, device=args.device))
+    except fake_tensor.DataDependentOutputException as err:
+        raise SystemExit(f"benchmark.py: error: --flops-only: the forward reads a tensor's values ({err}); "
+                         f"count on real tensors instead: leave out --flops-only") from None
+    return {"params_trainable": trainable, "params_total": total, "gflops": counter.get_total_flops() / 2e9}
 
 
 def _sync(device: torch.device) -> None:
@@ -125,6 +196,34 @@ def run_inference(opts) -> Dict:
     print(f"GFLOPs (multiply-adds, fvcore convention = FLOPs/2): {gflops:.1f}")
     print(f"inference FPS at batch 1: {fps:.3f} ({opts.runs} timed runs after {opts.warmup} warm-up)")
     return res
+
+
+def run_flops_only(opts):
+    """Parameters and GFLOPs counted on fake tensors: one result dict, or with --backbones a list
+    (one per backbone, the config's other keys unchanged) and a markdown table."""
+    from models.dino.ops import backend_info
+    h, w = opts.image_size
+    rows = []
+    for name in opts.backbones or [None]:
+        extra = [] if name is None else [f"backbone={name}"]
+        args = tool_args(opts.config_file, [*(opts.options or []), *extra], opts.use_hae, opts.use_emca, opts.device)
+        res = {"config": opts.config_file, "backbone": args.backbone, "use_hae": bool(opts.use_hae),
+               "use_emca": bool(opts.use_emca), "image_size": [h, w], "device": args.device,
+               **count_gflops_fake(args, h, w), "msda_backend": backend_info()[args.device]["backend"]}
+        rows.append(res)
+    r = rows[0]
+    print(f"config {opts.config_file}  hae={r['use_hae']} emca={r['use_emca']}  image {h}x{w}  device {r['device']} "
+          f"(msda backend {r['msda_backend']})  counted on fake tensors, FPS not measured")
+    if opts.backbones is None:
+        print(f"backbone {r['backbone']}  parameters: {r['params_trainable'] / 1e6:.2f}M trainable, "
+              f"{r['params_total'] / 1e6:.2f}M total")
+        print(f"GFLOPs (multiply-adds, fvcore convention = FLOPs/2): {r['gflops']:.1f}")
+        return r
+    print("| backbone | params (M) | GFLOPs |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['backbone']} | {r['params_total'] / 1e6:.1f} | {r['gflops']:.1f} |")
+    return rows
 
 
 def peak_memory_step(step, device: torch.device) -> int:
@@ -220,6 +319,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
     p.add_argument("--msda-backend", default=None, choices=["auto", "compiled", "pytorch"],
                    help="deformable attention backend (default: MSDA_BACKEND or auto)")
+    p.add_argument("--flops-only", action="store_true",
+                   help="parameters and GFLOPs only, counted on fake tensors (no weights, no computation: seconds "
+                        "for Swin-L); FPS is not measured")
+    p.add_argument("--backbones", default=None, metavar="NAME[,NAME...]",
+                   help="with --flops-only: one count per backbone (option backbone=NAME), printed as a table")
     p.add_argument("--train-step", action="store_true", help="time one training step per variant instead")
     p.add_argument("--variants", default="dino,hae,emca,augdetr",
                    help=f"comma list of {', '.join(VARIANTS)} (train-step mode)")
@@ -236,6 +340,13 @@ def main(argv: Optional[List[str]] = None):
         sys.exit("benchmark.py: error: --runs and --repeats must be >= 1")
     if opts.msda_backend:  # a config key: the model builder applies it
         opts.options = [*(opts.options or []), f"msda_backend={opts.msda_backend}"]
+    if opts.backbones is not None:
+        opts.backbones = [b.strip() for b in opts.backbones.split(",") if b.strip()]
+        if not opts.flops_only or not opts.backbones or opts.train_step:
+            sys.exit("benchmark.py: error: --backbones takes a comma list of backbone names and needs --flops-only "
+                     "(without --train-step)")
+    if opts.flops_only and opts.train_step:
+        sys.exit("benchmark.py: error: --flops-only counts an inference forward; leave out --train-step")
     if opts.train_step:
         opts.variants = [v.strip() for v in opts.variants.split(",") if v.strip()]
         bad = [v for v in opts.variants if v not in VARIANTS]
@@ -246,7 +357,7 @@ def main(argv: Optional[List[str]] = None):
         return run_train_step(opts)
     opts.config_file = opts.config_file or "config/DINO/DINO_synthetic.py"
     opts.image_size = opts.image_size or (800, 1333)
-    return run_inference(opts)
+    return run_flops_only(opts) if opts.flops_only else run_inference(opts)
 
 
 if __name__ == "__main__":
