@@ -12,11 +12,17 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "msda_common.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>  // declares every x86 intrinsic; the AVX2 ones are used only in the avx2 build below
+#endif
 
 namespace msda {
 namespace {
@@ -29,9 +35,11 @@ namespace base {
 #define MSDA_HAVE_AVX2 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#define MSDA_KERNELS_AVX2 1  // the kernels' intrinsics paths (GCC's __AVX2__ is not reliable under the pragma)
 namespace avx2 {
 #include "msda_cpu_kernels.h"
 }  // namespace avx2
+#undef MSDA_KERNELS_AVX2
 #pragma GCC pop_options
 #endif
 
@@ -60,6 +68,18 @@ void backward_kernel(Args&&... args) {
   base::backward_kernel<scalar_t>(std::forward<Args>(args)...);
 }
 
+// backward_buffers without the zero fill: the kernel writes every location / weight gradient
+// and zeroes each slice of grad_value in the thread that accumulates it.
+Grads backward_buffers_uninitialised(const Inputs& in, const at::Tensor& loc, const at::Tensor& grad_out_in) {
+  const Sizes& s = in.s;
+  at::Tensor grad_out = grad_out_in.to(in.value.scalar_type()).contiguous();
+  TORCH_CHECK(grad_out.numel() == s.N * s.Lq * s.Mv * s.D, "msda: grad_output has shape ", grad_out.sizes(),
+              ", expected (", s.N, ", ", s.Lq, ", ", s.Mv * s.D, ")");
+  const auto acc = loc.options().memory_format(at::MemoryFormat::Contiguous);
+  return {grad_out, at::empty(in.value.sizes(), acc), at::empty({s.N, s.Lq, s.Mv, s.L, s.P, 2}, acc),
+          at::empty({s.N, s.Lq, s.Mv, s.L, s.P}, acc)};
+}
+
 at::Tensor forward_cpu(const at::Tensor& value_in, const at::Tensor& shapes_in, const at::Tensor& starts_in,
                        const at::Tensor& loc, const at::Tensor& attn) {
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
@@ -76,12 +96,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& va
                                                             const at::Tensor& starts_in, const at::Tensor& loc,
                                                             const at::Tensor& attn, const at::Tensor& grad_out_in) {
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
-  Grads g = backward_buffers(in, loc, grad_out_in);
+  Grads g = backward_buffers_uninitialised(in, loc, grad_out_in);
   if (g.grad_out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, in.value.scalar_type(), "msda_backward_cpu", [&] {
       backward_kernel<scalar_t>(in.value, in.shapes.data_ptr<int64_t>(), in.starts.data_ptr<int64_t>(), loc, attn,
                                 g.grad_out, g.value, g.loc, g.attn, in.s);
     });
+  } else {  // no output gradient: nothing flows back
+    g.value.zero_();
+    g.loc.zero_();
+    g.attn.zero_();
   }
   return finish_backward(in, std::move(g));
 }
