@@ -74,3 +74,18 @@ def test_zero_sized_grad_output_gives_zero_grads(compiled):
     gv, gl, ga = compiled.ms_deform_attn_backward(value, shapes, starts, loc, attn, torch.zeros(1, 0, 64))
     assert gv.shape == value.shape and gv.abs().max() == 0
     assert gl.numel() == 0 and ga.numel() == 0
+
+
+@pytest.mark.parametrize("d", [32, 24])
+def test_strided_grad_output_read_in_place(compiled, d):
+    """grad_output of out.sum() (stride 0 everywhere) and a non-contiguous one give the same
+    gradients as their contiguous copies."""
+    args = make_inputs(n=2, lq=5, m=2, d=d, shapes=SHAPES, p=2, dtype=torch.float32)
+    expanded = torch.ones(()).expand(2, 5, 2 * d)
+    strided = torch.randn(2, 2 * d, 5).transpose(1, 2)
+    for grad_out in (expanded, strided):
+        assert not grad_out.is_contiguous()
+        got = compiled.ms_deform_attn_backward(*args, grad_out)
+        want = compiled.ms_deform_attn_backward(*args, grad_out.contiguous())
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)

@@ -68,13 +68,15 @@ void backward_kernel(Args&&... args) {
   base::backward_kernel<scalar_t>(std::forward<Args>(args)...);
 }
 
-// backward_buffers without the zero fill: the kernel writes every location / weight gradient
-// and zeroes each slice of grad_value in the thread that accumulates it.
+// backward_buffers without the zero fill (the kernel writes every location / weight gradient
+// and zeroes each slice of grad_value in the thread that accumulates it) and without a copy of
+// grad_output: the kernel reads it through its strides (the stride-0 expanded gradient of
+// out.sum() stays 1 element).
 Grads backward_buffers_uninitialised(const Inputs& in, const at::Tensor& loc, const at::Tensor& grad_out_in) {
   const Sizes& s = in.s;
-  at::Tensor grad_out = grad_out_in.to(in.value.scalar_type()).contiguous();
-  TORCH_CHECK(grad_out.numel() == s.N * s.Lq * s.Mv * s.D, "msda: grad_output has shape ", grad_out.sizes(),
+  TORCH_CHECK(grad_out_in.numel() == s.N * s.Lq * s.Mv * s.D, "msda: grad_output has shape ", grad_out_in.sizes(),
               ", expected (", s.N, ", ", s.Lq, ", ", s.Mv * s.D, ")");
+  const at::Tensor grad_out = grad_out_in.to(in.value.scalar_type()).reshape({s.N, s.Lq, s.Mv * s.D});
   const auto acc = loc.options().memory_format(at::MemoryFormat::Contiguous);
   return {grad_out, at::empty(in.value.sizes(), acc), at::empty({s.N, s.Lq, s.Mv, s.L, s.P, 2}, acc),
           at::empty({s.N, s.Lq, s.Mv, s.L, s.P}, acc)};

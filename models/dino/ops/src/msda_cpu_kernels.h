@@ -34,6 +34,8 @@ struct Workspace {
   Workspace(int64_t D, int64_t points) : zeros(D, scalar_t(0)), scratch(D), cur(points), next(points) {}
 };
 
+constexpr int64_t kStreamAhead = 16;  // tasks
+
 inline void prefetch_row(const void* p, int64_t bytes, bool for_write) {
   const char* c = static_cast<const char*>(p);
   for (int64_t b = 0; b < bytes; b += 64) {
@@ -74,6 +76,111 @@ inline void plan_points(const scalar_t* vb, acc_t* gvb, Workspace<scalar_t, acc_
       }
     }
   }
+}
+
+// Per point j = l * P + p of a (query, head): its level's size and first token, and where its
+// location / weight sit relative to the (query, head)'s first; padded to a multiple of 8 points.
+struct Levels {
+  int64_t points;
+  std::vector<float> Hf, Wf;
+  std::vector<int32_t> Hi, Wi, start;
+  std::vector<int64_t> lofs, aofs;
+  Levels(const int64_t* shapes, const int64_t* starts, const int64_t* ls, const int64_t* as, int64_t L, int64_t P)
+      : points(L * P) {
+    const int64_t padded = (points + 7) / 8 * 8;
+    Hf.assign(padded, 0.f), Wf.assign(padded, 0.f), Hi.assign(padded, 0), Wi.assign(padded, 0);
+    start.assign(padded, 0), lofs.assign(padded, 0), aofs.assign(padded, 0);
+    for (int64_t j = 0; j < points; ++j) {
+      const int64_t l = j / P, p = j % P;
+      Hf[j] = static_cast<float>(shapes[2 * l]), Wf[j] = static_cast<float>(shapes[2 * l + 1]);
+      Hi[j] = static_cast<int32_t>(shapes[2 * l]), Wi[j] = static_cast<int32_t>(shapes[2 * l + 1]);
+      start[j] = static_cast<int32_t>(starts[l]);
+      lofs[j] = l * ls[3] + p * ls[4];
+      aofs[j] = l * as[3] + p * as[4];
+    }
+  }
+};
+
+#ifdef MSDA_KERNELS_AVX2
+// plan_points for fp32 locations, 8 points at a time (the corner arithmetic of bilinear_corners
+// in AVX2 lanes; token indices in int32, so value must have fewer than 2^31 tokens).
+template <typename scalar_t>
+inline void plan_points_avx2(const scalar_t* vb, float* gvb, Workspace<scalar_t, float>& ws, const Levels& lv,
+                             const float* lb, const float* ab, int64_t ls5, int64_t row, int64_t D,
+                             Point<scalar_t, float>* pts) {
+  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f), minus_one = _mm256_set1_ps(-1.f);
+  const __m256i ione = _mm256_set1_epi32(1), iminus_one = _mm256_set1_epi32(-1);
+  for (int64_t j0 = 0; j0 < lv.points; j0 += 8) {
+    const int64_t nj = std::min<int64_t>(8, lv.points - j0);
+    alignas(32) float xs[8] = {0}, ys[8] = {0}, at[8] = {0};
+    for (int64_t i = 0; i < nj; ++i) {
+      xs[i] = lb[lv.lofs[j0 + i]], ys[i] = lb[lv.lofs[j0 + i] + ls5], at[i] = ab[lv.aofs[j0 + i]];
+    }
+    const __m256 Hf = _mm256_loadu_ps(&lv.Hf[j0]), Wf = _mm256_loadu_ps(&lv.Wf[j0]);
+    const __m256 h_im = _mm256_sub_ps(_mm256_mul_ps(_mm256_load_ps(ys), Hf), half);
+    const __m256 w_im = _mm256_sub_ps(_mm256_mul_ps(_mm256_load_ps(xs), Wf), half);
+    const __m256 any = _mm256_and_ps(
+        _mm256_and_ps(_mm256_cmp_ps(h_im, minus_one, _CMP_GT_OQ), _mm256_cmp_ps(w_im, minus_one, _CMP_GT_OQ)),
+        _mm256_and_ps(_mm256_cmp_ps(h_im, Hf, _CMP_LT_OQ), _mm256_cmp_ps(w_im, Wf, _CMP_LT_OQ)));
+    const __m256 fh = _mm256_floor_ps(h_im), fw = _mm256_floor_ps(w_im);
+    const __m256 lh = _mm256_sub_ps(h_im, fh), lw = _mm256_sub_ps(w_im, fw);
+    const __m256 hh = _mm256_sub_ps(one, lh), hw = _mm256_sub_ps(one, lw);
+    const __m256i Hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&lv.Hi[j0]));
+    const __m256i Wi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&lv.Wi[j0]));
+    const __m256i anyi = _mm256_castps_si256(any);
+    // outside the map the floors may not fit an int32; those lanes are masked by `any`
+    const __m256i h0 = _mm256_and_si256(anyi, _mm256_cvttps_epi32(fh));
+    const __m256i w0 = _mm256_and_si256(anyi, _mm256_cvttps_epi32(fw));
+    // with `any`, h0 in [-1, H - 1]: row h0 is in the map iff h0 >= 0, row h0 + 1 iff h0 + 1 < H
+    const __m256i in_h[2] = {_mm256_and_si256(anyi, _mm256_cmpgt_epi32(h0, iminus_one)),
+                             _mm256_and_si256(anyi, _mm256_cmpgt_epi32(Hi, _mm256_add_epi32(h0, ione)))};
+    const __m256i in_w[2] = {_mm256_cmpgt_epi32(w0, iminus_one), _mm256_cmpgt_epi32(Wi, _mm256_add_epi32(w0, ione))};
+    const __m256i tok = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(&lv.start[j0])),
+                                         _mm256_add_epi32(_mm256_mullo_epi32(h0, Wi), w0));
+    const __m256i step[4] = {_mm256_setzero_si256(), ione, Wi, _mm256_add_epi32(Wi, ione)};
+    const __m256 wk[4] = {_mm256_mul_ps(hh, hw), _mm256_mul_ps(hh, lw), _mm256_mul_ps(lh, hw), _mm256_mul_ps(lh, lw)};
+    alignas(32) int32_t toks[4][8];
+    alignas(32) float ws_[4][8], lhs[8], lws[8], as_[8];
+    alignas(32) int32_t anys[8];
+    for (int k = 0; k < 4; ++k) {
+      const __m256i in = _mm256_and_si256(in_h[k >> 1], in_w[k & 1]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(toks[k]),
+                         _mm256_blendv_epi8(iminus_one, _mm256_add_epi32(tok, step[k]), in));
+      _mm256_store_ps(ws_[k], _mm256_and_ps(_mm256_castsi256_ps(in), wk[k]));
+    }
+    _mm256_store_ps(lhs, lh), _mm256_store_ps(lws, lw);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(anys), anyi);
+    _mm256_store_ps(as_, _mm256_and_ps(any, _mm256_load_ps(at)));
+    for (int64_t i = 0; i < nj; ++i) {
+      Point<scalar_t, float>& pt = pts[j0 + i];
+      pt.any = anys[i] != 0;
+      pt.a = as_[i], pt.lh = lhs[i], pt.lw = lws[i];
+      for (int k = 0; k < 4; ++k) {
+        const int32_t t = toks[k][i];
+        pt.w[k] = ws_[k][i];
+        pt.v[k] = t >= 0 ? vb + int64_t(t) * row : ws.zeros.data();
+        if (t >= 0) prefetch_row(pt.v[k], D * int64_t(sizeof(scalar_t)), false);
+        if (gvb != nullptr) {
+          pt.g[k] = t >= 0 ? gvb + int64_t(t) * row : ws.scratch.data();
+          if (t >= 0) prefetch_row(pt.g[k], D * int64_t(sizeof(float)), true);
+        }
+      }
+    }
+  }
+}
+#endif
+
+// plan_points, vectorised where it can be.
+template <typename scalar_t, typename acc_t>
+inline void plan_task(const scalar_t* vb, acc_t* gvb, Workspace<scalar_t, acc_t>& ws, const Levels& lv,
+                 const int64_t* shapes, const int64_t* starts, const acc_t* lb, const acc_t* ab, const int64_t* ls,
+                 const int64_t* as, const Sizes& s, int64_t row, Point<scalar_t, acc_t>* pts) {
+#ifdef MSDA_KERNELS_AVX2
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (s.S < (int64_t(1) << 31)) return plan_points_avx2<scalar_t>(vb, gvb, ws, lv, lb, ab, ls[5], row, s.D, pts);
+  }
+#endif
+  plan_points<scalar_t, acc_t>(vb, gvb, ws, shapes, starts, lb, ab, ls, as, s.L, s.P, row, s.D, pts);
 }
 
 #ifdef MSDA_KERNELS_AVX2
@@ -141,17 +248,27 @@ void forward_impl(const at::Tensor& value, const int64_t* shapes, const int64_t*
   const int64_t* as = attn.strides().data();
   const int64_t D = s.D, Mv = s.Mv, row = Mv * D, LP = s.L * s.P;
   const int64_t tasks = s.N * s.Lq * Mv;  // (n, q, m), m fastest: a query's heads read neighbouring rows
+  const Levels lv(shapes, starts, ls, as, s.L, s.P);
   at::parallel_for(0, tasks, 16, [&](int64_t begin, int64_t end) {
     Workspace<scalar_t, acc_t> ws(D, LP);
     std::vector<acc_t> acc(D);  // accumulators of the loop path
     auto plan = [&](int64_t t, Point<scalar_t, acc_t>* pts) {
       const int64_t m = t % Mv, q = (t / Mv) % s.Lq, n = t / (Mv * s.Lq), ml = m % s.Ml;
-      plan_points<scalar_t, acc_t>(v + n * s.S * row + m * D, nullptr, ws, shapes, starts,
-                                   lp + n * ls[0] + q * ls[1] + ml * ls[2], ap + n * as[0] + q * as[1] + ml * as[2],
-                                   ls, as, s.L, s.P, row, D, pts);
+      plan_task<scalar_t, acc_t>(v + n * s.S * row + m * D, nullptr, ws, lv, shapes, starts,
+                            lp + n * ls[0] + q * ls[1] + ml * ls[2], ap + n * as[0] + q * as[1] + ml * as[2], ls, as,
+                            s, row, pts);
+    };
+    // the streamed inputs and output of a task further ahead (the hardware prefetchers fall
+    // behind while the corner prefetches keep the memory system busy)
+    auto prefetch_stream = [&](int64_t t) {
+      const int64_t m = t % Mv, q = (t / Mv) % s.Lq, n = t / (Mv * s.Lq), ml = m % s.Ml;
+      prefetch_row(lp + n * ls[0] + q * ls[1] + ml * ls[2], 2 * LP * int64_t(sizeof(acc_t)), false);
+      prefetch_row(ap + n * as[0] + q * as[1] + ml * as[2], LP * int64_t(sizeof(acc_t)), false);
+      prefetch_row(o + t * D, D * int64_t(sizeof(scalar_t)), true);
     };
     plan(begin, ws.cur.data());
     for (int64_t t = begin; t < end; ++t) {
+      if (t + kStreamAhead < end) prefetch_stream(t + kStreamAhead);
       if (t + 1 < end) plan(t + 1, ws.next.data());
       forward_apply<scalar_t, acc_t, DC>(ws.cur.data(), LP, D, acc.data(), o + t * D);
       std::swap(ws.cur, ws.next);
@@ -257,7 +374,8 @@ void backward_impl(const at::Tensor& value, const int64_t* shapes, const int64_t
                    at::Tensor& grad_loc, at::Tensor& grad_attn, const Sizes& s) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* v = value.data_ptr<scalar_t>();
-  const scalar_t* g = grad_out.data_ptr<scalar_t>();
+  const scalar_t* g = grad_out.data_ptr<scalar_t>();  // (N, Lq, Mv * D), any strides
+  const int64_t* gs = grad_out.strides().data();
   const acc_t* lp = loc.data_ptr<acc_t>();
   const acc_t* ap = attn.data_ptr<acc_t>();
   acc_t* gv = grad_value.data_ptr<acc_t>();  // accumulation-type buffer (N, S, Mv, D)
@@ -266,6 +384,7 @@ void backward_impl(const at::Tensor& value, const int64_t* shapes, const int64_t
   const int64_t* ls = loc.strides().data();
   const int64_t* as = attn.strides().data();
   const int64_t D = s.D, Mv = s.Mv, row = Mv * D, LP = s.L * s.P;
+  const Levels lv(shapes, starts, ls, as, s.L, s.P);
   at::parallel_for(0, s.N * Mv, 1, [&](int64_t begin, int64_t end) {
     Workspace<scalar_t, acc_t> ws(D, LP);
     std::vector<acc_t> gq_buf(D);  // the output gradient of the current (query, head)
@@ -277,9 +396,9 @@ void backward_impl(const at::Tensor& value, const int64_t* shapes, const int64_t
       // task i of this image: query i / heads, head m0 + i % heads
       auto plan = [&](int64_t i, Point<scalar_t, acc_t>* pts) {
         const int64_t q = i / heads, m = m0 + i % heads, ml = m % s.Ml;
-        plan_points<scalar_t, acc_t>(v + n * s.S * row + m * D, gvn + m * D, ws, shapes, starts,
-                                     lp + n * ls[0] + q * ls[1] + ml * ls[2],
-                                     ap + n * as[0] + q * as[1] + ml * as[2], ls, as, s.L, s.P, row, D, pts);
+        plan_task<scalar_t, acc_t>(v + n * s.S * row + m * D, gvn + m * D, ws, lv, shapes, starts,
+                              lp + n * ls[0] + q * ls[1] + ml * ls[2], ap + n * as[0] + q * as[1] + ml * as[2], ls,
+                              as, s, row, pts);
       };
       const int64_t n_tasks = s.Lq * heads;
       if (n_tasks > 0) plan(0, ws.cur.data());
@@ -287,8 +406,12 @@ void backward_impl(const at::Tensor& value, const int64_t* shapes, const int64_t
         if (i + 1 < n_tasks) plan(i + 1, ws.next.data());
         const int64_t nqm = (n * s.Lq + i / heads) * Mv + m0 + i % heads;
         // the query's output gradient is read once and used for every level and point
-        const scalar_t* gp = g + nqm * D;
-        for (int64_t d = 0; d < D; ++d) gq[d] = static_cast<acc_t>(gp[d]);
+        const scalar_t* gp = g + n * gs[0] + (i / heads) * gs[1] + (m0 + i % heads) * D * gs[2];
+        if (gs[2] == 1) {
+          for (int64_t d = 0; d < D; ++d) gq[d] = static_cast<acc_t>(gp[d]);
+        } else {
+          for (int64_t d = 0; d < D; ++d) gq[d] = static_cast<acc_t>(gp[d * gs[2]]);
+        }
         backward_apply<scalar_t, acc_t, DC>(ws.cur.data(), LP, D, shapes, s.P, gq, gl + nqm * LP * 2, ga + nqm * LP);
         std::swap(ws.cur, ws.next);
       }
