@@ -23,7 +23,7 @@ from util.checkpoint import (CheckpointError, args_to_dict, find_resume_checkpoi
                              save_checkpoint)
 from util.config_schema import describe, load_config
 from util.log_records import append_log_record, read_log_records, training_epochs
-from util.logger import setup_logger
+from util.logger import FILE_ONLY, setup_logger
 from util.optim import ModelEMA, build_lr_scheduler, build_optimizer
 from util.run_dir import eval_output_dir, expand_output_dir
 from util.slconfig import ConfigError, DictAction, SLConfig
@@ -354,7 +354,7 @@ def _load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
         load_model_state(run.model_without_ddp, ckpt["model"], source=path, strict=strict,
                          ignore=None if strict else args.finetune_ignore)
     except CheckpointError as err:
-        logging.getLogger("detr").info("full load error: %s", err)
+        logging.getLogger("detr").info("full load error: %s", err, extra={FILE_ONLY: True})
         raise misfit_error(err, path, ckpt.get("args"), vars(args), strict) from None
 
 

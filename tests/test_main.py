@@ -204,8 +204,9 @@ def test_flag_and_environment_errors(monkeypatch):
         main.build_args([])
 
 
-def test_mismatched_checkpoint_is_clear_error(tmp_path, resumed_run, synthetic_dir):
+def test_mismatched_checkpoint_is_clear_error(tmp_path, resumed_run, synthetic_dir, capsys):
     out, _ = resumed_run
+    capsys.readouterr()
     with pytest.raises(main.CheckpointError, match=r"does not fit this model: it was trained with "
                        r"config/DINO/DINO_synthetic.py, this run uses config/DINO/DINO_synthetic.py; differing keys: "
                        r"hidden_dim=64 \(now 32\), [^;]*; \d+ tensors have other shapes; use -c config/DINO/DINO_synthetic.py "
@@ -214,6 +215,7 @@ def test_mismatched_checkpoint_is_clear_error(tmp_path, resumed_run, synthetic_d
                             options=["hidden_dim=32"]))
     assert len(str(info.value).replace(str(out), "")) < 350
     assert "full load error" in (tmp_path / "info.txt").read_text()
+    assert "full load error" not in capsys.readouterr().out  # the console gets the one-line error only
 
 
 def test_test_dev_detections_equal_eval_results(tmp_path, resumed_run, synthetic_dir):

@@ -61,6 +61,11 @@ def _colour_wanted() -> bool:
     return not (os.environ.get("NO_COLOR") or os.environ.get("ANSI_COLORS_DISABLED"))
 
 
+# log.info(..., extra={FILE_ONLY: True}): info.txt only, e.g. a 2,000-character list the console
+# summarises in one line
+FILE_ONLY = "file_only"
+
+
 def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = LOGGER_NAME,
                  stream: Optional[TextIO] = None) -> logging.Logger:
     """Logger writing to `stream` (default stdout; rank 0 only) and output_dir/info.txt
@@ -80,6 +85,7 @@ def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = LOGGER_NA
         console = logging.StreamHandler(stream)
         console.setFormatter(_ColourLevelFormatter(fmt_str, datefmt=_DATEFMT) if tty and _colour_wanted() else fmt)
         console.addFilter(_DropProgress(PROGRESS_FULL if tty else PROGRESS_COMPACT))
+        console.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
         log.addHandler(console)
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)

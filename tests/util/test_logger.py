@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from util.logger import LOGGER_NAME, MetricLogger, peak_memory_mib, setup_logger
+from util.logger import FILE_ONLY, LOGGER_NAME, MetricLogger, peak_memory_mib, setup_logger
 
 
 class Terminal(io.StringIO):
@@ -42,6 +42,18 @@ def test_pipe_gets_the_full_lines_as_info_txt(tmp_path):
     console, info = progress(io.StringIO(), tmp_path)
     assert "it/s" not in console and console.count("loss_bbox: 0.2500") == 2
     assert [x.split("] ", 1)[1] for x in console.splitlines()] == [x.split("] ", 1)[1] for x in info.splitlines()]
+
+
+def test_file_only_records_skip_the_console(tmp_path):
+    stream = io.StringIO()
+    log = setup_logger(str(tmp_path), stream=stream)
+    log.info("full list: %s", "x" * 50, extra={FILE_ONLY: True})
+    log.info("short line")
+    for h in log.handlers:
+        h.flush()
+    info = (tmp_path / "info.txt").read_text()
+    assert "full list: " + "x" * 50 in info and "short line" in info
+    assert "full list" not in stream.getvalue() and "short line" in stream.getvalue()
 
 
 def test_compact_line_without_lr_or_loss(tmp_path):
