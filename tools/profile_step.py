@@ -148,7 +148,8 @@ def worktree(rev: str) -> str:
 
 
 def start_child(tree: str, argv: List[str]) -> subprocess.Popen:
-    env = dict(os.environ, **{TREE_ENV: tree})
+    # the waiting process's OpenMP threads sleep instead of spinning on the cores the other one uses
+    env = dict(os.environ, **{TREE_ENV: tree}, OMP_WAIT_POLICY="PASSIVE")
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", *argv], cwd=tree, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     return proc
