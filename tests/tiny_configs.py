@@ -66,3 +66,7 @@ def tiny_batch(seed: int = 0):
     targets = [dict(labels=torch.tensor([1, 3]), boxes=torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.3, 0.1, 0.1]])),
                dict(labels=torch.tensor([2]), boxes=torch.tensor([[0.4, 0.6, 0.3, 0.2]]))]
     return nested_tensor_from_tensor_list(images), targets
+
+
+# the Swin of tests/data/dino_swin_tiny (DINO's own implementation at width 8, depth 2 per stage)
+TINY_SWIN = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)

@@ -1,13 +1,12 @@
 """AugDETR: HAE and EMCA against DINO and against a naive reference."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models import build_model
 from models.dino.emca import EncoderMixingAttention
 from models.dino.hybrid_encoder import HybridEncoderLayer
-from models.dino.ops import ms_deform_attn_pytorch
 
+from emca_reference import paper_loop
 from tiny_configs import MODEL, tiny_args, tiny_batch
 
 D, HEADS, FFN, ENC, DEC = (MODEL[k] for k in ("hidden_dim", "nheads", "dim_feedforward", "enc_layers", "dec_layers"))
@@ -54,20 +53,6 @@ def emca_inputs(k=3, b=2, lq=5, shapes=((6, 8), (3, 4), (2, 2), (1, 1))):
     return query, ref, memories, spatial, start, mask
 
 
-def naive_emca(m: EncoderMixingAttention, query, ref, memories, spatial, start, mask):
-    """One deformable-attention call per encoder layer, as the paper's sum is written."""
-    loc, weights = m.sampling_locations_and_weights(query, ref, spatial)
-    gates = m.mix_weights(query).sigmoid()
-    w_all = torch.cat([m.extra_value_proj_weight, m.value_proj.weight[None]])
-    b_all = torch.cat([m.extra_value_proj_bias, m.value_proj.bias[None]])
-    total = 0
-    for k in range(m.num_mixed):
-        value = F.linear(memories[k], w_all[k], b_all[k]).masked_fill(mask[..., None], 0.0)
-        value = value.view(*value.shape[:2], m.n_heads, -1)
-        total = total + gates[..., k:k + 1] * ms_deform_attn_pytorch(value, spatial, start, loc, weights)
-    return m.output_proj(total)
-
-
 def test_fused_emca_equals_naive_loop_in_outputs_and_gradients():
     torch.manual_seed(0)
     m = EncoderMixingAttention(D, 4, HEADS, 2, num_mixed=3)
@@ -77,7 +62,7 @@ def test_fused_emca_equals_naive_loop_in_outputs_and_gradients():
     inputs = emca_inputs()
     fused = m(*inputs)
     fused_grads = torch.autograd.grad(fused.square().sum(), [inputs[0], inputs[2]] + list(m.parameters()))
-    naive = naive_emca(m, *inputs)
+    naive = paper_loop(m, *inputs)
     naive_grads = torch.autograd.grad(naive.square().sum(), [inputs[0], inputs[2]] + list(m.parameters()))
     assert torch.allclose(fused, naive, atol=1e-5)
     for a, b in zip(fused_grads, naive_grads):

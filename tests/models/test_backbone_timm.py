@@ -10,15 +10,13 @@ from timm.models import swin_transformer as timm_swin
 
 import main
 from models.dino import backbone_timm
-from models.dino.backbone_timm import SPECS, Spec, TimmBackbone, convert_official_state
+from models.dino.backbone_timm import TimmBackbone, convert_official_state
 from models.dino.backbone_weights import BackboneWeightsError
-from tiny_configs import RUN, config_args, options
+from tiny_configs import RUN, TINY_SWIN, config_args, options
 from util.misc import NestedTensor
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "dino_swin_tiny")
 FIXTURE = torch.load(os.path.join(DATA, "swin_tiny_fixture.pth"), weights_only=True)
-# the fixture's DINO Swin: width 8, depth 2 per stage (see tests/data/dino_swin_tiny/README.md)
-TINY_SWIN = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
 TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
 
 
@@ -160,12 +158,6 @@ def test_resnet_refuses_timm_only_keys():
         build_backbone(config_args(backbone="resnet18", use_checkpoint=True))
 
 
-@pytest.fixture
-def tiny_swin_spec(monkeypatch):
-    """swin_T_224_1k at the fixture's width, for whole-model runs in this process."""
-    spec = SPECS["swin_T_224_1k"]
-    monkeypatch.setitem(SPECS, "swin_T_224_1k", Spec(spec.family, spec.variant, dict(spec.kwargs, **TINY_SWIN),
-                                                     spec.file))
 
 
 def test_tiny_swin_dino_trains_and_evaluates(tmp_path, tiny_swin_spec):

@@ -7,10 +7,11 @@ where the sampled bias is scaled by less than the attention weight.
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models.dino.emca import FORMULATIONS, SAMPLE_FIRST_MIN_TOKENS_PER_POINT, EncoderMemories, EncoderMixingAttention
 from models.dino.ops import ms_deform_attn, ms_deform_attn_pytorch, set_backend
+
+from emca_reference import paper_loop
 
 C, HEADS, POINTS, LEVELS = 32, 4, 2, 3
 SHAPES = ((6, 8), (3, 4), (2, 2))
@@ -37,18 +38,6 @@ def inputs(k: int, b: int = 2, lq: int = 5):
     mask = torch.zeros(b, s, dtype=torch.bool)
     mask[1, 5:8] = mask[1, 48 + 3] = True  # padding on two levels of the second image
     return query, ref, memories, spatial, start, mask
-
-
-def paper_loop(m: EncoderMixingAttention, query, ref, memories, spatial, start, mask):
-    loc, weights = m.sampling_locations_and_weights(query, ref, spatial)
-    gates = m.mix_weights(query).sigmoid()
-    weight, bias = m.value_projections()
-    total = 0
-    for k in range(m.num_mixed):
-        value = F.linear(memories[k], weight[k], bias[k]).masked_fill(mask[..., None], 0.0)
-        value = value.view(*value.shape[:2], m.n_heads, -1)
-        total = total + gates[..., k:k + 1] * ms_deform_attn_pytorch(value, spatial, start, loc, weights)
-    return m.output_proj(total)
 
 
 def outputs_and_grads(fn, m, args):

@@ -4,14 +4,13 @@ import os
 import pytest
 import torch
 
-from models.dino.backbone_timm import SPECS, Spec, TimmBackbone, convert_official_state
-from tiny_configs import MODEL, options, tiny_args
+from models.dino.backbone_timm import TimmBackbone, convert_official_state
+from tiny_configs import MODEL, TINY_SWIN, options, tiny_args
 from tools import convert_checkpoint
 from tools.common import ToolError
 from util.checkpoint import load_checkpoint, load_model_state
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "dino_swin_tiny")
-TINY_SWIN = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
 
 
 def read_keys(name):
@@ -42,12 +41,6 @@ def test_full_official_key_lists_convert_to_the_model_keys(name, backbone, level
     assert f"{len(levels)} output norms kept" in lines[0] and f"{n_index} dropped" in lines[0]
 
 
-@pytest.fixture
-def tiny_swin_spec(monkeypatch):
-    """swin_T_224_1k at the fixture's width, so a whole DINO holds the fixture's backbone."""
-    spec = SPECS["swin_T_224_1k"]
-    monkeypatch.setitem(SPECS, "swin_T_224_1k", Spec(spec.family, spec.variant, dict(spec.kwargs, **TINY_SWIN),
-                                                     spec.file))
 
 
 def test_converted_fixture_checkpoint_loads_strictly(tmp_path, tiny_swin_spec):
