@@ -7,25 +7,28 @@ The decoder's cross-attention reads K encoder layers E_1..E_K instead of the las
     EMCA(q) = W_o sum_k w_k * Softmax(A) V_k
 
 Bilinear sampling and the attention-weighted sum are linear in the map and act per token,
-so they commute with the per-token projection. Two exact formulations, picked per call by
-`sample_first(S, Lq)`:
+so they commute with the per-token projection. The gate w_k is a per-query scalar, so it
+rides in the sampling op's weights: map k is read with w_k * Softmax(A) (and the gates'
+gradient comes out of the op's weight gradient). The K maps are folded into the op's batch
+axis (K*B), so the stack is read in place. Two exact formulations, picked per level by
+`sample_first_levels(S_l, Lq)`:
 
-  project first  project all S tokens of the K maps (K*S*C*C multiply-adds), stack them on
-                 the head axis (B, S, K*M, D) and sample them in one deformable-attention
-                 call that shares the M heads' locations and Softmax(A) across the K maps.
+  project first  project the level's tokens of the K maps without bias ((K, B, S', C) @ W_k^T,
+                 K*S'*C*C multiply-adds) and sample them as K*B images of M heads.
   sample first   sample the raw maps, all C channels at each head's locations, folding the
-                 heads into the query axis: (K*B, S, 1, C) read at (K*B, Lq*M, 1, L, P);
-                 then project only what was sampled (K*Lq*C*C). The bias b_k is sampled
-                 like a constant map, so it is scaled by beta = the attention-weighted sum
-                 of in-bounds, unpadded corner weights: beta comes from a one-channel call
-                 on the map of unpadded tokens (1 - mask). Padded tokens are zeroed in the
-                 raw map, which makes their projection 0 as the project-first path's
-                 masked_fill does.
+                 heads into the query axis head-major: (K*B, S, 1, C) read at (K*B, M*Lq, 1,
+                 L, P), so that head m of map k is one (Lq, C) matrix; then project only
+                 what was sampled (K*M matmuls (Lq, C) @ (C, D)).
+
+The bias b_k, sampled like a constant map, is scaled by beta = the attention-weighted sum
+of in-bounds, unpadded corner weights; beta comes from one one-channel call on the map of
+unpadded tokens (1 - mask) and serves both formulations. Padded tokens are zero in the raw
+maps, so their projection (without bias) is 0 as in DINO's masked value.
 
 Sample first costs 8x (= C/D) the sampling work but skips the projection of S tokens, so it
 wins when the maps are large against the queries (see `SAMPLE_FIRST_MIN_TOKENS_PER_POINT`).
 
-Sampling first needs the raw maps zero at padded tokens. The transformer zeroes them once
+Both need the raw maps zero at padded tokens. The transformer zeroes them once
 per forward (`EncoderMemories.stack`, in place on the stack) and hands the same maps to all
 decoder layers; a plain tensor is zeroed by each call (a K-map copy per layer, kept for
 backward: 6 x 135 MB at 800x1333 for K = 6).
@@ -108,18 +111,6 @@ class EncoderMixingAttention(MSDeformAttn):
         return (torch.cat([self.extra_value_proj_weight, self.value_proj.weight[None]]),
                 torch.cat([self.extra_value_proj_bias, self.value_proj.bias[None]]))
 
-    def project_values(self, memories: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
-        """memories (K, B, S, C) -> stacked values (B, S, K*M, D) in one batched projection."""
-        if self.shared_value_proj:
-            value = self.value_proj(memories).permute(1, 2, 0, 3)  # (B, S, K, C)
-        else:
-            weight, bias = self.value_projections()
-            value = torch.einsum("kbsc,koc->bsko", memories, weight) + bias
-        if padding_mask is not None:
-            value = value.masked_fill(padding_mask[:, :, None, None], 0.0)
-        b, s = value.shape[:2]
-        return value.reshape(b, s, self.num_mixed * self.n_heads, self.d_model // self.n_heads)
-
     def sample_first_levels(self, level_sizes, num_queries: int) -> int:
         """How many leading (finest) levels to sample first; the rest is projected first.
 
@@ -139,45 +130,35 @@ class EncoderMixingAttention(MSDeformAttn):
             n += 1
         return n
 
-    def _project_then_sample(self, memories, padding_mask, spatial_shapes, level_start_index, locations, weights,
-                             gates) -> Tensor:
-        """-> gated sum over the K maps (B, Lq, C), before output_proj."""
-        b, lq = gates.shape[:2]
-        value = self.project_values(memories, padding_mask)
-        # value head k*M + m reads location/weight head m: one call samples all K maps at the
-        # same points (the op takes location heads that divide the value heads, no copies)
-        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
-        return (out.view(b, lq, self.num_mixed, self.d_model) * gates[..., None]).sum(2)
-
-    def _sample_then_project(self, memories, padding_mask, spatial_shapes, level_start_index, locations, weights,
-                             gates) -> Tensor:
-        """-> gated sum over the K maps (B, Lq, C), before output_proj; see the module docstring.
-
-        memories (K, B, S, C) contiguous and zero at padded tokens; the levels sampled here
-        lead the token axis and may cover only part of S (the op reads each level at its start)."""
+    def _project_then_sample(self, memories: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                             locations: Tensor, gated_weights: Tensor) -> Tensor:
+        """memories (K, B, S', C), zero at padded tokens; locations (K*B, Lq, M, L', P, 2) and
+        gated_weights (K*B, Lq, M, L', P), map k-major -> gated sum over the maps (B, Lq, M, D),
+        without the bias (the caller adds it, scaled by beta)."""
         k, b, s, c = memories.shape
-        lq, m = locations.shape[1], self.n_heads
-        levels_points = locations.shape[3:5]
-        if padding_mask is not None:
-            unpadded = (~padding_mask).to(memories.dtype)[:, :, None, None]  # (B, S, 1, 1)
-        else:
-            unpadded = memories.new_ones(b, s, 1, 1)
-        # heads folded into the queries: one location head reading all C channels
-        loc = locations.reshape(b, lq * m, 1, *levels_points, 2)
-        attn = weights.reshape(b, lq * m, 1, *levels_points)
-        # the K maps folded into the batch (a view of the stack); locations repeated K times
-        # (K*Lq*M*L*P*3 numbers, small next to the maps)
-        sampled = ms_deform_attn(memories.view(k * b, s, 1, c), spatial_shapes, level_start_index,
-                                 loc.repeat(k, 1, 1, 1, 1, 1), attn.repeat(k, 1, 1, 1, 1))  # (K*B, Lq*M, C)
-        beta = ms_deform_attn(unpadded, spatial_shapes, level_start_index, loc, attn).view(b, lq, m, 1)
-        weight, bias = self.value_projections()
-        sampled = sampled.view(k, b, lq, m, c) * gates.permute(2, 0, 1)[..., None, None]
-        if self.shared_value_proj:  # mix first, then one projection per head
-            out = torch.einsum("bqmc,mdc->bqmd", sampled.sum(0), weight[0].view(m, c // m, c))
-        else:  # per head m: contract over (k, c) in one matmul
-            out = torch.einsum("kbqmc,kmdc->bqmd", sampled, weight.view(k, m, c // m, c))
-        out = out + beta * (gates @ bias).view(b, lq, m, c // m)
-        return out.reshape(b, lq, c)
+        weight, _ = self.value_projections()
+        # (K, B, S', C) @ (K, 1, C, C): K*B matrices read in place from the stack's slice
+        value = torch.matmul(memories, weight[:, None].transpose(-1, -2))
+        out = ms_deform_attn(value.view(k * b, s, self.n_heads, c // self.n_heads), spatial_shapes,
+                             level_start_index, locations, gated_weights)  # (K*B, Lq, C)
+        return out.view(k, b, -1, self.n_heads, c // self.n_heads).sum(0)
+
+    def _sample_then_project(self, memories: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                             locations: Tensor, gated_weights: Tensor) -> Tensor:
+        """memories (K, B, S, C) contiguous, zero at padded tokens; the levels sampled here lead the
+        token axis and may cover only part of S (the op reads each level at its start).
+        locations (K*B, M*Lq, 1, L', P, 2) and gated_weights (K*B, M*Lq, 1, L', P): the heads
+        folded into the queries head-major, so that what head m of map k sampled is one
+        contiguous (Lq, C) matrix -> gated sum over the maps (B, M, Lq, D), without the bias."""
+        k, b, s, c = memories.shape
+        m = self.n_heads
+        sampled = ms_deform_attn(memories.view(k * b, s, 1, c), spatial_shapes, level_start_index, locations,
+                                 gated_weights).view(k, b, m, -1, c)  # all C channels at each head's points
+        weight, _ = self.value_projections()
+        head_weight = weight.view(k, 1, m, c // m, c).transpose(-1, -2)  # (K, 1, M, C, D): head m's rows of W_k
+        if self.shared_value_proj:  # the gates are in the samples: mix first, then one projection
+            return torch.matmul(sampled.sum(0), head_weight[0])
+        return torch.matmul(sampled, head_weight).sum(0)  # (K*B*M) matmuls (Lq, C) @ (C, D)
 
     def forward(self, query: Tensor, reference_points: Tensor, input_flatten: Union[EncoderMemories, Tensor],
                 input_spatial_shapes: Tensor, input_level_start_index: Tensor,
@@ -189,27 +170,43 @@ class EncoderMixingAttention(MSDeformAttn):
         if memories.dim() != 4 or memories.shape[0] != self.num_mixed:
             raise ValueError(f"EMCA expects {self.num_mixed} stacked encoder outputs (K, B, S, C), "
                              f"got {tuple(memories.shape)}")
+        if not prepared and input_padding_mask is not None:
+            memories = memories.masked_fill(input_padding_mask[None, :, :, None], 0.0)
+        k, b, s, c = memories.shape
+        m, lq = self.n_heads, query.shape[1]
         locations, weights = self.sampling_locations_and_weights(query, reference_points, input_spatial_shapes)
         gates = self.mix_weights(query).sigmoid()  # (B, Lq, K)
         if self.record_mix_weights:
             self.last_mix_weights = gates.detach()
+        # map k is read with weights w_k * Softmax(A): the gates ride in the sampling op, and
+        # their gradient comes out of its weight gradient
+        gated = weights[None] * gates.permute(2, 0, 1)[:, :, :, None, None, None]  # (K, B, Lq, M, L, P)
+        # the bias b_k of a projected map is sampled like a constant map: scaled by beta, the
+        # attention-weighted sum of in-bounds, unpadded corner weights (a one-channel call)
+        unpadded = memories.new_ones(b, s, 1, 1) if input_padding_mask is None else \
+            (~input_padding_mask).to(memories.dtype)[:, :, None, None]
+        heads_first = locations.transpose(1, 2).reshape(b, m * lq, 1, *locations.shape[3:])  # (B, M*Lq, 1, L, P, 2)
+        beta = ms_deform_attn(unpadded, input_spatial_shapes, input_level_start_index, heads_first,
+                              weights.transpose(1, 2).reshape(b, m * lq, 1, *weights.shape[3:]))
+        bias = (gates @ self.value_projections()[1]).view(b, lq, m, c // m)
+        out = beta.view(b, m, lq, 1).transpose(1, 2) * bias  # (B, Lq, M, D)
         sizes = (input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).tolist()
-        n_fine = self.sample_first_levels(sizes, query.shape[1])
-        out = 0
+        n_fine = self.sample_first_levels(sizes, lq)
         if n_fine:
-            if not prepared and input_padding_mask is not None:
-                memories = memories.masked_fill(input_padding_mask[None, :, :, None], 0.0)
-            out = self._sample_then_project(memories.contiguous(), input_padding_mask, input_spatial_shapes[:n_fine],
-                                            input_level_start_index[:n_fine], locations[:, :, :, :n_fine].contiguous(),
-                                            weights[:, :, :, :n_fine].contiguous(), gates)
+            fine = heads_first[:, :, :, :n_fine]
+            fine_weights = gated[:, :, :, :, :n_fine].transpose(2, 3).reshape(k * b, m * lq, 1, *fine.shape[3:5])
+            sampled = self._sample_then_project(memories.contiguous(), input_spatial_shapes[:n_fine],
+                                                input_level_start_index[:n_fine],
+                                                fine[None].expand(k, *fine.shape).flatten(0, 1), fine_weights)
+            out = out + sampled.transpose(1, 2)
         if n_fine < len(sizes):
             t0 = sum(sizes[:n_fine])  # the coarse levels' tokens run to the end of S
-            mask = None if input_padding_mask is None else input_padding_mask[:, t0:]
-            out = out + self._project_then_sample(memories[:, :, t0:], mask, input_spatial_shapes[n_fine:],
+            coarse = locations[:, :, :, n_fine:]
+            out = out + self._project_then_sample(memories[:, :, t0:], input_spatial_shapes[n_fine:],
                                                   input_level_start_index[n_fine:] - t0,
-                                                  locations[:, :, :, n_fine:].contiguous(),
-                                                  weights[:, :, :, n_fine:].contiguous(), gates)
-        return self.output_proj(out)
+                                                  coarse[None].expand(k, *coarse.shape).flatten(0, 1),
+                                                  gated[:, :, :, :, n_fine:].flatten(0, 1))
+        return self.output_proj(out.reshape(b, lq, c))
 
 
 def _init_missing_value_projs(module: EncoderMixingAttention, incompatible_keys) -> None:
