@@ -142,8 +142,10 @@ class DeformableTransformer(nn.Module):
             tgt_ = torch.cat([tgt, tgt_], dim=1)
         # EMCA reads the chosen encoder layers stacked as (K, B, S, C)
         dec_memory = memory
-        if keep:  # zeroed at padded tokens once, for all decoder layers
-            dec_memory = EncoderMemories.stack([layer_outputs[i] for i in self.emca_enc_layers], mask_flatten)
+        if keep:  # zeroed at padded tokens once, for all decoder layers, split where they sample first
+            fine_tokens = self.decoder.layers[0].cross_attn.fine_tokens(shapes, tgt_.shape[1])
+            dec_memory = EncoderMemories.stack([layer_outputs[i] for i in self.emca_enc_layers], mask_flatten,
+                                               fine_tokens)
         hs, references = self.decoder(tgt_, dec_memory, mask_flatten, refpoint_, level_start_index, spatial_shapes,
                                       valid_ratios, tgt_mask=attn_mask)
         return hs, references, tgt_undetach.unsqueeze(0), refpoint_undetach.sigmoid().unsqueeze(0), init_box_proposal

@@ -48,16 +48,35 @@ FORMULATIONS = ("auto", "project_first", "sample_first")
 
 
 class EncoderMemories(NamedTuple):
-    """K stacked encoder outputs (K, B, S, C), zero at padded tokens; build it with `stack`."""
-    maps: Tensor
+    """K stacked encoder outputs, zero at padded tokens, as two token ranges: `fine` (K, B, S_f, C)
+    holds the first S_f tokens (the levels EMCA samples first), `coarse` (K, B, S - S_f, C) the
+    rest. Build it with `stack`; each part is contiguous, so the decoder layers read them in
+    place and their gradients add up per part instead of in K full-size maps per layer."""
+    fine: Tensor
+    coarse: Tensor
 
     @staticmethod
-    def stack(layer_outputs: Sequence[Tensor], padding_mask: Optional[Tensor]) -> "EncoderMemories":
-        """layer_outputs: K tensors (B, S, C); padding_mask (B, S) True = padding."""
-        maps = torch.stack(list(layer_outputs))
-        if padding_mask is not None:  # in place on the new stack: no second copy
-            maps.masked_fill_(padding_mask[None, :, :, None], 0.0)
-        return EncoderMemories(maps)
+    def stack(layer_outputs: Sequence[Tensor], padding_mask: Optional[Tensor],
+              fine_tokens: int = 0) -> "EncoderMemories":
+        """layer_outputs: K tensors (B, S, C); padding_mask (B, S) True = padding; fine_tokens S_f
+        (EncoderMixingAttention.fine_tokens gives the one its calls will use)."""
+        s = layer_outputs[0].shape[1]
+        if not 0 <= fine_tokens <= s:
+            raise ValueError(f"EncoderMemories.stack: fine_tokens={fine_tokens} outside [0, {s}]")
+        pieces = [out.split([fine_tokens, s - fine_tokens], dim=1) for out in layer_outputs]
+        parts = []
+        for i, part_mask in enumerate((None, None) if padding_mask is None else
+                                      padding_mask.split([fine_tokens, s - fine_tokens], dim=1)):
+            part = torch.stack([p[i] for p in pieces])
+            if part_mask is not None:  # in place on the new stack: no second copy
+                part.masked_fill_(part_mask[None, :, :, None], 0.0)
+            parts.append(part)
+        return EncoderMemories(*parts)
+
+    @property
+    def maps(self) -> Tensor:
+        """All tokens (K, B, S, C), a copy."""
+        return torch.cat([self.fine, self.coarse], dim=2)
 
 
 class EncoderMixingAttention(MSDeformAttn):
@@ -130,6 +149,11 @@ class EncoderMixingAttention(MSDeformAttn):
             n += 1
         return n
 
+    def fine_tokens(self, spatial_shapes, num_queries: int) -> int:
+        """Tokens of the levels sampled first for num_queries queries: the split for EncoderMemories."""
+        sizes = [int(h) * int(w) for h, w in spatial_shapes]
+        return sum(sizes[:self.sample_first_levels(sizes, num_queries)])
+
     def _project_then_sample(self, memories: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                              locations: Tensor, gated_weights: Tensor) -> Tensor:
         """memories (K, B, S', C), zero at padded tokens; locations (K*B, Lq, M, L', P, 2) and
@@ -145,8 +169,8 @@ class EncoderMixingAttention(MSDeformAttn):
 
     def _sample_then_project(self, memories: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                              locations: Tensor, gated_weights: Tensor) -> Tensor:
-        """memories (K, B, S, C) contiguous, zero at padded tokens; the levels sampled here lead the
-        token axis and may cover only part of S (the op reads each level at its start).
+        """memories (K, B, S_f, C) contiguous (EncoderMemories.fine), zero at padded tokens: the
+        levels sampled here lead the token axis.
         locations (K*B, M*Lq, 1, L', P, 2) and gated_weights (K*B, M*Lq, 1, L', P): the heads
         folded into the queries head-major, so that what head m of map k sampled is one
         contiguous (Lq, C) matrix -> gated sum over the maps (B, M, Lq, D), without the bias."""
@@ -160,20 +184,30 @@ class EncoderMixingAttention(MSDeformAttn):
             return torch.matmul(sampled.sum(0), head_weight[0])
         return torch.matmul(sampled, head_weight).sum(0)  # (K*B*M) matmuls (Lq, C) @ (C, D)
 
+    def _split_memories(self, memories: Union[EncoderMemories, Tensor], padding_mask: Optional[Tensor],
+                        fine_tokens: int):
+        """-> (fine (K, B, S_f, C) contiguous, coarse (K, B, S - S_f, C)), zero at padded tokens."""
+        if isinstance(memories, EncoderMemories):
+            if memories.fine.shape[2] == fine_tokens:
+                return memories.fine, memories.coarse
+            memories = memories.maps  # stacked for another split (e.g. another query count): a copy
+        elif memories.dim() != 4 or memories.shape[0] != self.num_mixed:
+            raise ValueError(f"EMCA expects {self.num_mixed} stacked encoder outputs (K, B, S, C), "
+                             f"got {tuple(memories.shape)}")
+        elif padding_mask is not None:  # a plain tensor is zeroed per call
+            memories = memories.masked_fill(padding_mask[None, :, :, None], 0.0)
+        return memories[:, :, :fine_tokens].contiguous(), memories[:, :, fine_tokens:]
+
     def forward(self, query: Tensor, reference_points: Tensor, input_flatten: Union[EncoderMemories, Tensor],
                 input_spatial_shapes: Tensor, input_level_start_index: Tensor,
                 input_padding_mask: Optional[Tensor] = None) -> Tensor:
         """query (B, Lq, C); input_flatten: EncoderMemories, or the K stacked encoder outputs
         (K, B, S, C) as a tensor (zeroed at padded tokens here, per call) -> (B, Lq, C)."""
-        prepared = isinstance(input_flatten, EncoderMemories)
-        memories = input_flatten.maps if prepared else input_flatten
-        if memories.dim() != 4 or memories.shape[0] != self.num_mixed:
-            raise ValueError(f"EMCA expects {self.num_mixed} stacked encoder outputs (K, B, S, C), "
-                             f"got {tuple(memories.shape)}")
-        if not prepared and input_padding_mask is not None:
-            memories = memories.masked_fill(input_padding_mask[None, :, :, None], 0.0)
-        k, b, s, c = memories.shape
-        m, lq = self.n_heads, query.shape[1]
+        sizes = (input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).tolist()
+        n_fine = self.sample_first_levels(sizes, query.shape[1])
+        fine, coarse = self._split_memories(input_flatten, input_padding_mask, sum(sizes[:n_fine]))
+        k, b, t0, c = fine.shape
+        s, m, lq = t0 + coarse.shape[2], self.n_heads, query.shape[1]
         locations, weights = self.sampling_locations_and_weights(query, reference_points, input_spatial_shapes)
         gates = self.mix_weights(query).sigmoid()  # (B, Lq, K)
         if self.record_mix_weights:
@@ -183,28 +217,24 @@ class EncoderMixingAttention(MSDeformAttn):
         gated = weights[None] * gates.permute(2, 0, 1)[:, :, :, None, None, None]  # (K, B, Lq, M, L, P)
         # the bias b_k of a projected map is sampled like a constant map: scaled by beta, the
         # attention-weighted sum of in-bounds, unpadded corner weights (a one-channel call)
-        unpadded = memories.new_ones(b, s, 1, 1) if input_padding_mask is None else \
-            (~input_padding_mask).to(memories.dtype)[:, :, None, None]
+        unpadded = fine.new_ones(b, s, 1, 1) if input_padding_mask is None else \
+            (~input_padding_mask).to(fine.dtype)[:, :, None, None]
         heads_first = locations.transpose(1, 2).reshape(b, m * lq, 1, *locations.shape[3:])  # (B, M*Lq, 1, L, P, 2)
         beta = ms_deform_attn(unpadded, input_spatial_shapes, input_level_start_index, heads_first,
                               weights.transpose(1, 2).reshape(b, m * lq, 1, *weights.shape[3:]))
         bias = (gates @ self.value_projections()[1]).view(b, lq, m, c // m)
         out = beta.view(b, m, lq, 1).transpose(1, 2) * bias  # (B, Lq, M, D)
-        sizes = (input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).tolist()
-        n_fine = self.sample_first_levels(sizes, lq)
         if n_fine:
-            fine = heads_first[:, :, :, :n_fine]
-            fine_weights = gated[:, :, :, :, :n_fine].transpose(2, 3).reshape(k * b, m * lq, 1, *fine.shape[3:5])
-            sampled = self._sample_then_project(memories.contiguous(), input_spatial_shapes[:n_fine],
-                                                input_level_start_index[:n_fine],
-                                                fine[None].expand(k, *fine.shape).flatten(0, 1), fine_weights)
+            fine_loc = heads_first[:, :, :, :n_fine]
+            fine_weights = gated[:, :, :, :, :n_fine].transpose(2, 3).reshape(k * b, m * lq, 1, *fine_loc.shape[3:5])
+            sampled = self._sample_then_project(fine, input_spatial_shapes[:n_fine], input_level_start_index[:n_fine],
+                                                fine_loc[None].expand(k, *fine_loc.shape).flatten(0, 1), fine_weights)
             out = out + sampled.transpose(1, 2)
         if n_fine < len(sizes):
-            t0 = sum(sizes[:n_fine])  # the coarse levels' tokens run to the end of S
-            coarse = locations[:, :, :, n_fine:]
-            out = out + self._project_then_sample(memories[:, :, t0:], input_spatial_shapes[n_fine:],
+            coarse_loc = locations[:, :, :, n_fine:]
+            out = out + self._project_then_sample(coarse, input_spatial_shapes[n_fine:],
                                                   input_level_start_index[n_fine:] - t0,
-                                                  coarse[None].expand(k, *coarse.shape).flatten(0, 1),
+                                                  coarse_loc[None].expand(k, *coarse_loc.shape).flatten(0, 1),
                                                   gated[:, :, :, :, n_fine:].flatten(0, 1))
         return self.output_proj(out.reshape(b, lq, c))
 
