@@ -144,8 +144,8 @@ class EncoderMixingAttention(MSDeformAttn):
             raise ValueError(f"EncoderMixingAttention.formulation = {self.formulation!r}: use one of {FORMULATIONS}")
         if self.formulation != "auto":
             return len(level_sizes) if self.formulation == "sample_first" else 0
-        n = 0
-        while n < len(level_sizes) and level_sizes[n] >= SAMPLE_FIRST_MIN_TOKENS_PER_POINT * num_queries * self.n_points:
+        n, min_tokens = 0, SAMPLE_FIRST_MIN_TOKENS_PER_POINT * num_queries * self.n_points
+        while n < len(level_sizes) and level_sizes[n] >= min_tokens:
             n += 1
         return n
 

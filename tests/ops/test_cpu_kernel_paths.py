@@ -1,5 +1,6 @@
-"""The CPU kernel's code paths: the fixed-width channel loops (D = 32, DINO's width; in
-registers with AVX2 for fp32 / bf16) and the run-time-width loops, both against the
+"""The CPU kernel's code paths: the fixed-width channel loops (D = 32, DINO's width, and
+D = 256, EMCA's sample-first width, summed in 64-channel passes; in registers with AVX2 for
+fp32 / bf16) and the run-time-width loops, both against the
 reference; bitwise determinism over thread counts and repeated calls (the backward's output
 buffers start uninitialised and every slice of grad_value is owned by one thread)."""
 import pytest
@@ -19,7 +20,7 @@ def _fwd_bwd(fn, args, grad_out):
     return (out,) + torch.autograd.grad(out, (value, loc, attn), grad_out)
 
 
-@pytest.mark.parametrize("d", [32, 24])  # 32: fixed-width path; 24: run-time width
+@pytest.mark.parametrize("d", [32, 256, 24])  # 32, 256: fixed-width paths; 24: run-time width
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 def test_channel_paths_match_reference(compiled, d, dtype, tol):
     args = make_inputs(n=2, lq=11, m=3, d=d, shapes=SHAPES, p=3, dtype=dtype, seed=d)
@@ -30,10 +31,12 @@ def test_channel_paths_match_reference(compiled, d, dtype, tol):
         torch.testing.assert_close(g, w, rtol=tol, atol=tol * 10, msg=lambda m: f"{name}: {m}")
 
 
-def test_fixed_width_bf16_and_emca(compiled):
-    """bf16 value at D = 32 (widened in registers) and the EMCA layout (3 maps share 2 location heads)."""
+@pytest.mark.parametrize("d", [32, 256])
+def test_fixed_width_bf16_and_emca(compiled, d):
+    """bf16 value at the fixed widths (widened in registers) and the EMCA layout (3 maps share 2
+    location heads)."""
     k, m = 3, 2
-    value, shapes, starts, loc, attn = make_inputs(n=2, lq=6, m=k * m, d=32, shapes=SHAPES, p=2,
+    value, shapes, starts, loc, attn = make_inputs(n=2, lq=6, m=k * m, d=d, shapes=SHAPES, p=2,
                                                    dtype=torch.float32, loc_heads=m)
     rep = (loc.repeat(1, 1, k, 1, 1, 1), attn.repeat(1, 1, k, 1, 1))
     vb = value.bfloat16()
@@ -41,7 +44,7 @@ def test_fixed_width_bf16_and_emca(compiled):
     out = compiled.ms_deform_attn_forward(vb, shapes, starts, loc, attn)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
-    grad_out = torch.randn(2, 6, k * m * 32)
+    grad_out = torch.randn(2, 6, k * m * d)
     gv, gl, ga = compiled.ms_deform_attn_backward(value, shapes, starts, loc, attn, grad_out)
     _, gv_r, gl_r, ga_r = _fwd_bwd(ms_deform_attn_pytorch, (value, shapes, starts) + rep, grad_out)
     torch.testing.assert_close(gv, gv_r, rtol=1e-5, atol=1e-5)

@@ -12,8 +12,9 @@
 // (With AVX2 and fp32 locations the plan does the corner arithmetic of 8 points at a time.)
 // Corners outside the map read a row of zeros (and the backward adds their zero gradient to
 // a scratch row), so the channel loops have no branches. The channel count is a template
-// parameter DC (32, DINO's 256 / 8 heads; 0 = any D at run time): with a compile-time width
-// the channel loops unroll into straight SIMD and the accumulators live in registers.
+// parameter DC (32, DINO's 256 / 8 heads; 256, EMCA's sample-first; 0 = any D at run time):
+// with a compile-time width the channel loops unroll into straight SIMD and the accumulators
+// live in registers.
 
 // One sampling point of one (query, head), as the channel loops use it.
 template <typename scalar_t, typename acc_t>
@@ -204,23 +205,28 @@ inline void forward_apply(const Point<scalar_t, acc_t>* pts, int64_t n_pts, int6
                           scalar_t* __restrict out) {
 #ifdef MSDA_KERNELS_AVX2
   if constexpr (in_registers<scalar_t, DC>) {
-    constexpr int R = DC / 8;
-    __m256 sum[R];
-    for (int r = 0; r < R; ++r) sum[r] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < n_pts; ++j) {
-      const Point<scalar_t, acc_t>& pt = pts[j];
-      for (int k = 0; k < 4; ++k) {
-        const __m256 cw = _mm256_set1_ps(pt.a * pt.w[k]);
-        const scalar_t* vp = pt.v[k];
-        for (int r = 0; r < R; ++r) sum[r] = _mm256_fmadd_ps(cw, load8(vp + 8 * r), sum[r]);
+    // at most 64 channels (8 of the 16 registers) per pass over the points, so that wide heads
+    // (EMCA's sample-first reads all 256 channels) keep their sums in registers too
+    constexpr int CH = DC > 64 ? 64 : DC, R = CH / 8;
+    static_assert(DC % CH == 0, "the register path takes D = 8, 16, ..., 64 or a multiple of 64");
+    for (int c0 = 0; c0 < DC; c0 += CH) {
+      __m256 sum[R];
+      for (int r = 0; r < R; ++r) sum[r] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < n_pts; ++j) {
+        const Point<scalar_t, acc_t>& pt = pts[j];
+        for (int k = 0; k < 4; ++k) {
+          const __m256 cw = _mm256_set1_ps(pt.a * pt.w[k]);
+          const scalar_t* vp = pt.v[k] + c0;
+          for (int r = 0; r < R; ++r) sum[r] = _mm256_fmadd_ps(cw, load8(vp + 8 * r), sum[r]);
+        }
       }
-    }
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + 8 * r, sum[r]);
-    } else {
-      float tmp[DC];
-      for (int r = 0; r < R; ++r) _mm256_storeu_ps(tmp + 8 * r, sum[r]);
-      for (int d = 0; d < DC; ++d) out[d] = static_cast<scalar_t>(tmp[d]);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + c0 + 8 * r, sum[r]);
+      } else {
+        float tmp[CH];
+        for (int r = 0; r < R; ++r) _mm256_storeu_ps(tmp + 8 * r, sum[r]);
+        for (int d = 0; d < CH; ++d) out[c0 + d] = static_cast<scalar_t>(tmp[d]);
+      }
     }
     return;
   }
@@ -283,6 +289,7 @@ void forward_kernel(const at::Tensor& value, const int64_t* shapes, const int64_
                     const at::Tensor& attn, at::Tensor& out, const Sizes& s) {
   switch (s.D) {
     case 32: return forward_impl<scalar_t, 32>(value, shapes, starts, loc, attn, out, s);
+    case 256: return forward_impl<scalar_t, 256>(value, shapes, starts, loc, attn, out, s);  // EMCA sample-first
     default: return forward_impl<scalar_t, 0>(value, shapes, starts, loc, attn, out, s);
   }
 }
@@ -428,6 +435,8 @@ void backward_kernel(const at::Tensor& value, const int64_t* shapes, const int64
   switch (s.D) {
     case 32: return backward_impl<scalar_t, 32>(value, shapes, starts, loc, attn, grad_out, grad_value, grad_loc,
                                                 grad_attn, s);
+    case 256: return backward_impl<scalar_t, 256>(value, shapes, starts, loc, attn, grad_out, grad_value, grad_loc,
+                                                  grad_attn, s);
     default: return backward_impl<scalar_t, 0>(value, shapes, starts, loc, attn, grad_out, grad_value, grad_loc,
                                                grad_attn, s);
   }
