@@ -277,11 +277,14 @@ def build_run(args) -> Run:
     from datasets.loaders import build_loaders, seed_all
     from models import build_model, select_msda_backend
     from models.dino.backbone_weights import check_from_scratch
+    from util.host_memory import keep_freed_host_memory
 
     check_from_scratch(args)  # random weights in a frozen stem / FrozenBatchNorm2d: refused before anything runs
     log = _prepare_output_dir(args)
     seed_all(args.seed + args.rank)
     device = torch.device(args.device)
+    if device.type == "cpu" and args.keep_freed_host_memory and not keep_freed_host_memory():
+        log.info("keep_freed_host_memory: this malloc is not glibc's; left as it is")
     select_msda_backend(args.msda_backend)
     loaders = build_loaders(args, datasets_mod.build_dataset)
     model, criterion, postprocessors = build_model(args)

@@ -18,7 +18,8 @@ class ToolError(ValueError):
 
 def tool_args(config: str, options: Optional[Sequence[str]] = None, use_hae: bool = False,
               use_emca: bool = False, device: str = "cpu", extra: Sequence[str] = ()):
-    """main.build_args for a model-only tool (no dataset is read); applies the config's msda_backend."""
+    """main.build_args for a model-only tool (no dataset is read); applies the config's msda_backend
+    and, on the CPU, keep_freed_host_memory."""
     import main
 
     argv: List[str] = ["-c", config, "--device", device, *extra]
@@ -31,7 +32,10 @@ def tool_args(config: str, options: Optional[Sequence[str]] = None, use_hae: boo
     argv += ["--options", "backbone_weights=none", *(options or [])]
     args = main.build_args(argv)
     from models import select_msda_backend
+    from util.host_memory import keep_freed_host_memory
     select_msda_backend(args.msda_backend)
+    if args.device == "cpu" and args.keep_freed_host_memory:  # as main.py runs on the CPU
+        keep_freed_host_memory()
     return args
 
 

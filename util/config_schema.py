@@ -212,6 +212,8 @@ SCHEMA: Dict[str, Key] = {
     "embed_init_tgt": _bool("learned content queries (mixed query selection); off = from the encoder"),
     "msda_backend": _choice("deformable attention kernel; 'auto' defers to MSDA_BACKEND, else compiled if it loads",
                             "auto", "compiled", "pytorch"),
+    "keep_freed_host_memory": _bool("CPU runs: glibc malloc keeps freed memory (no mmap, no trim), so a step "
+                                    "does not page-fault its large tensors in again"),
     # ---- post-processing
     "num_select": _int("detections kept per image (top-k over queries x classes)", 1),
     "nms_iou_threshold": _float("per-class NMS IoU threshold; <= 0: no NMS", high=1.0),

@@ -94,6 +94,7 @@ dn_scalar = None  # DN-DETR's name for the denoising query budget; when set it r
 dn_label_coef = 1.0  # loss_ce_dn weight = cls_loss_coef * dn_label_coef
 dn_bbox_coef = 1.0  # loss_bbox_dn / loss_giou_dn weights = bbox/giou_loss_coef * dn_bbox_coef
 msda_backend = 'auto'  # multi-scale deformable attention kernel: 'auto' (CUDA op if built, else PyTorch)
+keep_freed_host_memory = True  # CPU runs: freed tensor memory stays in the process (util/host_memory.py)
 # AugDETR: Hybrid Attention Encoder (HAE)
 use_hae = False
 num_hae_layers = 2  # the first N encoder layers are hybrid
