@@ -213,3 +213,34 @@ def test_emu_rejects_bad_input(emu):
     with pytest.raises(RuntimeError, match="heads"):
         emu.ms_deform_attn_forward(value, shapes, starts, torch.cat([loc] * 3, 2)[:, :, :3],
                                    torch.cat([attn] * 3, 2)[:, :, :3])
+
+
+@pytest.mark.parametrize("formulation", ["project_first", "sample_first"])
+def test_emu_runs_emcas_calls(emu, monkeypatch, formulation):
+    """AugDETR's EMCA as it calls the op (the K maps on the batch axis with stride-0 locations,
+    gated weights, the one-channel beta call, heads folded into the queries): the CUDA device
+    code gives the reference backend's output and gradients."""
+    from models.dino import emca as emca_mod
+    torch.manual_seed(5)
+    k, c = 3, 16
+    m = emca_mod.EncoderMixingAttention(d_model=c, n_levels=2, n_heads=2, n_points=2, num_mixed=k).double()
+    m.formulation = formulation
+    shapes = torch.tensor([[4, 5], [2, 3]])
+    starts = torch.tensor([0, 20])
+    query = torch.randn(2, 7, c, dtype=torch.float64)
+    ref = torch.rand(2, 7, 2, 2, dtype=torch.float64)
+    maps = torch.randn(k, 2, 26, c, dtype=torch.float64)
+    mask = torch.zeros(2, 26, dtype=torch.bool)
+    mask[1, 15:20] = mask[1, 24:] = True
+
+    def run(op):
+        monkeypatch.setattr(emca_mod, "ms_deform_attn", op)
+        m.zero_grad()
+        x = maps.clone().requires_grad_()
+        out = m(query, ref, x, shapes, starts, mask)
+        out.backward(torch.ones_like(out))
+        return [out, x.grad] + [p.grad.clone() for p in m.parameters()]
+
+    got, want = run(emu.ms_deform_attn_forward), run(ms_deform_attn_pytorch)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
