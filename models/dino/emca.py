@@ -63,14 +63,12 @@ class EncoderMemories(NamedTuple):
         s = layer_outputs[0].shape[1]
         if not 0 <= fine_tokens <= s:
             raise ValueError(f"EncoderMemories.stack: fine_tokens={fine_tokens} outside [0, {s}]")
-        pieces = [out.split([fine_tokens, s - fine_tokens], dim=1) for out in layer_outputs]
-        parts = []
-        for i, part_mask in enumerate((None, None) if padding_mask is None else
-                                      padding_mask.split([fine_tokens, s - fine_tokens], dim=1)):
-            part = torch.stack([p[i] for p in pieces])
-            if part_mask is not None:  # in place on the new stack: no second copy
-                part.masked_fill_(part_mask[None, :, :, None], 0.0)
-            parts.append(part)
+        sizes = [fine_tokens, s - fine_tokens]
+        pieces = [out.split(sizes, dim=1) for out in layer_outputs]
+        parts = [torch.stack([p[i] for p in pieces]) for i in range(2)]
+        for part, mask in zip(parts, (None, None) if padding_mask is None else padding_mask.split(sizes, dim=1)):
+            if mask is not None:  # in place on the new stack: no second copy
+                part.masked_fill_(mask[None, :, :, None], 0.0)
         return EncoderMemories(*parts)
 
     @property
@@ -161,7 +159,7 @@ class EncoderMixingAttention(MSDeformAttn):
         without the bias (the caller adds it, scaled by beta)."""
         k, b, s, c = memories.shape
         weight, _ = self.value_projections()
-        # (K, B, S', C) @ (K, 1, C, C): K*B matrices read in place from the stack's slice
+        # (K, B, S', C) @ (K, 1, C, C): K*B matrices, read in place
         value = torch.matmul(memories, weight[:, None].transpose(-1, -2))
         out = ms_deform_attn(value.view(k * b, s, self.n_heads, c // self.n_heads), spatial_shapes,
                              level_start_index, locations, gated_weights)  # (K*B, Lq, C)
@@ -183,6 +181,18 @@ class EncoderMixingAttention(MSDeformAttn):
         if self.shared_value_proj:  # the gates are in the samples: mix first, then one projection
             return torch.matmul(sampled.sum(0), head_weight[0])
         return torch.matmul(sampled, head_weight).sum(0)  # (K*B*M) matmuls (Lq, C) @ (C, D)
+
+    def _scaled_bias(self, gates: Tensor, heads_first: Tensor, weights: Tensor, unpadded: Tensor,
+                     spatial_shapes: Tensor, level_start_index: Tensor) -> Tensor:
+        """The biases b_k, mixed by the gates, of the projected maps: each is sampled like a constant
+        map, i.e. scaled by beta, the attention-weighted sum of in-bounds, unpadded corner weights
+        (one one-channel call on unpadded (B, S, 1, 1), 1 at real tokens) -> (B, Lq, M, D).
+        heads_first (B, M*Lq, 1, L, P, 2): the locations, heads folded into the queries head-major."""
+        b, lq, m, *levels_points = weights.shape
+        beta = ms_deform_attn(unpadded, spatial_shapes, level_start_index, heads_first,
+                              weights.transpose(1, 2).reshape(b, m * lq, 1, *levels_points))
+        bias = (gates @ self.value_projections()[1]).view(b, lq, m, -1)
+        return beta.view(b, m, lq, 1).transpose(1, 2) * bias
 
     def _split_memories(self, memories: Union[EncoderMemories, Tensor], padding_mask: Optional[Tensor],
                         fine_tokens: int):
@@ -215,15 +225,10 @@ class EncoderMixingAttention(MSDeformAttn):
         # map k is read with weights w_k * Softmax(A): the gates ride in the sampling op, and
         # their gradient comes out of its weight gradient
         gated = weights[None] * gates.permute(2, 0, 1)[:, :, :, None, None, None]  # (K, B, Lq, M, L, P)
-        # the bias b_k of a projected map is sampled like a constant map: scaled by beta, the
-        # attention-weighted sum of in-bounds, unpadded corner weights (a one-channel call)
+        heads_first = locations.transpose(1, 2).reshape(b, m * lq, 1, *locations.shape[3:])  # (B, M*Lq, 1, L, P, 2)
         unpadded = fine.new_ones(b, s, 1, 1) if input_padding_mask is None else \
             (~input_padding_mask).to(fine.dtype)[:, :, None, None]
-        heads_first = locations.transpose(1, 2).reshape(b, m * lq, 1, *locations.shape[3:])  # (B, M*Lq, 1, L, P, 2)
-        beta = ms_deform_attn(unpadded, input_spatial_shapes, input_level_start_index, heads_first,
-                              weights.transpose(1, 2).reshape(b, m * lq, 1, *weights.shape[3:]))
-        bias = (gates @ self.value_projections()[1]).view(b, lq, m, c // m)
-        out = beta.view(b, m, lq, 1).transpose(1, 2) * bias  # (B, Lq, M, D)
+        out = self._scaled_bias(gates, heads_first, weights, unpadded, input_spatial_shapes, input_level_start_index)
         if n_fine:
             fine_loc = heads_first[:, :, :, :n_fine]
             fine_weights = gated[:, :, :, :, :n_fine].transpose(2, 3).reshape(k * b, m * lq, 1, *fine_loc.shape[3:5])
