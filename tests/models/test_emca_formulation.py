@@ -46,24 +46,26 @@ def outputs_and_grads(fn, m, args):
     return out, torch.autograd.grad(out.square().sum(), wrt)
 
 
-def with_encoder_memories(m: EncoderMixingAttention):
-    """m called as the transformer calls it: the maps zeroed once, as EncoderMemories."""
+def with_encoder_memories(m: EncoderMixingAttention, own_split: bool = True):
+    """m called as the transformer calls it: the maps zeroed once, as EncoderMemories split where m
+    samples first; or split elsewhere (m then joins the parts)."""
     def call(query, ref, memories, spatial, start, mask):
-        return m(query, ref, EncoderMemories.stack(memories.unbind(0), mask), spatial, start, mask)
+        split = m.fine_tokens(spatial.tolist(), query.shape[1]) if own_split else 7
+        return m(query, ref, EncoderMemories.stack(memories.unbind(0), mask, split), spatial, start, mask)
     return call
 
 
 @pytest.mark.parametrize("backend", ["pytorch", "compiled"])
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("formulation", FORMULATIONS)
-@pytest.mark.parametrize("prepared", [False, True], ids=["tensor", "encoder_memories"])
+@pytest.mark.parametrize("prepared", [None, True, False], ids=["tensor", "encoder_memories", "other_split"])
 def test_formulation_equals_paper_loop(formulation, shared, backend, prepared):
     set_backend(backend)
     try:
         m = make_module(3, shared)
         args = inputs(3)
         m.formulation = formulation
-        out, grads = outputs_and_grads(with_encoder_memories(m) if prepared else m, m, args)
+        out, grads = outputs_and_grads(m if prepared is None else with_encoder_memories(m, prepared), m, args)
         ref_out, ref_grads = outputs_and_grads(lambda *a: paper_loop(m, *a), m, args)
     finally:
         set_backend(None)
@@ -87,10 +89,15 @@ def test_masked_tokens_do_not_reach_the_output_in_either_formulation():
 
 def test_encoder_memories_zero_the_padded_tokens_in_place():
     _, _, memories, _, _, mask = inputs(2)
-    stacked = EncoderMemories.stack(memories.detach().unbind(0), mask).maps
-    assert stacked.shape == memories.shape and stacked.is_contiguous()
+    parts = EncoderMemories.stack(memories.detach().unbind(0), mask, 48)
+    assert parts.fine.shape == (2, 2, 48, C) and parts.coarse.shape == (2, 2, 16, C)
+    assert parts.fine.is_contiguous() and parts.coarse.is_contiguous()
+    stacked = parts.maps
+    assert stacked.shape == memories.shape
     assert (stacked[:, mask] == 0).all()
     assert torch.equal(stacked[:, ~mask], memories.detach()[:, ~mask])
+    with pytest.raises(ValueError, match="fine_tokens=65 outside"):
+        EncoderMemories.stack(memories.detach().unbind(0), mask, 65)
 
 
 @pytest.mark.parametrize("backend", ["pytorch", "compiled"])
