@@ -8,6 +8,7 @@ after every epoch, while the process group is still up, each rank hashes its
 parameters and the indices of the images it was given, all-gathers both, and writes
 REPORT_DIR/rank<R>.json. main.py itself writes nothing extra.
 """
+import faulthandler
 import hashlib
 import json
 import os
@@ -51,7 +52,12 @@ def run(report_dir: str, argv) -> None:
         json.dump({"epochs": epochs, "stats": stats, "dist_after": dist_utils.is_dist()}, f)
 
 
+# a rank that hangs (e.g. in a collective its peer left) prints every thread's stack and exits
+# before test_distributed.py's 240 s timeout, so the failure shows where it waited
+HANG_DUMP_S = 200
+
 if __name__ == "__main__":
     if len(sys.argv) < 3 or sys.argv[2] != "--":
         sys.exit("usage: distributed_worker.py REPORT_DIR -- MAIN_ARGS...")
+    faulthandler.dump_traceback_later(HANG_DUMP_S, exit=True)
     run(sys.argv[1], sys.argv[3:])
