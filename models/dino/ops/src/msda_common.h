@@ -90,14 +90,20 @@ struct Grads {
   at::Tensor grad_out, value, loc, attn;
 };
 
-inline Grads backward_buffers(const Inputs& in, const at::Tensor& loc, const at::Tensor& grad_out_in) {
+// zero_filled: the CUDA kernels add into zeroed buffers and read a contiguous grad_output. The
+// CPU kernel (zero_filled = false) writes every location / weight gradient and zeroes each slice
+// of grad_value in the thread that accumulates it, and reads grad_output through its strides, so
+// it gets uninitialised buffers and no copy (the stride-0 gradient of out.sum() stays 1 element).
+inline Grads backward_buffers(const Inputs& in, const at::Tensor& loc, const at::Tensor& grad_out_in,
+                              bool zero_filled = true) {
   const Sizes& s = in.s;
-  at::Tensor grad_out = grad_out_in.to(in.value.scalar_type()).contiguous();
-  TORCH_CHECK(grad_out.numel() == s.N * s.Lq * s.Mv * s.D, "msda: grad_output has shape ", grad_out.sizes(),
+  TORCH_CHECK(grad_out_in.numel() == s.N * s.Lq * s.Mv * s.D, "msda: grad_output has shape ", grad_out_in.sizes(),
               ", expected (", s.N, ", ", s.Lq, ", ", s.Mv * s.D, ")");
+  const at::Tensor grad_out = grad_out_in.to(in.value.scalar_type());
   const auto acc = loc.options().memory_format(at::MemoryFormat::Contiguous);
-  return {grad_out, at::zeros(in.value.sizes(), acc), at::zeros({s.N, s.Lq, s.Mv, s.L, s.P, 2}, acc),
-          at::zeros({s.N, s.Lq, s.Mv, s.L, s.P}, acc)};
+  auto buffer = [&](at::IntArrayRef sizes) { return zero_filled ? at::zeros(sizes, acc) : at::empty(sizes, acc); };
+  return {zero_filled ? grad_out.contiguous() : grad_out.reshape({s.N, s.Lq, s.Mv * s.D}), buffer(in.value.sizes()),
+          buffer({s.N, s.Lq, s.Mv, s.L, s.P, 2}), buffer({s.N, s.Lq, s.Mv, s.L, s.P})};
 }
 
 // EMCA layout: value head h used location head h % Ml, so its location and weight

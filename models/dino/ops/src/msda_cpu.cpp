@@ -68,20 +68,6 @@ void backward_kernel(Args&&... args) {
   base::backward_kernel<scalar_t>(std::forward<Args>(args)...);
 }
 
-// backward_buffers without the zero fill (the kernel writes every location / weight gradient
-// and zeroes each slice of grad_value in the thread that accumulates it) and without a copy of
-// grad_output: the kernel reads it through its strides (the stride-0 expanded gradient of
-// out.sum() stays 1 element).
-Grads backward_buffers_uninitialised(const Inputs& in, const at::Tensor& loc, const at::Tensor& grad_out_in) {
-  const Sizes& s = in.s;
-  TORCH_CHECK(grad_out_in.numel() == s.N * s.Lq * s.Mv * s.D, "msda: grad_output has shape ", grad_out_in.sizes(),
-              ", expected (", s.N, ", ", s.Lq, ", ", s.Mv * s.D, ")");
-  const at::Tensor grad_out = grad_out_in.to(in.value.scalar_type()).reshape({s.N, s.Lq, s.Mv * s.D});
-  const auto acc = loc.options().memory_format(at::MemoryFormat::Contiguous);
-  return {grad_out, at::empty(in.value.sizes(), acc), at::empty({s.N, s.Lq, s.Mv, s.L, s.P, 2}, acc),
-          at::empty({s.N, s.Lq, s.Mv, s.L, s.P}, acc)};
-}
-
 at::Tensor forward_cpu(const at::Tensor& value_in, const at::Tensor& shapes_in, const at::Tensor& starts_in,
                        const at::Tensor& loc, const at::Tensor& attn) {
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
@@ -98,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& va
                                                             const at::Tensor& starts_in, const at::Tensor& loc,
                                                             const at::Tensor& attn, const at::Tensor& grad_out_in) {
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
-  Grads g = backward_buffers_uninitialised(in, loc, grad_out_in);
+  Grads g = backward_buffers(in, loc, grad_out_in, /*zero_filled=*/false);
   if (g.grad_out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, in.value.scalar_type(), "msda_backward_cpu", [&] {
       backward_kernel<scalar_t>(in.value, in.shapes.data_ptr<int64_t>(), in.starts.data_ptr<int64_t>(), loc, attn,
