@@ -238,7 +238,7 @@ def main(args: argparse.Namespace):
     finally:
         # DDP's reducer holds the process group. Freed last, its destructor joins gloo's worker
         # threads while holding the GIL, which a worker may wait for to free a gathered tensor: a
-        # deadlock at exit (seen 1 in 3 runs of tests/test_distributed.py on torch 2.11). So the
+        # deadlock at exit (seen in 2 of 7 runs of tests/test_distributed.py on torch 2.11). So the
         # model goes first, and the group with destroy_process_group, which releases the GIL.
         run = None
         if dist_utils.is_dist():
@@ -286,13 +286,13 @@ def build_run(args) -> Run:
     from datasets.loaders import build_loaders, seed_all
     from models import build_model, select_msda_backend
     from models.dino.backbone_weights import check_from_scratch
-    from util.host_memory import keep_freed_host_memory
+    from util import host_memory
 
     check_from_scratch(args)  # random weights in a frozen stem / FrozenBatchNorm2d: refused before anything runs
     log = _prepare_output_dir(args)
     seed_all(args.seed + args.rank)
     device = torch.device(args.device)
-    if device.type == "cpu" and args.keep_freed_host_memory and not keep_freed_host_memory():
+    if not host_memory.apply_config(args):
         log.info("keep_freed_host_memory: this malloc is not glibc's; left as it is")
     select_msda_backend(args.msda_backend)
     loaders = build_loaders(args, datasets_mod.build_dataset)

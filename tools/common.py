@@ -32,10 +32,9 @@ def tool_args(config: str, options: Optional[Sequence[str]] = None, use_hae: boo
     argv += ["--options", "backbone_weights=none", *(options or [])]
     args = main.build_args(argv)
     from models import select_msda_backend
-    from util.host_memory import keep_freed_host_memory
+    from util import host_memory
     select_msda_backend(args.msda_backend)
-    if args.device == "cpu" and args.keep_freed_host_memory:  # as main.py runs on the CPU
-        keep_freed_host_memory()
+    host_memory.apply_config(args)  # as main.py runs
     return args
 
 

@@ -16,6 +16,8 @@ numbers, only where the bytes come from.
 import ctypes
 import platform
 
+import torch
+
 # glibc's malloc.h
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -38,3 +40,11 @@ def keep_freed_host_memory() -> bool:
     # mallopt returns 1 on success; a trim threshold of -1 turns trimming off (man 3 mallopt)
     _applied = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, -1) == 1
     return _applied
+
+
+def apply_config(args) -> bool:
+    """keep_freed_host_memory where the config asks for it (the key set, a CPU run), as main.py
+    and the tools do; False only when it was asked for but this malloc is not glibc's."""
+    if not args.keep_freed_host_memory or torch.device(args.device).type != "cpu":
+        return True
+    return keep_freed_host_memory()

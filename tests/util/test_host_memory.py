@@ -48,3 +48,12 @@ def test_tools_apply_it_on_the_cpu_as_main_does(monkeypatch, option, calls):
     monkeypatch.setattr(host_memory, "keep_freed_host_memory", lambda: seen.append(1) or True)
     args = tool_args("config/DINO/DINO_synthetic.py", option)
     assert len(seen) == calls and args.keep_freed_host_memory is (calls == 1)
+
+
+@pytest.mark.parametrize("device,key,calls", [("cpu", True, 1), ("cpu", False, 0), ("cuda:0", True, 0)])
+def test_apply_config_only_for_cpu_runs_that_ask(monkeypatch, device, key, calls):
+    from types import SimpleNamespace
+    seen = []
+    monkeypatch.setattr(host_memory, "keep_freed_host_memory", lambda: seen.append(1) or False)
+    applied = host_memory.apply_config(SimpleNamespace(device=device, keep_freed_host_memory=key))
+    assert len(seen) == calls and applied is (calls == 0)  # False only when asked for and not applied
