@@ -147,10 +147,15 @@ class EncoderMixingAttention(MSDeformAttn):
             n += 1
         return n
 
+    def _fine_split(self, spatial_shapes, num_queries: int):
+        """(levels sampled first, their tokens) for (H_l, W_l) pairs and num_queries queries."""
+        sizes = [int(h) * int(w) for h, w in spatial_shapes]
+        n_fine = self.sample_first_levels(sizes, num_queries)
+        return n_fine, sum(sizes[:n_fine])
+
     def fine_tokens(self, spatial_shapes, num_queries: int) -> int:
         """Tokens of the levels sampled first for num_queries queries: the split for EncoderMemories."""
-        sizes = [int(h) * int(w) for h, w in spatial_shapes]
-        return sum(sizes[:self.sample_first_levels(sizes, num_queries)])
+        return self._fine_split(spatial_shapes, num_queries)[1]
 
     def _project_then_sample(self, memories: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                              locations: Tensor, gated_weights: Tensor) -> Tensor:
@@ -213,9 +218,8 @@ class EncoderMixingAttention(MSDeformAttn):
                 input_padding_mask: Optional[Tensor] = None) -> Tensor:
         """query (B, Lq, C); input_flatten: EncoderMemories, or the K stacked encoder outputs
         (K, B, S, C) as a tensor (zeroed at padded tokens here, per call) -> (B, Lq, C)."""
-        sizes = (input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).tolist()
-        n_fine = self.sample_first_levels(sizes, query.shape[1])
-        fine, coarse = self._split_memories(input_flatten, input_padding_mask, sum(sizes[:n_fine]))
+        n_fine, fine_tokens = self._fine_split(input_spatial_shapes.tolist(), query.shape[1])
+        fine, coarse = self._split_memories(input_flatten, input_padding_mask, fine_tokens)
         k, b, t0, c = fine.shape
         s, m, lq = t0 + coarse.shape[2], self.n_heads, query.shape[1]
         locations, weights = self.sampling_locations_and_weights(query, reference_points, input_spatial_shapes)
@@ -235,7 +239,7 @@ class EncoderMixingAttention(MSDeformAttn):
             sampled = self._sample_then_project(fine, input_spatial_shapes[:n_fine], input_level_start_index[:n_fine],
                                                 fine_loc[None].expand(k, *fine_loc.shape).flatten(0, 1), fine_weights)
             out = out + sampled.transpose(1, 2)
-        if n_fine < len(sizes):
+        if n_fine < len(input_spatial_shapes):
             coarse_loc = locations[:, :, :, n_fine:]
             out = out + self._project_then_sample(coarse, input_spatial_shapes[n_fine:],
                                                   input_level_start_index[n_fine:] - t0,
