@@ -19,9 +19,17 @@ from typing import Dict, List, Optional
 import torch
 
 from util import dist as dist_utils
-from util.checkpoint import (CheckpointError, args_to_dict, find_resume_checkpoint, load_checkpoint,
-                             load_model_state, load_resume_checkpoint, misfit_error, remove_stale_temp_files,
-                             save_checkpoint)
+from util.checkpoint import (
+    CheckpointError,
+    args_to_dict,
+    find_resume_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    load_resume_checkpoint,
+    misfit_error,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
 from util.config_schema import describe, load_config
 from util.log_records import append_log_record, read_log_records, training_epochs
 from util.logger import FILE_ONLY, setup_logger
@@ -102,7 +110,8 @@ def _add_run_flags(g) -> None:
     g.add_argument("--save_results", action="store_true",
                    help="eval writes COCO-format detections to output_dir/results.json")
     g.add_argument("--debug", action="store_true", help="stop train/eval loops after a few iterations")
-    g.add_argument("--save_log", action="store_true", help="accepted for DINO compatibility (logs always go to info.txt)")
+    g.add_argument("--save_log", action="store_true",
+                   help="accepted for DINO compatibility (logs always go to info.txt)")
     g.add_argument("--note", default="", help="free text saved with the args")
     g.add_argument("--skip_nonfinite", action="store_true",
                    help="skip optimizer steps whose loss is NaN/inf (counted as train_nonfinite_steps) "

@@ -13,7 +13,8 @@ import os
 
 import torch
 
-from datasets.coco import BadImageError, CocoDetection, DataError, build as build_coco
+from datasets.coco import BadImageError, CocoDetection, DataError
+from datasets.coco import build as build_coco
 
 
 def default_synthetic_dir() -> str:

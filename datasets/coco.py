@@ -61,7 +61,8 @@ def load_coco_json(ann_file: str, images_only: bool = False) -> Dict[str, Any]:
         raise DataError(f"annotation file {ann_file} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; "
                         "fix or regenerate the file") from None
     if not isinstance(data, dict):
-        raise DataError(f"annotation file {ann_file}: top level must be an object with 'images', 'annotations', 'categories'")
+        raise DataError(f"annotation file {ann_file}: top level must be an object with 'images', 'annotations', "
+                        f"'categories'")
     if images_only:
         data.setdefault("annotations", [])
     for key in ("images", "annotations", "categories"):
@@ -73,7 +74,8 @@ def load_coco_json(ann_file: str, images_only: bool = False) -> Dict[str, Any]:
     image_ids = set()
     for i, img in enumerate(data["images"]):
         if img["id"] in image_ids:
-            raise DataError(f"annotation file {ann_file}: images[{i}] repeats image id {img['id']!r}; ids must be unique")
+            raise DataError(f"annotation file {ann_file}: images[{i}] repeats image id {img['id']!r}; "
+                            f"ids must be unique")
         image_ids.add(img["id"])
     used_ids = {a["id"] for a in data["annotations"] if "id" in a}
     next_id = max((i for i in used_ids if isinstance(i, int)), default=0) + 1
@@ -81,9 +83,11 @@ def load_coco_json(ann_file: str, images_only: bool = False) -> Dict[str, Any]:
         bbox = ann["bbox"]
         if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
                 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
-            raise DataError(f"annotation file {ann_file}: annotations[{i}] has bbox {bbox!r}; expected [x, y, w, h] finite numbers")
+            raise DataError(f"annotation file {ann_file}: annotations[{i}] has bbox {bbox!r}; expected [x, y, w, h] "
+                            f"finite numbers")
         if ann["image_id"] not in image_ids:
-            raise DataError(f"annotation file {ann_file}: annotations[{i}] refers to image_id {ann['image_id']!r} not in 'images'")
+            raise DataError(f"annotation file {ann_file}: annotations[{i}] refers to image_id {ann['image_id']!r} "
+                            f"not in 'images'")
         # pycocotools' evaluator needs these; COCO files from other tools often omit them.
         if "id" not in ann:
             ann["id"] = next_id

@@ -163,7 +163,8 @@ def fake_detections(coco_gt, num_dets: int = 100, seed: int = 0) -> Dict[int, Di
         n_fp = max(0, num_dets - len(gt))
         wh = torch.tensor([info["width"], info["height"]] * 2, dtype=torch.float32)
         corners = torch.rand(n_fp, 4, generator=g) * wh
-        fp = torch.cat([torch.minimum(corners[:, :2], corners[:, 2:]), torch.maximum(corners[:, :2], corners[:, 2:])], 1)
+        low, high = corners[:, :2], corners[:, 2:]
+        fp = torch.cat([torch.minimum(low, high), torch.maximum(low, high)], 1)
         fp_labels = cat_ids[torch.randint(len(cat_ids), (n_fp,), generator=g)]
         scores = torch.cat([0.5 + 0.5 * torch.rand(len(gt), generator=g), 0.6 * torch.rand(n_fp, generator=g)])
         out[img_id] = {"boxes": torch.cat([gt, fp]), "scores": scores, "labels": torch.cat([labels, fp_labels])}
@@ -172,8 +173,9 @@ def fake_detections(coco_gt, num_dets: int = 100, seed: int = 0) -> Dict[int, Di
 
 def compare_backends(root: str, num_dets: int = 100, repeats: int = 3) -> Dict[str, float]:
     """Best-of-``repeats`` wall time of each backend on ``root``'s val split; prints a comparison."""
-    from datasets.coco import load_coco_json
     from pycocotools.coco import COCO
+
+    from datasets.coco import load_coco_json
 
     ann_file = os.path.join(root, "annotations", "instances_val2017.json")
     gt = COCO()

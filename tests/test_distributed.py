@@ -15,6 +15,7 @@ import sys
 import pytest
 
 import main
+
 from coco_layouts import make_test_dev_layout
 from tiny_configs import RUN, options
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import main
-from coco_layouts import make_test_dev_layout
-from tiny_configs import RUN, options
 from util.checkpoint import load_checkpoint
 from util.slconfig import ConfigError
+
+from coco_layouts import make_test_dev_layout
+from tiny_configs import RUN, options
 
 README_OPTS = ("--options dn_scalar=100 embed_init_tgt=TRUE dn_label_coef=1.0 dn_bbox_coef=1.0 use_ema=False "
                "dn_box_noise_scale=1.0")
@@ -209,8 +210,8 @@ def test_mismatched_checkpoint_is_clear_error(tmp_path, resumed_run, synthetic_d
     capsys.readouterr()
     with pytest.raises(main.CheckpointError, match=r"does not fit this model: it was trained with "
                        r"config/DINO/DINO_synthetic.py, this run uses config/DINO/DINO_synthetic.py; differing keys: "
-                       r"hidden_dim=64 \(now 32\), [^;]*; \d+ tensors have other shapes; use -c config/DINO/DINO_synthetic.py "
-                       r"with the same --options") as info:
+                       r"hidden_dim=64 \(now 32\), [^;]*; \d+ tensors have other shapes; "
+                       r"use -c config/DINO/DINO_synthetic.py with the same --options") as info:
         main.main(tiny_args(tmp_path, synthetic_dir, "--eval", "--resume", str(out / "checkpoint.pth"),
                             options=["hidden_dim=32"]))
     assert len(str(info.value).replace(str(out), "")) < 350

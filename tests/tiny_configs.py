@@ -14,7 +14,6 @@ from typing import Any, Dict, List
 
 import torch
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODEL: Dict[str, Any] = dict(

@@ -301,7 +301,8 @@ def run_train_step(opts) -> List[Dict]:
     if "augdetr" in by and "dino" in by:
         d, a = by["dino"], by["augdetr"]
         print(f"augdetr/dino train-step time ratio at {h}x{w}: {a['time_s'] / d['time_s']:.3f} "
-              f"(dino {d['time_s']:.3f} s, {d['peak_mib']:.0f} MiB; augdetr {a['time_s']:.3f} s, {a['peak_mib']:.0f} MiB)")
+              f"(dino {d['time_s']:.3f} s, {d['peak_mib']:.0f} MiB; "
+              f"augdetr {a['time_s']:.3f} s, {a['peak_mib']:.0f} MiB)")
     return rows
 
 

@@ -21,8 +21,11 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler quiet
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.dino.ops import ms_deform_attn_pytorch  # noqa: E402
-from models.dino.ops import _build, _library  # noqa: E402
+from models.dino.ops import (  # noqa: E402
+    _build,
+    _library,
+    ms_deform_attn_pytorch,  # noqa: E402
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -210,8 +210,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-3,
                    help="tolerance on detection scores; on boxes, this x the longer image side in pixels")
     p.add_argument("--options", nargs="+", default=None, metavar="KEY=VALUE", help="config overrides as in main.py")
-    p.add_argument("--use_hae", action="store_true", help="AugDETR Hybrid Attention Encoder (with -c; a stored config knows it)")
-    p.add_argument("--use_emca", action="store_true", help="AugDETR Encoder-Mixing Cross-Attention (with -c; a stored config knows it)")
+    p.add_argument("--use_hae", action="store_true",
+                   help="AugDETR Hybrid Attention Encoder (with -c; a stored config knows it)")
+    p.add_argument("--use_emca", action="store_true",
+                   help="AugDETR Encoder-Mixing Cross-Attention (with -c; a stored config knows it)")
     return p
 
 

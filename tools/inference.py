@@ -228,8 +228,10 @@ def get_parser() -> argparse.ArgumentParser:
                    help="draw the raw output: no same-class NMS in the pictures (detections.json never has it)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
     p.add_argument("--options", nargs="+", default=None, metavar="KEY=VALUE", help="config overrides as in main.py")
-    p.add_argument("--use_hae", action="store_true", help="the checkpoint is an AugDETR model with HAE (with -c; a stored config knows it)")
-    p.add_argument("--use_emca", action="store_true", help="the checkpoint is an AugDETR model with EMCA (with -c; a stored config knows it)")
+    p.add_argument("--use_hae", action="store_true",
+                   help="the checkpoint is an AugDETR model with HAE (with -c; a stored config knows it)")
+    p.add_argument("--use_emca", action="store_true",
+                   help="the checkpoint is an AugDETR model with EMCA (with -c; a stored config knows it)")
     names = p.add_mutually_exclusive_group()
     names.add_argument("--names-from", default=None, metavar="ANNOTATION_JSON",
                        help="class names from a COCO annotation file's 'categories', and image_id from its "

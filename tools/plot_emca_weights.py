@@ -45,7 +45,7 @@ def plot(paths: List[str], out: str, labels: Optional[List[str]] = None, normali
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(mean))]
         ax.bar(xs, mean, width, yerr=std, capsize=3, label=label)
     ax.set_xticks(range(len(runs[0]["enc_layers"])))
-    ax.set_xticklabels([f"E{l}" for l in runs[0]["enc_layers"]])
+    ax.set_xticklabels([f"E{layer}" for layer in runs[0]["enc_layers"]])
     ax.set_xlabel("encoder layer")
     ax.set_ylabel("normalised fusion weight" if normalize else "mean fusion weight (sigmoid)")
     ax.set_title("EMCA fusion weights, last decoder layer")

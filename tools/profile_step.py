@@ -135,7 +135,8 @@ def child(opts) -> None:
 
 def worktree(rev: str) -> str:
     """A detached worktree of `rev` under the temp folder (created once, reused)."""
-    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip()
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                          check=True).stdout.strip()
     sha = subprocess.run(["git", "-C", root, "rev-parse", "--verify", rev + "^{commit}"], capture_output=True,
                          text=True)
     if sha.returncode:
@@ -159,7 +160,8 @@ def read_reply(proc: subprocess.Popen, tree: str) -> dict:
     while True:
         line = proc.stdout.readline()
         if not line:
-            sys.exit(f"profile_step.py: error: the step process in {tree} ended (exit {proc.wait()}); see its output above")
+            sys.exit(f"profile_step.py: error: the step process in {tree} ended (exit {proc.wait()}); "
+                     f"see its output above")
         if line.startswith("{"):
             return json.loads(line)
 

@@ -32,7 +32,8 @@ class NestedTensor:
         return self.tensors.shape
 
     def __repr__(self) -> str:
-        return f"NestedTensor(tensors={tuple(self.tensors.shape)}, mask={None if self.mask is None else tuple(self.mask.shape)})"
+        mask = None if self.mask is None else tuple(self.mask.shape)
+        return f"NestedTensor(tensors={tuple(self.tensors.shape)}, mask={mask})"
 
 
 def nested_tensor_from_tensor_list(tensor_list: Sequence[Tensor]) -> NestedTensor:

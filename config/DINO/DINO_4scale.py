@@ -87,7 +87,8 @@ ema_epoch = 0
 
 # ---- keys added by this project -------------------------------------------
 backbone_weights = 'IMAGENET1K_V1'  # torchvision weights name (torch.hub cache), a .pth path, or None = from scratch
-backbone_dir = None  # Swin/ConvNeXt: folder of the ImageNet files under DINO's names (swin_tiny_patch4_window7_224.pth..)
+# Swin/ConvNeXt: folder of the ImageNet files under DINO's names (swin_tiny_patch4_window7_224.pth, ...)
+backbone_dir = None
 use_checkpoint = False  # Swin/ConvNeXt: activation checkpointing per block (DINO's Swin configs: True)
 backbone_freeze_keywords = None  # Swin/ConvNeXt: freeze backbone parameters whose name contains any of these
 dn_scalar = None  # DN-DETR's name for the denoising query budget; when set it replaces dn_number

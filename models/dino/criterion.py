@@ -44,7 +44,8 @@ class SetCriterion(nn.Module):
             "loss_ce": loss_ce,
             "loss_bbox": l1.sum() / num_boxes,
             "loss_giou": generalized_box_iou_loss(box_convert(src_boxes, "cxcywh", "xyxy"),
-                                                  box_convert(tgt_boxes, "cxcywh", "xyxy"), reduction="sum") / num_boxes,
+                                                  box_convert(tgt_boxes, "cxcywh", "xyxy"),
+                                                  reduction="sum") / num_boxes,
         }
         if log:
             losses.update(self.log_terms(logits, batch_idx, src_idx, tgt_labels, l1, num_boxes))
@@ -60,7 +61,8 @@ class SetCriterion(nn.Module):
         src_idx = torch.cat([src for src, _ in indices]).to(logits.device)
         tgt_labels = torch.cat([t["labels"][j.to(t["labels"].device)] for t, (_, j) in zip(targets, indices)])
         src_boxes = outputs["pred_boxes"][batch_idx, src_idx].float()
-        tgt_boxes = torch.cat([t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, indices)]).to(src_boxes)
+        tgt_boxes = torch.cat([t["boxes"][j.to(t["boxes"].device)]
+                               for t, (_, j) in zip(targets, indices)]).to(src_boxes)
         return batch_idx, src_idx, tgt_labels.to(logits.device), src_boxes, tgt_boxes
 
     @staticmethod

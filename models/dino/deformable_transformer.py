@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from .emca import EncoderMemories, EncoderMixingAttention
 from .hybrid_encoder import HybridEncoderLayer
 from .ops import MSDeformAttn
-from .utils import gen_encoder_output_proposals
 from .transformer_layers import DeformableDecoder, DeformableDecoderLayer, DeformableEncoder, DeformableEncoderLayer
+from .utils import gen_encoder_output_proposals
 
 
 class DeformableTransformer(nn.Module):

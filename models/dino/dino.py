@@ -152,11 +152,11 @@ class PostProcess(nn.Module):
         h, w = target_sizes.float().unbind(1)
         xyxy = xyxy * torch.stack([w, h, w, h], 1)[:, None]
         results = []
-        for s, l, b in zip(scores, labels, xyxy):
+        for s, lab, b in zip(scores, labels, xyxy):
             if self.nms_iou_threshold > 0:
-                keep = batched_nms(b, s, l, self.nms_iou_threshold)
-                s, l, b = s[keep], l[keep], b[keep]
-            results.append({"scores": s, "labels": l, "boxes": b})
+                keep = batched_nms(b, s, lab, self.nms_iou_threshold)
+                s, lab, b = s[keep], lab[keep], b[keep]
+            results.append({"scores": s, "labels": lab, "boxes": b})
         return results
 
 

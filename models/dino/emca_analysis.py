@@ -21,7 +21,8 @@ class EmcaWeightRecorder:
         layers = model.transformer.decoder.layers
         attn = layers[-1].cross_attn
         if not isinstance(attn, EncoderMixingAttention):
-            raise ValueError("--save_emca_weights needs an EMCA model: add --use_emca (and the flags it was trained with)")
+            raise ValueError("--save_emca_weights needs an EMCA model: add --use_emca (and the flags it was "
+                             "trained with)")
         self.attn = attn
         self.enc_layers: List[int] = list(model.transformer.emca_enc_layers)
         self.matcher = matcher

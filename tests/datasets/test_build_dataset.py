@@ -5,8 +5,9 @@ import torch
 from pycocotools.coco import COCO
 
 from datasets import DataError, build_dataset, default_synthetic_dir, get_coco_api_from_dataset
-from data_helpers import data_args
 from util.slconfig import ConfigError
+
+from data_helpers import data_args
 
 
 def test_build_coco_and_api(synthetic_root):

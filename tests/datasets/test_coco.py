@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from datasets.coco import BadImageError, CocoDetection, DataError, build, load_rgb_image
+
 from data_helpers import data_args
 
 
@@ -161,7 +162,8 @@ def test_missing_or_bad_fields(make_coco, raw, match):
 
 def test_category_id_beyond_num_classes(make_coco):
     root = make_coco([("a.png", rgb())], [ann(1, [1, 1, 5, 5], cat=9)], categories=[{"id": 9, "name": "x"}])
-    with pytest.raises(DataError, match=r"category id 9 >= num_classes=7 .*--options num_classes=10 dn_labelbook_size=10"):
+    with pytest.raises(DataError,
+                       match=r"category id 9 >= num_classes=7 .*--options num_classes=10 dn_labelbook_size=10"):
         build("val", data_args(coco_path=root))
     # dn_labelbook_size < num_classes - 1 is refused by the config check (tests/util/test_config_schema.py)
     assert len(build("val", data_args(coco_path=root, num_classes=10, dn_labelbook_size=9))) == 1

@@ -8,6 +8,7 @@ from PIL import Image
 
 from datasets import synthetic
 from datasets.synthetic import CATEGORIES, MARKER, ensure_synthetic_dataset, generate, main
+
 from data_helpers import file_digest
 
 
@@ -41,7 +42,8 @@ def test_layout_and_annotations(synthetic_root):
             x, y, w, h = a["bbox"]
             assert x >= 0 and y >= 0 and x + w <= 128 and y + h <= 128 and w > 0 and h > 0
             assert 0 < a["area"] <= w * h and a["iscrowd"] == 0
-    train_ids = {i["id"] for i in json.load(open(os.path.join(synthetic_root, "annotations/instances_train2017.json")))["images"]}
+    train_json = os.path.join(synthetic_root, "annotations/instances_train2017.json")
+    train_ids = {i["id"] for i in json.load(open(train_json))["images"]}
     val_ids = {i["id"] for i in data["images"]}
     assert not train_ids & val_ids
 

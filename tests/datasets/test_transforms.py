@@ -5,9 +5,18 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, FinalizeTarget, RandomResize, RandomSelect,
-                                 RandomSizeCrop, detr_resize_size, make_boxes, make_coco_transforms,
-                                 scaled_aug_sizes)
+from datasets.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FinalizeTarget,
+    RandomResize,
+    RandomSelect,
+    RandomSizeCrop,
+    detr_resize_size,
+    make_boxes,
+    make_coco_transforms,
+    scaled_aug_sizes,
+)
 
 
 def sample(w=100, h=50, boxes=((10., 5., 30., 25.), (90., 40., 100., 50.)), labels=(1, 2)):
@@ -77,7 +86,7 @@ def test_random_size_crop_drops_exactly_the_boxes_outside_the_window():
         out_img, out = RandomSizeCrop(40, 40)(img, t)
         left = out_img.getpixel((0, 0))[0]
         overlap = (boxes[:, 2].clamp(max=left + 40) - boxes[:, 0].clamp(min=left)) >= 1
-        assert out["labels"].tolist() == [l for l, k in zip([1, 2, 3], overlap) if k]
+        assert out["labels"].tolist() == [label for label, k in zip([1, 2, 3], overlap) if k]
         expected = boxes[overlap].clone()
         expected[:, 0::2] = (expected[:, 0::2] - left).clamp(0, 40)
         assert torch.allclose(out["boxes"].as_subclass(torch.Tensor), expected)

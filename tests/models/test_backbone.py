@@ -16,6 +16,7 @@ from PIL import Image
 import main
 from models.dino.backbone import build_backbone
 from models.dino.backbone_weights import BackboneWeightsError, check_from_scratch
+
 from tiny_configs import tiny_args
 
 R18_FILE = "resnet18-f37072fd.pth"  # the file name torchvision's ResNet18_Weights.IMAGENET1K_V1 uses

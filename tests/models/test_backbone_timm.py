@@ -12,8 +12,9 @@ import main
 from models.dino import backbone_timm
 from models.dino.backbone_timm import TimmBackbone, convert_official_state
 from models.dino.backbone_weights import BackboneWeightsError
-from tiny_configs import RUN, TINY_SWIN, config_args, options
 from util.misc import NestedTensor
+
+from tiny_configs import RUN, TINY_SWIN, config_args, options
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "dino_swin_tiny")
 FIXTURE = torch.load(os.path.join(DATA, "swin_tiny_fixture.pth"), weights_only=True)

@@ -40,9 +40,11 @@ def measure(variant: str, mode: str, **overrides):
 def regenerate(path: str = GOLDEN_FILE) -> None:
     """Write the reference values of every variant and mode to `path`."""
     values = {v: {m: golden.rounded(measure(v, m)) for m in MODES} for v in VARIANTS}
-    values["_how"] = "python tests/models/test_golden.py --regenerate (tests/models/golden.py); torch " + torch.__version__
+    values["_how"] = ("python tests/models/test_golden.py --regenerate (tests/models/golden.py); torch "
+                      + torch.__version__)
     text = json.dumps(values, indent=1, sort_keys=True)
-    text = re.sub(r"\[\s+([^\[\]]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)  # lists on one line
+    # lists on one line
+    text = re.sub(r"\[\s+([^\[\]]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(text + "\n")

@@ -5,8 +5,8 @@ import warnings
 import pytest
 import torch
 
-from models.dino.ops import _build, backend, ms_deform_attn, ms_deform_attn_pytorch, selfcheck, set_backend
 from models.dino.ops import __main__ as ops_main
+from models.dino.ops import _build, backend, ms_deform_attn, ms_deform_attn_pytorch, selfcheck, set_backend
 from tests.ops.conftest import make_inputs
 
 

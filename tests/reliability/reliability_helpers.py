@@ -6,8 +6,9 @@ import sys
 
 import torch
 
-from tiny_configs import RUN, options
 from util.checkpoint import load_checkpoint
+
+from tiny_configs import RUN, options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOOKED_MAIN = os.path.join(ROOT, "tests", "reliability", "hooked_main.py")

@@ -2,6 +2,7 @@
 import pytest
 
 import main
+
 from reliability_helpers import differing_tensors, make_synthetic, read_log, tiny_argv, weights
 
 

@@ -13,9 +13,17 @@ import time
 
 import pytest
 
-from reliability_helpers import (differing_tensors, flip_byte_in_largest_weight, make_synthetic, popen_main,
-                                 read_log, tiny_argv, weights)
 from util.checkpoint import TMP_PREFIX, load_checkpoint
+
+from reliability_helpers import (
+    differing_tensors,
+    flip_byte_in_largest_weight,
+    make_synthetic,
+    popen_main,
+    read_log,
+    tiny_argv,
+    weights,
+)
 
 EPOCHS = 3
 TIMEOUT_S = 240

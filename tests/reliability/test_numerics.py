@@ -6,9 +6,10 @@ from torch import nn
 import engine
 import main
 import models
-from reliability_helpers import make_synthetic, read_log, tiny_argv
 from util.checkpoint import load_checkpoint
 from util.misc import NestedTensor
+
+from reliability_helpers import make_synthetic, read_log, tiny_argv
 
 
 @pytest.fixture(scope="module")

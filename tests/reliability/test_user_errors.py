@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import main
+
 from reliability_helpers import ROOT, make_synthetic, read_log, tiny_argv
 
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tiny_configs import RUN, options
 from tools.common import tool_args
+
+from tiny_configs import RUN, options
 
 CONFIG = "config/DINO/DINO_synthetic.py"
 # the shared tiny model (tests/tiny_configs.py) at width 32, as these tests had it: the ONNX check

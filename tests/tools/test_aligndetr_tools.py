@@ -27,7 +27,8 @@ def test_pairs_table_gives_both_aps_and_the_gain(tmp_path):
     runs = [str(tmp_path / n) for n in ("dino", "dino_aug", "align", "align_aug", "lost", "lost2")]
     lines = collect_results.gain_table(runs, ["DINO", "x", "AlignDETR", "y", "lost", "z"]).splitlines()
     assert lines[0] == "| base detector | AP | +AugDETR | gain |"
-    assert lines[2:] == ["| DINO | 49.0 | 50.2 | +1.2 |", "| AlignDETR | 50.3 | 51.4 | +1.1 |", "| lost | n/a | n/a | n/a |"]
+    assert lines[2:] == ["| DINO | 49.0 | 50.2 | +1.2 |", "| AlignDETR | 50.3 | 51.4 | +1.1 |",
+                         "| lost | n/a | n/a | n/a |"]
     with pytest.raises(SystemExit):
         collect_results.main(runs[:3] + ["--pairs"])
 

@@ -41,7 +41,8 @@ def test_inference_mode_result_and_printed_format(tiny_cfg, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(rf"config {re.escape(config)}  hae=False emca=False  image 64x96  device cpu "
                         r"\(msda backend (compiled|pytorch)\)", lines[0])
-    assert lines[1] == f"parameters: {res['params_trainable'] / 1e6:.2f}M trainable, {res['params_total'] / 1e6:.2f}M total"
+    assert lines[1] == (f"parameters: {res['params_trainable'] / 1e6:.2f}M trainable, "
+                        f"{res['params_total'] / 1e6:.2f}M total")
     assert lines[2] == f"GFLOPs (multiply-adds, fvcore convention = FLOPs/2): {res['gflops']:.1f}"
     assert re.fullmatch(r"inference FPS at batch 1: \d+\.\d{3} \(1 timed runs after 0 warm-up\)", lines[3])
 
@@ -87,7 +88,8 @@ def test_train_step_table(tiny_cfg, capsys):
     assert all(isinstance(r["time_s"], float) and isinstance(r["peak_mib"], float) for r in rows)
     assert rows[1]["params_total"] > rows[0]["params_total"]  # HAE and EMCA add parameters
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[1] == "| variant | fwd+bwd time (s) | vs dino | peak memory (MiB) | params (M) | params delta vs dino |"
+    assert lines[1] == ("| variant | fwd+bwd time (s) | vs dino | peak memory (MiB) | params (M) "
+                        "| params delta vs dino |")
     delta = rows[1]["params_total"] - rows[0]["params_total"]
     assert re.fullmatch(rf"\| dino \| \d+\.\d{{3}} \| 1\.00x \| \d+ \| {rows[0]['params_total'] / 1e6:.3f} \| \+0 \|",
                         lines[3])

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from models.dino.backbone_timm import TimmBackbone, convert_official_state
-from tiny_configs import MODEL, TINY_SWIN, options, tiny_args
 from tools import convert_checkpoint
 from tools.common import ToolError
 from util.checkpoint import load_checkpoint, load_model_state
+
+from tiny_configs import MODEL, options, tiny_args
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "dino_swin_tiny")
 

@@ -24,8 +24,8 @@ def test_export_and_check_on_image(tiny_cfg, tiny_checkpoint, image_dir, tmp_pat
             ] == []
     lines = capsys.readouterr().out.splitlines()
     # img0 is 80x60: the val transform makes it 64x85, so the 64x96 graph gets it fitted and padded
-    assert any(l.startswith("warning: the config evaluates") and "at 64x85 (HxW), the export size is 64x96" in l
-               and "not stretched" in l for l in lines)
+    assert any(line.startswith("warning: the config evaluates") and "at 64x85 (HxW), the export size is 64x96" in line
+               and "not stretched" in line for line in lines)
     assert lines[-1].startswith(f"PASS: onnxruntime vs PyTorch on {image_dir / 'img0.png'}: the top-10 detections'")
     import onnx
     graph = onnx.load(str(out)).graph
@@ -100,6 +100,7 @@ class _FakeSession:
 @pytest.fixture
 def tiny_model_and_outputs(tiny_cfg, tiny_checkpoint):
     import torch
+
     from tools.common import build_eval_model, tool_args
     config, opts = tiny_cfg
     model, post = build_eval_model(tool_args(config, opts), tiny_checkpoint)

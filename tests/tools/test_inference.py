@@ -136,9 +136,9 @@ def test_detections_are_a_direct_forward_rounded_as_results_json(tiny_cfg, tiny_
     image, _ = transforms_from_args("val", args)(img, {})
     with torch.no_grad():
         res = post["bbox"](model(image[None]), torch.tensor([[img.height, img.width]]))[0]
-    expected = [{"image_id": 0, "category_id": int(l), "score": round(float(s), 5),
+    expected = [{"image_id": 0, "category_id": int(label), "score": round(float(s), 5),
                  "bbox": [round(float(v), 3) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])]}
-                for b, s, l in zip(res["boxes"], res["scores"], res["labels"])]
+                for b, s, label in zip(res["boxes"], res["scores"], res["labels"])]
     got = [{k: d[k] for k in ("image_id", "category_id", "score", "bbox")} for d in dets]
     assert len(got) == len(expected)
     for g, e in zip(got, expected):

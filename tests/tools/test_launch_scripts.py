@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import run_with_submitit
+
 from tiny_configs import RUN, options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

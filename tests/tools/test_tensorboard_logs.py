@@ -2,8 +2,9 @@
 import os
 
 import main
-from tiny_configs import RUN, options
 from tools import plot_logs
+
+from tiny_configs import RUN, options
 
 TINY = options(RUN, epochs=1, synthetic_num_train=4, synthetic_num_val=2, batch_size=2)
 

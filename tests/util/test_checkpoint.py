@@ -10,9 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from util.checkpoint import (INTEGRITY_KEY, TMP_PREFIX, CheckpointError, UnsafeCheckpointError,
-                             find_resume_checkpoint, load_checkpoint, load_model_state, load_resume_checkpoint, main,
-                             save_checkpoint)
+from util.checkpoint import (
+    INTEGRITY_KEY,
+    TMP_PREFIX,
+    CheckpointError,
+    UnsafeCheckpointError,
+    find_resume_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    load_resume_checkpoint,
+    main,
+    save_checkpoint,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

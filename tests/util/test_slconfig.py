@@ -3,8 +3,8 @@ import textwrap
 
 import pytest
 
-from util.slconfig import ConfigError, SLConfig, parse_option_value
 from util.config_schema import NOT_IMPLEMENTED
+from util.slconfig import ConfigError, SLConfig, parse_option_value
 
 DINO_4SCALE_KEYS = (
     "data_aug_scales data_aug_max_size data_aug_scales2_resize data_aug_scales2_crop data_aug_scale_overlap "

@@ -21,6 +21,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from . import _build
+from .reference import ms_deform_attn_pytorch
 
 CHECKED_ON_FIRST_USE = ("cuda",)
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
@@ -69,8 +70,6 @@ def _inputs(value_heads: int, loc_heads: int, d: int):
 
 def _reference(value, shapes, starts, loc, attn, grad_out):
     """Output and gradients in fp64 on the CPU, the location heads repeated for the EMCA layout."""
-    from .functions.ms_deform_attn_func import ms_deform_attn_pytorch  # (imports backend, which imports us)
-
     k = value.shape[2] // loc.shape[2]
     leaves = [t.clone().requires_grad_() for t in (value, loc, attn)]
     out = ms_deform_attn_pytorch(leaves[0], shapes, starts, leaves[1].repeat(1, 1, k, 1, 1, 1),

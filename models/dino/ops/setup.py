@@ -21,7 +21,8 @@ try:
 except ImportError:
     # pip's build isolation hides the environment's torch; find it with a plain interpreter.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
-    site = subprocess.run([sys.executable, "-c", "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))"],
+    where = "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))"
+    site = subprocess.run([sys.executable, "-c", where],
                           capture_output=True, text=True, env=env).stdout.strip()
     if not site:
         sys.exit("msda setup.py: torch is needed to build; install it first, then "
