@@ -294,7 +294,7 @@ def build_run(args) -> Run:
     import datasets as datasets_mod
     from datasets.loaders import build_loaders, seed_all
     from models import build_model, select_msda_backend
-    from models.dino.backbone_weights import check_from_scratch
+    from models.common.backbones.weights import check_from_scratch
     from util import host_memory
 
     check_from_scratch(args)  # random weights in a frozen stem / FrozenBatchNorm2d: refused before anything runs
@@ -367,7 +367,7 @@ def _load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
     """Load ckpt['model']; when the tensors do not fit, say which config the checkpoint was trained
     with and how it differs from this run's (the full tensor list goes to info.txt)."""
     args = run.args
-    from models.dino.backbone_timm import convert_official_state  # an official DINO Swin/ConvNeXt file
+    from models.common.backbones.official_dino import convert_official_state  # an official DINO Swin/ConvNeXt file
     ckpt["model"], converted = convert_official_state(ckpt["model"], args.backbone, args.return_interm_indices)
     for line in converted:
         logging.getLogger("detr").info("%s: converted on load: %s", path, line)
@@ -384,7 +384,7 @@ def evaluate_once(run: Run) -> dict:
     args = run.args
     recorder = None
     if args.save_emca_weights:
-        from models.dino.emca_analysis import EmcaWeightRecorder
+        from models.dino.augdetr.emca_weights import EmcaWeightRecorder
         recorder = EmcaWeightRecorder(run.model_without_ddp, run.criterion.matcher)
     test_stats, _ = run.evaluate(emca_recorder=recorder)
     if recorder is not None:

@@ -16,7 +16,5 @@ def _seeded_global_rng():
 def tiny_swin_spec(monkeypatch):
     """swin_T_224_1k at the fixture's width (TINY_SWIN), so a whole DINO built in this test holds the
     fixture's backbone."""
-    from models.dino.backbone_timm import SPECS, Spec
-    spec = SPECS["swin_T_224_1k"]
-    monkeypatch.setitem(SPECS, "swin_T_224_1k", Spec(spec.family, spec.variant, dict(spec.kwargs, **TINY_SWIN),
-                                                     spec.file))
+    from models.common.backbones.table import BACKBONES
+    monkeypatch.setitem(BACKBONES, "swin_T_224_1k", BACKBONES["swin_T_224_1k"].resized(**TINY_SWIN))

@@ -2,7 +2,7 @@
 zeroed, one pure-PyTorch deformable-attention call per layer."""
 import torch.nn.functional as F
 
-from models.dino.emca import EncoderMixingAttention
+from models.dino.augdetr.emca import EncoderMixingAttention
 from models.dino.ops import ms_deform_attn_pytorch
 
 

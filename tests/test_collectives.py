@@ -82,7 +82,7 @@ def test_the_scanner_finds_direct_collectives(source, expected):
 
 def test_no_module_outside_util_dist_calls_torch_distributed_collectives():
     sources = project_sources()
-    assert os.path.join("models", "dino", "emca_analysis.py") in sources and len(sources) > 40
+    assert os.path.join("models", "dino", "augdetr", "emca_weights.py") in sources and len(sources) > 40
     found = {}
     for rel in sources:
         with open(os.path.join(ROOT, rel)) as f:
@@ -105,8 +105,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                       MASTER_PORT=str(port))
     import torchvision
 
-    from models.dino.backbone_weights import backbone_state
-    from models.dino.criterion import SetCriterion
+    from models.common.backbones.weights import backbone_state
+    from models.common.criterion import SetCriterion
     from util import dist as d
 
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)

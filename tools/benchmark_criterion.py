@@ -20,10 +20,10 @@ import torch
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from models.common.criterion import SetCriterion, build_weight_dict  # noqa: E402
+from models.common.matcher import build_matcher  # noqa: E402
 from models.dino.aligndetr import build_aligndetr_criterion  # noqa: E402
-from models.dino.criterion import SetCriterion, build_weight_dict  # noqa: E402
 from models.dino.dn_components import cdn_group_count  # noqa: E402
-from models.dino.matcher import build_matcher  # noqa: E402
 from util.config_schema import load_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -2,7 +2,7 @@
 
     python tools/convert_checkpoint.py IN.pth OUT.pth [-c CONFIG [--options K=V ...]] [--verify]
 
-Only the backbone's keys change (models/dino/backbone_timm.convert_official_state): DINO's
+Only the backbone's keys change (models/common/backbones/official_dino.convert_official_state): DINO's
 `backbone.0.<original Swin/ConvNeXt key>` become `backbone.0.body.<timm key>`, the output norms
 `backbone.0.norm{k}` stay, recomputed buffers (relative_position_index) are dropped. OUT holds
 {'model', 'args' (IN's, when it has them), 'converted_from'}, with this project's integrity digest;
@@ -34,7 +34,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
     """Convert; returns (and prints) the report lines."""
-    from models.dino.backbone_timm import convert_official_state
+    from models.common.backbones.official_dino import convert_official_state
     from util.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 
     opts = parse_args(argv)

@@ -66,11 +66,3 @@ def collate_fn(batch: List):
     """DataLoader collate: [(image, target), ...] -> (NestedTensor, tuple of targets)."""
     images, targets = zip(*batch)
     return nested_tensor_from_tensor_list(images), targets
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
-    """logit(x) with x clamped to [eps, 1 - eps] as DINO does (eps 1e-3 in its models)."""
-    x = x.clamp(min=0, max=1)
-    x1 = x.clamp(min=eps)
-    x2 = (1 - x).clamp(min=eps)
-    return torch.log(x1 / x2)

@@ -1,5 +1,5 @@
 # DINO 4-scale, Swin-L (384, ImageNet-22k), COCO: DINO_4scale.py with DINO's DINO_4scale_swin.py changes.
-# The backbone is timm's Swin with DINO's arithmetic (models/dino/backbone_timm.py). It starts from
+# The backbone is timm's Swin with DINO's arithmetic (models/common/backbones/timm_backbone.py). It starts from
 # swin_large_patch4_window12_384_22k.pth in backbone_dir; official DINO Swin checkpoints load with
 # --resume / --pretrain_model_path directly (converted on load) or after tools/convert_checkpoint.py.
 _base_ = ['DINO_4scale.py']

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
 
-from .criterion import SetCriterion, build_weight_dict
-from .matcher import HungarianMatcher
+from ..common.criterion import SetCriterion, build_weight_dict
+from ..common.matcher import HungarianMatcher
 
 # positives of one image in a one-to-k set never exceed this fraction of the queries
 MAX_POSITIVE_FRACTION = 0.5

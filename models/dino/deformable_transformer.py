@@ -9,11 +9,11 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .emca import EncoderMemories, EncoderMixingAttention
-from .hybrid_encoder import HybridEncoderLayer
+from .augdetr.emca import EncoderMemories, EncoderMixingAttention
+from .augdetr.hae import HybridEncoderLayer
 from .ops import MSDeformAttn
+from .query_selection import gen_encoder_output_proposals
 from .transformer_layers import DeformableDecoder, DeformableDecoderLayer, DeformableEncoder, DeformableEncoderLayer
-from .utils import gen_encoder_output_proposals
 
 
 class DeformableTransformer(nn.Module):

@@ -11,17 +11,17 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_convert
 
-from util.misc import NestedTensor, inverse_sigmoid, to_nested_tensor
+from util.misc import NestedTensor, to_nested_tensor
 
+from ..common.backbones import build_backbone
+from ..common.criterion import SetCriterion, build_weight_dict
+from ..common.layers import MLP, inverse_sigmoid
+from ..common.matcher import build_matcher
+from ..common.postprocess import PostProcess
 from .aligndetr import build_aligndetr_criterion
-from .backbone import build_backbone
-from .criterion import SetCriterion, build_weight_dict
 from .deformable_transformer import DeformableTransformer, build_deformable_transformer
 from .dn_components import dn_post_process, prepare_for_cdn
-from .matcher import build_matcher
-from .utils import MLP
 
 __all__ = ["DINO", "SetCriterion", "PostProcess", "build_dino"]
 
@@ -126,38 +126,6 @@ class DINO(nn.Module):
         out["interm_outputs_for_matching_pre"] = {"pred_logits": interm_logits, "pred_boxes": init_box_proposal}
         out["dn_meta"] = dn_meta
         return out
-
-
-class PostProcess(nn.Module):
-    """Top-k (query, class) pairs over all Q x K sigmoid scores, boxes scaled to image size.
-
-    A query may appear with several classes, as in DINO. nms_iou_threshold > 0 adds per-class NMS.
-    """
-
-    def __init__(self, num_select: int = 300, nms_iou_threshold: float = -1):
-        super().__init__()
-        self.num_select = num_select
-        self.nms_iou_threshold = nms_iou_threshold
-
-    @torch.no_grad()
-    def forward(self, outputs: Dict, target_sizes: Tensor) -> List[Dict[str, Tensor]]:
-        """target_sizes (B, 2) as (h, w) -> per image 'scores' (k,), 'labels' (k,), 'boxes' (k, 4) xyxy pixels."""
-        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        prob = logits.float().sigmoid().flatten(1)  # (B, Q*K)
-        k = min(self.num_select, prob.shape[1])
-        scores, idx = torch.topk(prob, k, dim=1)
-        query = torch.div(idx, logits.shape[2], rounding_mode="floor")
-        labels = idx % logits.shape[2]
-        xyxy = torch.gather(box_convert(boxes.float(), "cxcywh", "xyxy"), 1, query.unsqueeze(-1).expand(-1, -1, 4))
-        h, w = target_sizes.float().unbind(1)
-        xyxy = xyxy * torch.stack([w, h, w, h], 1)[:, None]
-        results = []
-        for s, lab, b in zip(scores, labels, xyxy):
-            if self.nms_iou_threshold > 0:
-                keep = batched_nms(b, s, lab, self.nms_iou_threshold)
-                s, lab, b = s[keep], lab[keep], b[keep]
-            results.append({"scores": s, "labels": lab, "boxes": b})
-        return results
 
 
 def build_dino(args):

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from util.misc import inverse_sigmoid
+from ..common.layers import inverse_sigmoid
 
 
 def cdn_group_count(dn_number: int, max_gt: int) -> int:

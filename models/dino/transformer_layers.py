@@ -9,10 +9,8 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
-from util.misc import inverse_sigmoid
-
+from ..common.layers import MLP, gen_sineembed_for_position, get_activation_fn, inverse_sigmoid
 from .ops import MSDeformAttn
-from .utils import MLP, gen_sineembed_for_position, get_activation_fn
 
 
 def with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:

@@ -166,7 +166,7 @@ def grad_norms(model: nn.Module) -> Dict[str, float]:
 
 def postprocess_summary(outputs: Dict, post, nms_iou: float) -> Dict[str, float]:
     """Top-k scores and boxes of PostProcess (with `nms_iou` > 0: per-class NMS) as sums per image."""
-    from models.dino.dino import PostProcess
+    from models.common.postprocess import PostProcess
     pp = PostProcess(post.num_select if nms_iou <= 0 else NMS_SELECT, nms_iou)
     results = pp(outputs, torch.tensor([[480, 640], [300, 400]]))
     out = {}

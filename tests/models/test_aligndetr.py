@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from models import build_model
+from models.common.criterion import SetCriterion
+from models.common.matcher import HungarianMatcher
 from models.dino.aligndetr import AlignDETRCriterion, OneToManyMatcher, capped_k, rank_weights
-from models.dino.criterion import SetCriterion
-from models.dino.matcher import HungarianMatcher
 from util.config_schema import load_config
 from util.slconfig import ConfigError
 

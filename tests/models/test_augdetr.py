@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from models import build_model
-from models.dino.emca import EncoderMixingAttention
-from models.dino.hybrid_encoder import HybridEncoderLayer
+from models.dino.augdetr.emca import EncoderMixingAttention
+from models.dino.augdetr.hae import HybridEncoderLayer
 
 from emca_reference import paper_loop
 from tiny_configs import MODEL, tiny_args, tiny_batch

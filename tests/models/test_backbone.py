@@ -14,8 +14,8 @@ import torchvision
 from PIL import Image
 
 import main
-from models.dino.backbone import build_backbone
-from models.dino.backbone_weights import BackboneWeightsError, check_from_scratch
+from models.common.backbones import build_backbone
+from models.common.backbones.weights import BackboneWeightsError, check_from_scratch
 
 from tiny_configs import tiny_args
 

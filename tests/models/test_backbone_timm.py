@@ -1,4 +1,4 @@
-"""Swin/ConvNeXt backbones (models/dino/backbone_timm.py): DINO's features, masks, freezing,
+"""Swin/ConvNeXt backbones (models/common/backbones/timm_backbone.py): DINO's features, masks, freezing,
 activation checkpointing, ImageNet files, and a tiny Swin DINO that trains and evaluates."""
 import json
 import os
@@ -9,9 +9,10 @@ import torch
 from timm.models import swin_transformer as timm_swin
 
 import main
-from models.dino import backbone_timm
-from models.dino.backbone_timm import TimmBackbone, convert_official_state
-from models.dino.backbone_weights import BackboneWeightsError
+from models.common.backbones import timm_backbone as backbone_timm
+from models.common.backbones.official_dino import convert_official_state
+from models.common.backbones.timm_backbone import TimmBackbone
+from models.common.backbones.weights import BackboneWeightsError
 from util.misc import NestedTensor
 
 from tiny_configs import RUN, TINY_SWIN, config_args, options
@@ -154,7 +155,7 @@ def test_imagenet_file_from_backbone_dir_or_path(tmp_path):
 
 
 def test_resnet_refuses_timm_only_keys():
-    from models.dino.backbone import build_backbone
+    from models.common.backbones import build_backbone
     with pytest.raises(ValueError, match="not backbone=resnet18; set use_checkpoint=False"):
         build_backbone(config_args(backbone="resnet18", use_checkpoint=True))
 
@@ -198,7 +199,7 @@ def _logs(folder):
 def test_random_swin_is_not_refused_for_resnet_only_keys(tmp_path):
     """backbone_weights=none with a Swin: the frozen-stem / FrozenBatchNorm2d checks concern ResNets only,
     a frozen backbone (lr_backbone <= 0) is still refused."""
-    from models.dino.backbone_weights import check_from_scratch
+    from models.common.backbones.weights import check_from_scratch
     args = main.build_args(["-c", "config/DINO/DINO_4scale_swin.py", "--output_dir", str(tmp_path),
                             "--options", "backbone_weights=none"])
     assert args.backbone_freeze_stem is True and args.batch_norm_type == "FrozenBatchNorm2d"

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from models.dino.criterion import SetCriterion
-from models.dino.matcher import HungarianMatcher
+from models.common.criterion import SetCriterion
+from models.common.matcher import HungarianMatcher
 
 BOXES = torch.tensor([[0.3, 0.4, 0.2, 0.2], [0.6, 0.6, 0.4, 0.2]])
 LABELS = torch.tensor([1, 2])

@@ -78,7 +78,7 @@ def test_backbone_weights_load_from_local_file(tmp_path):
 def test_postprocess_nms_removes_same_class_duplicates_only():
     """Per-class NMS: of two near-identical boxes of one class the lower-scored goes; the same box
     with another class and a distant box stay."""
-    from models.dino.dino import PostProcess
+    from models.common.postprocess import PostProcess
     logits = torch.full((1, 3, 3), -9.0)
     logits[0, 0, 1], logits[0, 1, 1], logits[0, 1, 2], logits[0, 2, 1] = 3.0, 2.0, 1.0, 0.0
     boxes = torch.tensor([[[0.30, 0.30, 0.2, 0.2], [0.31, 0.30, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1]]])

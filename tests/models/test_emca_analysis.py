@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from models import build_model
-from models.dino.emca_analysis import EmcaWeightRecorder
+from models.dino.augdetr.emca_weights import EmcaWeightRecorder
 
 from tiny_configs import tiny_args, tiny_batch
 

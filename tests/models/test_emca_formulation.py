@@ -8,7 +8,12 @@ where the sampled bias is scaled by less than the attention weight.
 import pytest
 import torch
 
-from models.dino.emca import FORMULATIONS, SAMPLE_FIRST_MIN_TOKENS_PER_POINT, EncoderMemories, EncoderMixingAttention
+from models.dino.augdetr.emca import (
+    FORMULATIONS,
+    SAMPLE_FIRST_MIN_TOKENS_PER_POINT,
+    EncoderMemories,
+    EncoderMixingAttention,
+)
 from models.dino.ops import ms_deform_attn, ms_deform_attn_pytorch, set_backend
 
 from emca_reference import paper_loop

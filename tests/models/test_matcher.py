@@ -1,6 +1,6 @@
 import torch
 
-from models.dino.matcher import HungarianMatcher, focal_class_cost
+from models.common.matcher import HungarianMatcher, focal_class_cost
 
 
 def logits_for(labels, num_queries, num_classes, good=6.0):

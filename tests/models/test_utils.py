@@ -2,8 +2,9 @@ import math
 
 import torch
 
-from models.dino.position_encoding import PositionEmbeddingSineHW
-from models.dino.utils import gen_encoder_output_proposals, gen_sineembed_for_position
+from models.common.layers import gen_sineembed_for_position
+from models.common.position_encoding import PositionEmbeddingSineHW
+from models.dino.query_selection import gen_encoder_output_proposals
 from util.misc import NestedTensor
 
 

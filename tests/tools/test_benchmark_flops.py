@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.dino.backbone_timm import SPECS, Spec
+from models.common.backbones.table import BACKBONES
 from tools import benchmark
 from tools.common import build_eval_model, count_parameters, tool_args
 
@@ -23,8 +23,7 @@ TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
 def tiny_timm_specs(monkeypatch):
     """swin_T_224_1k and convnext_tiny_1k at a tiny width, so whole DINOs build in a moment."""
     for name, small in (("swin_T_224_1k", TINY_SWIN), ("convnext_tiny_1k", TINY_CONVNEXT)):
-        spec = SPECS[name]
-        monkeypatch.setitem(SPECS, name, Spec(spec.family, spec.variant, dict(spec.kwargs, **small), spec.file))
+        monkeypatch.setitem(BACKBONES, name, BACKBONES[name].resized(**small))
 
 
 def real_count(args, h, w):

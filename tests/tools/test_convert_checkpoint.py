@@ -1,10 +1,11 @@
-"""tools/convert_checkpoint.py and models/dino/backbone_timm.convert_official_state."""
+"""tools/convert_checkpoint.py and models/common/backbones/official_dino.convert_official_state."""
 import os
 
 import pytest
 import torch
 
-from models.dino.backbone_timm import TimmBackbone, convert_official_state
+from models.common.backbones.official_dino import convert_official_state
+from models.common.backbones.timm_backbone import TimmBackbone
 from tools import convert_checkpoint
 from tools.common import ToolError
 from util.checkpoint import load_checkpoint, load_model_state
@@ -109,7 +110,7 @@ def test_convnext_official_keys_map_through_timms_filter():
 def test_convnext_imagenet_file_in_the_original_layout_loads(tmp_path):
     """An original ConvNeXt ImageNet file (downsample_layers / stages.i.j / dwconv / pwconv, final norm, head)
     loads into timm's ConvNeXt through timm's filter, every tensor in its place."""
-    from models.dino.backbone_timm import load_imagenet
+    from models.common.backbones.timm_backbone import load_imagenet
     tiny = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
     torch.manual_seed(0)
     ref = TimmBackbone("convnext_tiny_1k", [1, 2, 3], overrides=tiny)

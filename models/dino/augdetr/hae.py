@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .transformer_layers import DeformableEncoderLayer, with_pos
+from ..transformer_layers import DeformableEncoderLayer, with_pos
 
 
 class HybridEncoderLayer(DeformableEncoderLayer):

@@ -1,6 +1,6 @@
 """ResNet backbone (torchvision) returning multi-scale features with padding masks.
 
-Initial weights come from the config key `backbone_weights` (see backbone_weights.py): torchvision's
+Initial weights come from the config key `backbone_weights` (see weights.py): torchvision's
 ImageNet weights through torch.hub's cache by default (DINO_4scale/5scale), a local .pth, or none.
 """
 from typing import Dict, List, Optional, Sequence
@@ -14,10 +14,9 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from util.misc import NestedTensor
 
-from .backbone_weights import backbone_state, load_into
-from .position_encoding import build_position_encoding
+from .table import STAGE_STRIDES, backbone_spec
+from .weights import load_into
 
-_RESNET_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
 _NORM_LAYERS = {"FrozenBatchNorm2d": FrozenBatchNorm2d, "BatchNorm2d": nn.BatchNorm2d}
 
 
@@ -34,8 +33,9 @@ class Backbone(nn.Module):
                  norm_layer: str = "FrozenBatchNorm2d", state_dict: Optional[Dict[str, torch.Tensor]] = None,
                  freeze_stem: bool = True, source: str = "state_dict"):
         super().__init__()
-        if name not in _RESNET_CHANNELS:
-            raise ValueError(f"backbone={name!r} is not one of {sorted(_RESNET_CHANNELS)}")
+        spec = backbone_spec(name)
+        if spec.family != "resnet":
+            raise ValueError(f"backbone={name!r} is a {spec.family}, not a ResNet")
         if norm_layer not in _NORM_LAYERS:
             raise ValueError(f"batch_norm_type={norm_layer!r} is not one of {sorted(_NORM_LAYERS)}")
         resnet = getattr(torchvision.models, name)(weights=None, replace_stride_with_dilation=[False, False, dilation],
@@ -46,11 +46,10 @@ class Backbone(nn.Module):
             in_stem = not any(s in pname for s in ("layer2", "layer3", "layer4"))
             if not train_backbone or (freeze_stem and in_stem):
                 p.requires_grad_(False)
-        last = _RESNET_CHANNELS[name]
         return_layers = {f"layer{i + 1}": str(k) for k, i in enumerate(return_interm_indices)}
         self.body = IntermediateLayerGetter(resnet, return_layers=return_layers)
-        self.num_channels: List[int] = [last // 2 ** (3 - i) for i in return_interm_indices]
-        self.strides: List[int] = [2 ** (i + 2) for i in return_interm_indices]
+        self.num_channels: List[int] = spec.stage_channels(return_interm_indices)
+        self.strides: List[int] = [STAGE_STRIDES[i] for i in return_interm_indices]
 
     def forward(self, tensor_list: NestedTensor) -> Dict[str, NestedTensor]:
         out = {}
@@ -58,35 +57,3 @@ class Backbone(nn.Module):
             mask = F.interpolate(tensor_list.mask[None].float(), size=x.shape[-2:]).to(torch.bool)[0]
             out[name] = NestedTensor(x, mask)
         return out
-
-
-class Joiner(nn.Sequential):
-    """backbone (index 0) followed by the position encoding (index 1), as DINO names them."""
-
-    def __init__(self, backbone: Backbone, position_embedding: nn.Module):
-        super().__init__(backbone, position_embedding)
-        self.num_channels = backbone.num_channels
-        self.strides = backbone.strides
-
-    def forward(self, tensor_list: NestedTensor):
-        """-> list of NestedTensor features (fine to coarse), list of (B, C, H, W) position encodings."""
-        features = list(self[0](tensor_list).values())
-        pos = [self[1](f).to(f.tensors.dtype) for f in features]
-        return features, pos
-
-
-def build_backbone(args) -> Joiner:
-    """The ResNet named by args.backbone, initialised from args.backbone_weights, plus positions
-    (Swin/ConvNeXt: models/dino/backbone_timm.py)."""
-    if args.backbone not in _RESNET_CHANNELS:
-        from .backbone_timm import build_timm_backbone  # imports timm only for these backbones
-        return Joiner(build_timm_backbone(args), build_position_encoding(args))
-    if args.use_checkpoint or args.backbone_freeze_keywords:
-        raise ValueError(f"use_checkpoint / backbone_freeze_keywords are implemented for the Swin/ConvNeXt "
-                         f"backbones, not backbone={args.backbone}; set use_checkpoint=False and "
-                         f"backbone_freeze_keywords=None")
-    state = backbone_state(args.backbone_weights, args.backbone)
-    backbone = Backbone(args.backbone, args.lr_backbone > 0, args.dilation, args.return_interm_indices,
-                        norm_layer=args.batch_norm_type, state_dict=state, freeze_stem=args.backbone_freeze_stem,
-                        source=str(args.backbone_weights))
-    return Joiner(backbone, build_position_encoding(args))

@@ -4,7 +4,7 @@ Layout of the parameters (what a checkpoint of this project holds under `backbon
   body.<timm key>   the timm model (classifier head and final norm pruned), e.g. body.layers.1.downsample...
   norm{k}.*         one LayerNorm per returned stage k (DINO's per-output norms, DINO's names)
 Official DINO checkpoints name the Swin/ConvNeXt keys as the original implementations do, directly
-under `backbone.0.`; `convert_official_state` maps them (tools/convert_checkpoint.py, and main.py on load).
+under `backbone.0.`; official_dino.convert_official_state maps them (on load, and convert_checkpoint.py).
 
 Swin follows DINO's arithmetic exactly: any input size (timm's dynamic size and patch padding), the
 window never clipped to the feature size (always_partition), and in each block the features are padded
@@ -12,12 +12,15 @@ to whole windows BEFORE the cyclic shift. timm rolls first and pads after, which
 (by 0.4-1.7 on random weights) whenever a stage is not a multiple of the window. `_PadFirstSwinBlock`
 replaces timm's `SwinTransformerBlock._attn`, a method below timm's public API, so timm is pinned
 (PINNED_TIMM; tests/models/test_backbone_timm.py checks it and the equality with DINO's outputs).
+timm's public API cannot give this order: its block pads inside `_attn`, after the shift, and padding
+the block's input instead pads before `norm1`, so the padded tokens would enter the window attention
+(as keys and values) as the LayerNorm's bias rather than DINO's zeros, which changes every feature
+next to the padding.
 """
 import os
 import re
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import timm
 import torch
@@ -29,61 +32,18 @@ from torch import nn
 
 from util.misc import NestedTensor
 
-from .backbone_weights import BackboneWeightsError, is_none, read_state_file
+from .table import STAGE_STRIDES, BackboneSpec, backbone_spec
+from .weights import BackboneWeightsError, is_none, read_state_file
 
 PINNED_TIMM = "1.0.31"  # _PadFirstSwinBlock depends on SwinTransformerBlock internals of this release
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One backbone: its timm family and variant, the constructor values, DINO's ImageNet file name."""
-    family: str  # 'swin' | 'convnext'
-    variant: str  # timm model name (only its architecture is used; no download)
-    kwargs: Dict = field(default_factory=dict)
-    file: str = ""  # ImageNet weights, read from backbone_dir
-
-
-def _swin(variant, embed_dim, depths, heads, window, img, file):
-    return Spec("swin", variant, dict(embed_dim=embed_dim, depths=depths, num_heads=heads, window_size=window,
-                                      img_size=img), file)
-
-
-def _convnext(variant, depths, dims, file):
-    return Spec("convnext", variant, dict(depths=depths, dims=dims), file)
-
-
-# DINO's names and values (models/dino/swin_transformer.py, convnext.py); Swin-S and the smaller
-# ConvNeXts are not in DINO, named the same way, with the file names the original releases use.
-SPECS: Dict[str, Spec] = {
-    "swin_T_224_1k": _swin("swin_tiny_patch4_window7_224", 96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224,
-                           "swin_tiny_patch4_window7_224.pth"),
-    "swin_S_224_1k": _swin("swin_small_patch4_window7_224", 96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 224,
-                           "swin_small_patch4_window7_224.pth"),
-    "swin_B_224_22k": _swin("swin_base_patch4_window7_224", 128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 224,
-                            "swin_base_patch4_window7_224_22k.pth"),
-    "swin_B_384_22k": _swin("swin_base_patch4_window12_384", 128, (2, 2, 18, 2), (4, 8, 16, 32), 12, 384,
-                            "swin_base_patch4_window12_384.pth"),
-    "swin_L_224_22k": _swin("swin_large_patch4_window7_224", 192, (2, 2, 18, 2), (6, 12, 24, 48), 7, 224,
-                            "swin_large_patch4_window7_224_22k.pth"),
-    "swin_L_384_22k": _swin("swin_large_patch4_window12_384", 192, (2, 2, 18, 2), (6, 12, 24, 48), 12, 384,
-                            "swin_large_patch4_window12_384_22k.pth"),
-    "convnext_tiny_1k": _convnext("convnext_tiny", (3, 3, 9, 3), (96, 192, 384, 768), "convnext_tiny_1k_224_ema.pth"),
-    "convnext_small_1k": _convnext("convnext_small", (3, 3, 27, 3), (96, 192, 384, 768),
-                                   "convnext_small_1k_224_ema.pth"),
-    "convnext_base_22k": _convnext("convnext_base", (3, 3, 27, 3), (128, 256, 512, 1024), "convnext_base_22k_224.pth"),
-    "convnext_large_22k": _convnext("convnext_large", (3, 3, 27, 3), (192, 384, 768, 1536),
-                                    "convnext_large_22k_224.pth"),
-    "convnext_xlarge_22k": _convnext("convnext_xlarge", (3, 3, 27, 3), (256, 512, 1024, 2048),
-                                     "convnext_xlarge_22k_224.pth"),
-}
 SWIN_DROP_PATH = 0.2  # DINO's SwinTransformer default (its configs do not change it); ConvNeXt: 0 as in DINO
 
 
 def check_timm_version() -> None:
     """Refuse another timm release: the pad-before-shift block is checked against PINNED_TIMM only."""
     if timm.__version__ != PINNED_TIMM:
-        raise RuntimeError(f"timm {timm.__version__} is installed, but models/dino/backbone_timm.py replaces an "
-                           f"internal of timm {PINNED_TIMM}; run `pip install timm=={PINNED_TIMM}`")
+        raise RuntimeError(f"timm {timm.__version__} is installed, but models/common/backbones/timm_backbone.py "
+                           f"replaces an internal of timm {PINNED_TIMM}; run `pip install timm=={PINNED_TIMM}`")
 
 
 class _PadFirstSwinBlock(timm_swin.SwinTransformerBlock):
@@ -106,14 +66,14 @@ class _PadFirstSwinBlock(timm_swin.SwinTransformerBlock):
         return x[:, :H, :W, :].contiguous()
 
 
-def _make_body(spec: Spec, overrides: Optional[Dict] = None, device=None) -> nn.Module:
+def _make_body(spec: BackboneSpec, overrides: Optional[Dict] = None, device=None) -> nn.Module:
     """The timm model of `spec` (overrides: constructor values, e.g. a tiny width in tests)."""
-    kwargs = dict(spec.kwargs, **(overrides or {}))
+    kwargs = dict(spec.timm_kwargs, **(overrides or {}))
     if spec.family == "swin":
         kwargs = dict(dict(drop_path_rate=SWIN_DROP_PATH), **kwargs)
         kwargs.update(strict_img_size=False, always_partition=True,
                       embed_layer=partial(PatchEmbed, dynamic_img_pad=True))
-    return timm.create_model(spec.variant, pretrained=False, num_classes=0, device=device, **kwargs)
+    return timm.create_model(spec.timm_variant, pretrained=False, num_classes=0, device=device, **kwargs)
 
 
 class TimmBackbone(nn.Module):
@@ -129,10 +89,10 @@ class TimmBackbone(nn.Module):
                  freeze_keywords: Optional[Sequence[str]] = None, use_checkpoint: bool = False,
                  overrides: Optional[Dict] = None, device=None):
         super().__init__()
-        if name not in SPECS:
-            raise ValueError(f"backbone={name!r} is not one of {sorted(SPECS)}")
+        self.spec = backbone_spec(name)
+        if self.spec.family not in ("swin", "convnext"):
+            raise ValueError(f"backbone={name!r} is a {self.spec.family}, not a Swin or ConvNeXt")
         check_timm_version()
-        self.spec = SPECS[name]
         self.indices = sorted(return_interm_indices)
         body = _make_body(self.spec, overrides, device)
         body.prune_intermediate_layers(self.indices, prune_norm=True, prune_head=True)
@@ -148,7 +108,7 @@ class TimmBackbone(nn.Module):
                 LayerNorm2d(chans[k], eps=1e-6, device=device)
             self.add_module(f"norm{k}", norm)
         self.num_channels: List[int] = [chans[k] for k in self.indices]
-        self.strides: List[int] = [2 ** (k + 2) for k in self.indices]
+        self.strides: List[int] = [STAGE_STRIDES[k] for k in self.indices]
         for pname, p in self.named_parameters():
             if not train_backbone or any(word in pname for word in freeze_keywords or ()):
                 p.requires_grad_(False)
@@ -176,7 +136,7 @@ class TimmBackbone(nn.Module):
 
 # ---- weights ------------------------------------------------------------------------------------
 
-def _body_keys_from_original(family: str, state: Dict[str, torch.Tensor],
+def body_keys_from_original(family: str, state: Dict[str, torch.Tensor],
                              body: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
     """Keys of the original Swin/ConvNeXt implementations (ImageNet files, DINO's backbone) -> timm's.
 
@@ -198,17 +158,17 @@ def _body_keys_from_original(family: str, state: Dict[str, torch.Tensor],
 def imagenet_file(args) -> Optional[str]:
     """The ImageNet file a timm backbone starts from: backbone_weights when it is a path, else DINO's
     file name in backbone_dir; None = random (backbone_weights none)."""
-    spec, weights = SPECS[args.backbone], args.backbone_weights
+    spec, weights = backbone_spec(args.backbone), args.backbone_weights
     if is_none(weights):
         return None
     if isinstance(weights, str) and (os.sep in weights or weights.endswith(".pth") or os.path.isfile(weights)):
         return os.path.expanduser(weights)
     if args.backbone_dir is None:
         raise BackboneWeightsError(
-            f"backbone={args.backbone} starts from its ImageNet file {spec.file}, but backbone_dir is not set: "
-            f"pass --options backbone_dir=/folder/with/{spec.file} (or backbone_weights=/path/to/file.pth, or "
+            f"backbone={args.backbone} starts from its ImageNet file {spec.imagenet}, but backbone_dir is not set: "
+            f"pass --options backbone_dir=/folder/with/{spec.imagenet} (or backbone_weights=/path/to/file.pth, or "
             f"backbone_weights=none when --resume or --pretrain_model_path gives every weight)")
-    return os.path.join(os.path.expanduser(args.backbone_dir), spec.file)
+    return os.path.join(os.path.expanduser(args.backbone_dir), spec.imagenet)
 
 
 def load_imagenet(backbone: TimmBackbone, path: str) -> None:
@@ -217,15 +177,16 @@ def load_imagenet(backbone: TimmBackbone, path: str) -> None:
     state = read_state_file(path)
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "norm.", "head_norm."))}
     if "layers.0.downsample.reduction.weight" in state or "downsample_layers.0.0.weight" in state:
-        state = _body_keys_from_original(backbone.spec.family, state, backbone.body)
+        state = body_keys_from_original(backbone.spec.family, state, backbone.body)
     own = backbone.body.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(k for k in state if k not in own)
     bad = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or bad:
-        raise BackboneWeightsError(f"backbone_weights file {path!r} does not fit backbone {backbone.spec.variant}: "
-                                   f"missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {bad[:3]}; "
-                                   f"pass the ImageNet file of the same model ({backbone.spec.file})")
+        raise BackboneWeightsError(f"backbone_weights file {path!r} does not fit backbone "
+                                   f"{backbone.spec.timm_variant}: missing {missing[:3]}, unexpected "
+                                   f"{unexpected[:3]}, other shapes {bad[:3]}; "
+                                   f"pass the ImageNet file of the same model ({backbone.spec.imagenet})")
     backbone.body.load_state_dict({k: state[k] for k in own})
 
 
@@ -240,70 +201,7 @@ def build_timm_backbone(args) -> TimmBackbone:
     if path is not None:
         if not os.path.isfile(path):
             raise BackboneWeightsError(f"backbone={args.backbone}: ImageNet file {path!r} does not exist; put "
-                                       f"{SPECS[args.backbone].file} there, or pass backbone_weights=/path/to/file.pth "
-                                       f"or backbone_weights=none")
+                                       f"{backbone_spec(args.backbone).imagenet} there, or pass "
+                                       f"backbone_weights=/path/to/file.pth or backbone_weights=none")
         load_imagenet(backbone, path)
     return backbone
-
-
-# ---- official DINO checkpoints ------------------------------------------------------------------
-
-PREFIX = "backbone.0."
-
-
-def official_family(state: Dict[str, torch.Tensor]) -> Optional[str]:
-    """'swin' / 'convnext' when `state` is an official DINO model state with that backbone, else None
-    (this project's layout, or a ResNet, whose keys DINO and this project name alike)."""
-    if any(k.startswith(PREFIX + "body.") for k in state):
-        return None
-    if PREFIX + "layers.0.blocks.0.attn.qkv.weight" in state:
-        return "swin"
-    if PREFIX + "downsample_layers.0.0.weight" in state:
-        return "convnext"
-    return None
-
-
-def convert_official_state(state: Dict[str, torch.Tensor], backbone: Optional[str] = None,
-                           return_interm_indices: Optional[Sequence[int]] = None
-                           ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """An official DINO model state -> this project's layout, and lines saying what was converted.
-
-    Only `backbone.0.*` changes (everything else is named alike). Swin needs nothing else; ConvNeXt needs
-    `backbone` (timm's filter reads the model's shapes) and `return_interm_indices`: DINO builds norm0..norm3
-    whatever it returns, the norms of stages not returned are dropped. A state that is not official is
-    returned as it is with no lines (a ResNet checkpoint converts to itself).
-    """
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-    family = official_family(state)
-    if family is None:
-        return state, []
-    inner = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
-    norms = {k: v for k, v in inner.items() if re.fullmatch(r"norm\d\.(weight|bias)", k)}
-    body = {k: v for k, v in inner.items() if k not in norms}
-    dropped = []
-    if family == "convnext":
-        if backbone not in SPECS or return_interm_indices is None:
-            raise ValueError("an official DINO ConvNeXt checkpoint converts with the config it was trained with: "
-                             "give its backbone and return_interm_indices (convert_checkpoint.py -c CONFIG)")
-        keep = {f"norm{k}." for k in return_interm_indices}
-        dropped = [k for k in norms if not k.startswith(tuple(keep))]
-        norms = {k: v for k, v in norms.items() if k not in dropped}
-        meta = TimmBackbone(backbone, return_interm_indices, device="meta")
-        body = {k: v for k, v in body.items() if not k.startswith("norm.")}
-        dropped += [k for k in inner if k.startswith("patch_embed.")]
-        new_body = _body_keys_from_original(family, body, meta.body)
-    else:
-        dropped = [k for k in body if k.endswith(("relative_position_index", "attn_mask"))]
-        new_body = _body_keys_from_original(family, body)
-    out = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
-    out.update({PREFIX + "body." + k: v for k, v in new_body.items()})
-    out.update({PREFIX + k: v for k, v in norms.items()})
-    lines = [f"official DINO {family} backbone: {len(new_body)} tensors renamed to {PREFIX}body.<timm key>, "
-             f"{len({k.split('.')[0] for k in norms})} output norms kept as {PREFIX}norm<k>, {len(dropped)} dropped "
-             f"({_summary(dropped)})"]
-    return out, lines
-
-
-def _summary(keys: List[str]) -> str:
-    kinds = sorted({k.split(".")[-1] if "relative_position_index" in k else k.split(".")[0] for k in keys})
-    return ", ".join(kinds) or "none"

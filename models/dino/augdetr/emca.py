@@ -39,7 +39,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .ops import MSDeformAttn, ms_deform_attn
+from ..ops import MSDeformAttn, ms_deform_attn
 
 # a level is sampled first when it has at least this many tokens per sampling point of one
 # head on it (S_l >= ratio * Lq * P); see EncoderMixingAttention.sample_first_levels

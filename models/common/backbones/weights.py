@@ -22,6 +22,8 @@ from torch import nn
 from util import dist as dist_utils
 from util.slconfig import ConfigError
 
+from .table import backbone_spec
+
 FILE_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt")
 
 
@@ -149,7 +151,7 @@ def check_from_scratch(args) -> None:
     """
     if not is_none(args.backbone_weights) or args.eval or args.resume or args.pretrain_model_path:
         return
-    resnet = args.backbone.startswith("resnet")  # the stem and batch-norm keys concern ResNets only
+    resnet = backbone_spec(args.backbone).family == "resnet"  # the stem and batch-norm keys concern ResNets only
     frozen = [s for s, bad in (("backbone_freeze_stem=True", resnet and args.backbone_freeze_stem),
                                ("batch_norm_type='FrozenBatchNorm2d'",
                                 resnet and args.batch_norm_type == "FrozenBatchNorm2d"),
