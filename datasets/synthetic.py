@@ -33,6 +33,11 @@ MAX_OVERLAP = 0.15  # intersection / smaller box area
 JPEG_QUALITY = 90
 
 
+# the config file that sets the synthetic_* keys' defaults (the command line below uses them)
+DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "DINO",
+                             "DINO_4scale.py")
+
+
 def _shape_mask(kind: str, w: int, h: int, flip: bool) -> Image.Image:
     """An 'L' mask (w x h) with the shape drawn in 255."""
     mask = Image.new("L", (w, h), 0)
@@ -209,8 +214,8 @@ def ensure_synthetic_dataset(root: str, num_train: int, num_val: int, image_size
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    from util.config_schema import project_defaults
-    cfg = project_defaults()  # the synthetic_* keys' defaults
+    from util.slconfig import SLConfig
+    cfg = SLConfig.fromfile(DEFAULTS_FILE).to_dict()  # the synthetic_* keys' defaults
     p = argparse.ArgumentParser(description="Write the synthetic shapes dataset in COCO layout.")
     p.add_argument("--out", required=True, help="output folder (train2017/, val2017/, annotations/)")
     p.add_argument("--num-train", type=int, default=cfg["synthetic_num_train"], help="train images")

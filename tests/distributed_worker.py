@@ -3,7 +3,7 @@
 Usage: python -m torch.distributed.run --nproc_per_node=2 tests/distributed_worker.py REPORT_DIR -- MAIN_ARGS...
 
 Runs main.main(main.build_args(MAIN_ARGS)) unchanged. Training is observed by wrapping
-engine.train_one_epoch (test-only code, nothing in main.py or engine.py knows about it):
+engine.training.train_one_epoch (test-only code, nothing in main.py or engine/ knows about it):
 after every epoch, while the process group is still up, each rank hashes its
 parameters and the indices of the images it was given, all-gathers both, and writes
 REPORT_DIR/rank<R>.json. main.py itself writes nothing extra.
@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import engine  # noqa: E402
 import main  # noqa: E402
+from engine import training  # noqa: E402
 from util import dist as dist_utils  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def param_digest(model: torch.nn.Module) -> str:
 
 
 def run(report_dir: str, argv) -> None:
-    real_train = engine.train_one_epoch
+    real_train = training.train_one_epoch
     epochs = []
 
     def observed(model, criterion, data_loader, *a, **kw):
@@ -44,7 +44,7 @@ def run(report_dir: str, argv) -> None:
                        "all": dist_utils.all_gather_object(mine), "loss": stats["loss"]})
         return stats
 
-    engine.train_one_epoch = observed
+    training.train_one_epoch = observed
     stats = main.main(main.build_args(argv))
     os.makedirs(report_dir, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))

@@ -198,8 +198,11 @@ def test_output_dir_patterns(tmp_path, synthetic_dir, monkeypatch):
 
 
 def test_flag_and_environment_errors(monkeypatch):
-    with pytest.raises(main.ConfigError, match="--save_emca_weights .* add --eval and --use_emca"):
+    with pytest.raises(main.ConfigError, match="--save_emca_weights .* the model must use EMCA .*add --use_emca"):
         main.build_args(["--eval", "--save_emca_weights"])
+    with pytest.raises(main.ConfigError, match="--save_emca_weights records during an evaluation: add --eval"):
+        main.build_args(["--use_emca", "--save_emca_weights"])
+    assert main.build_args(["--eval", "--use_emca", "--save_emca_weights"]).save_emca_weights
     monkeypatch.setenv("MSDA_BACKEND", "bogus")
     with pytest.raises(main.ConfigError, match="MSDA_BACKEND='bogus' is not one of auto, compiled, pytorch"):
         main.build_args([])
@@ -210,7 +213,7 @@ def test_mismatched_checkpoint_is_clear_error(tmp_path, resumed_run, synthetic_d
     capsys.readouterr()
     with pytest.raises(main.CheckpointError, match=r"does not fit this model: it was trained with "
                        r"config/DINO/DINO_synthetic.py, this run uses config/DINO/DINO_synthetic.py; differing keys: "
-                       r"hidden_dim=64 \(now 32\), [^;]*; \d+ tensors have other shapes; "
+                       r"hidden_dim=64 \(now 32\); \d+ tensors have other shapes; "
                        r"use -c config/DINO/DINO_synthetic.py with the same --options") as info:
         main.main(tiny_args(tmp_path, synthetic_dir, "--eval", "--resume", str(out / "checkpoint.pth"),
                             options=["hidden_dim=32"]))

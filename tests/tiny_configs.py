@@ -42,8 +42,8 @@ def options(base: Dict[str, Any] = RUN, **overrides) -> List[str]:
 
 def config_args(config: str = "DINO_4scale.py", **overrides) -> argparse.Namespace:
     """Every key of config/DINO/<config> as a namespace, with `overrides` applied."""
+    from engine.config import load_config
     from models import select_msda_backend
-    from util.config_schema import load_config
 
     # checked like main.build_args does; no model test reaches torch.hub (tests/models/test_backbone.py fakes it)
     cfg = load_config(os.path.join(ROOT, "config", "DINO", config), dict({"backbone_weights": None}, **overrides))

@@ -38,9 +38,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.common import build_eval_model, count_parameters, tool_args  # noqa: E402
+from tools.common import add_model_arguments, build_eval_model, config_flags, count_parameters, tool_args  # noqa: E402,E501
 
-VARIANTS = {"dino": (False, False), "hae": (True, False), "emca": (False, True), "augdetr": (True, True)}
+# --train-step's variants: the config-key flags each adds to the config
+VARIANTS = {"dino": {}, "hae": {"use_hae": True}, "emca": {"use_emca": True},
+            "augdetr": {"use_hae": True, "use_emca": True}}
 TRAIN_STEP_DEFAULTS = dict(config="config/DINO/DINO_4scale.py", image_size=(320, 480), repeats=3, boxes=5)
 
 
@@ -61,8 +63,8 @@ def flop_mapping() -> Dict:
     """FlopCounterMode's custom formulas. The msda backend is resolved first: the compiled library
     defines torch.ops.msda only once loaded, and a mapping made before that (the first count in a
     process with the auto backend) silently left the deformable attention out."""
-    from models.dino.ops import backend_info
-    backend_info()  # resolves (and loads, or JIT-builds) the backend of each visible device
+    from models import msda_backend_info
+    msda_backend_info()  # resolves (and loads, or JIT-builds) the backend of each visible device
     mapping = {torch.ops.aten.grid_sampler_2d: grid_sample_flops}
     try:
         mapping[torch.ops.msda.ms_deform_attn_forward] = msda_op_flops
@@ -178,18 +180,19 @@ def measure_fps(model: torch.nn.Module, images: torch.Tensor, warmup: int, runs:
 
 
 def run_inference(opts) -> Dict:
-    args = tool_args(opts.config_file, opts.options, opts.use_hae, opts.use_emca, opts.device)
+    args = tool_args(opts.config_file, opts.options, opts.device, config_flags(opts))
     model, _ = build_eval_model(args)
     device = torch.device(args.device)
     images, _ = dummy_batch(*opts.image_size, 1, device)
     trainable, total = count_parameters(model)
     gflops = count_gflops(model, images)
     fps = measure_fps(model, images, opts.warmup, opts.runs)
-    from models.dino.ops import backend_info
-    res = {"config": opts.config_file, "use_hae": bool(opts.use_hae), "use_emca": bool(opts.use_emca),
+    from models import msda_backend_info
+    res = {"config": opts.config_file, "use_hae": bool(vars(args).get("use_hae")),
+           "use_emca": bool(vars(args).get("use_emca")),
            "image_size": list(opts.image_size), "device": str(device), "params_trainable": trainable,
            "params_total": total, "gflops": gflops, "fps": fps,
-           "msda_backend": backend_info()[device.type]["backend"]}
+           "msda_backend": msda_backend_info()[device.type]["backend"]}
     print(f"config {opts.config_file}  hae={res['use_hae']} emca={res['use_emca']}  image {opts.image_size[0]}x"
           f"{opts.image_size[1]}  device {device} (msda backend {res['msda_backend']})")
     print(f"parameters: {trainable / 1e6:.2f}M trainable, {total / 1e6:.2f}M total")
@@ -201,15 +204,15 @@ def run_inference(opts) -> Dict:
 def run_flops_only(opts):
     """Parameters and GFLOPs counted on fake tensors: one result dict, or with --backbones a list
     (one per backbone, the config's other keys unchanged) and a markdown table."""
-    from models.dino.ops import backend_info
+    from models import msda_backend_info
     h, w = opts.image_size
     rows = []
     for name in opts.backbones or [None]:
-        extra = [] if name is None else [f"backbone={name}"]
-        args = tool_args(opts.config_file, [*(opts.options or []), *extra], opts.use_hae, opts.use_emca, opts.device)
-        res = {"config": opts.config_file, "backbone": args.backbone, "use_hae": bool(opts.use_hae),
-               "use_emca": bool(opts.use_emca), "image_size": [h, w], "device": args.device,
-               **count_gflops_fake(args, h, w), "msda_backend": backend_info()[args.device]["backend"]}
+        options = dict(opts.options or {}, **({} if name is None else {"backbone": name}))
+        args = tool_args(opts.config_file, options, opts.device, config_flags(opts))
+        res = {"config": opts.config_file, "backbone": args.backbone, "use_hae": bool(vars(args).get("use_hae")),
+               "use_emca": bool(vars(args).get("use_emca")), "image_size": [h, w], "device": args.device,
+               **count_gflops_fake(args, h, w), "msda_backend": msda_backend_info()[args.device]["backend"]}
         rows.append(res)
     r = rows[0]
     print(f"config {opts.config_file}  hae={r['use_hae']} emca={r['use_emca']}  image {h}x{w}  device {r['device']} "
@@ -252,8 +255,7 @@ def make_train_step(name: str, opts, device: torch.device, h: int, w: int):
     """Build one variant and return (step function, model)."""
     from engine import total_loss
     from models import build_model
-    use_hae, use_emca = VARIANTS[name]
-    args = tool_args(opts.config_file, opts.options, use_hae, use_emca, opts.device)
+    args = tool_args(opts.config_file, opts.options, opts.device, dict(config_flags(opts), **VARIANTS[name]))
     torch.manual_seed(0)
     model, criterion, _ = build_model(args)
     model.to(device).train()
@@ -308,14 +310,10 @@ def run_train_step(opts) -> List[Dict]:
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config_file", default=None,
-                   help="config (default: DINO_synthetic.py for inference, DINO_4scale.py for --train-step)")
-    p.add_argument("--options", nargs="+", default=None, metavar="KEY=VALUE", help="config overrides as in main.py")
-    p.add_argument("--use_hae", action="store_true", help="AugDETR Hybrid Attention Encoder")
-    p.add_argument("--use_emca", action="store_true", help="AugDETR Encoder-Mixing Cross-Attention")
+    add_model_arguments(p, config_help="config (default: DINO_synthetic.py for inference, DINO_4scale.py for "
+                                       "--train-step)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="input size (default 800 1333 for inference, 320 480 for --train-step)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
     p.add_argument("--runs", type=int, default=10, help="timed inference runs (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
     p.add_argument("--msda-backend", default=None, choices=["auto", "compiled", "pytorch"],
@@ -335,12 +333,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None):
     opts = get_parser().parse_args(argv)
-    if opts.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("benchmark.py: error: --device cuda but no CUDA device is visible; use --device cpu")
     if opts.runs < 1 or opts.repeats < 1:
         sys.exit("benchmark.py: error: --runs and --repeats must be >= 1")
     if opts.msda_backend:  # a config key: the model builder applies it
-        opts.options = [*(opts.options or []), f"msda_backend={opts.msda_backend}"]
+        opts.options = dict(opts.options or {}, msda_backend=opts.msda_backend)
     if opts.backbones is not None:
         opts.backbones = [b.strip() for b in opts.backbones.split(",") if b.strip()]
         if not opts.flops_only or not opts.backbones or opts.train_step:

@@ -20,11 +20,8 @@ import torch
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models.common.criterion import SetCriterion, build_weight_dict  # noqa: E402
-from models.common.matcher import build_matcher  # noqa: E402
-from models.dino.aligndetr import build_aligndetr_criterion  # noqa: E402
-from models.dino.dn_components import cdn_group_count  # noqa: E402
-from util.config_schema import load_config  # noqa: E402
+from models import build_criterion, dn_group_count  # noqa: E402
+from tools.common import tool_args  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +40,7 @@ def random_outputs(args, batch: int, num_gt: int, seed: int = 0):
     out = random_set(batch, q, k, g)
     out["aux_outputs"] = [random_set(batch, q, k, g) for _ in range(args.dec_layers - 1)]
     out["interm_outputs"] = random_set(batch, q, k, g)
-    groups = cdn_group_count(args.dn_number, num_gt)
+    groups = dn_group_count(args.dn_number, num_gt)
     pad = 2 * num_gt * groups
     known = random_set(batch, pad, k, g)
     known["aux_outputs"] = [random_set(batch, pad, k, g) for _ in range(args.dec_layers - 1)]
@@ -89,10 +86,10 @@ def run(argv: List[str] = None) -> Dict[str, Dict[str, float]]:
     a = p.parse_args(argv)
     if a.gt < 1 or a.batch < 1 or a.repeats < 1 or a.k < 1:
         p.error("--gt, --batch, --repeats and --k must be >= 1")
-    cfg = argparse.Namespace(**load_config(a.config))
-    cfg.o2m_k = [a.k] * cfg.dec_layers + [1]
-    criteria = {"dino": SetCriterion(cfg.num_classes, build_matcher(cfg), build_weight_dict(cfg), cfg.focal_alpha),
-                "aligndetr": build_aligndetr_criterion(cfg)}
+    cfg = tool_args(a.config)
+    o2m_k = [a.k] * cfg.dec_layers + [1]
+    criteria = {name: build_criterion(tool_args(a.config, {"criterion_type": name, "o2m_k": o2m_k}))
+                for name in ("dino", "aligndetr")}
     outputs, targets, leaves = random_outputs(cfg, a.batch, a.gt)
     times = {name: {"step": [], "match": []} for name in criteria}
     for name, c in criteria.items():  # warm-up

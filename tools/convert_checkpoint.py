@@ -2,7 +2,7 @@
 
     python tools/convert_checkpoint.py IN.pth OUT.pth [-c CONFIG [--options K=V ...]] [--verify]
 
-Only the backbone's keys change (models/common/backbones/official_dino.convert_official_state): DINO's
+Only the backbone's keys change (models.convert_state, which runs the registered converters): DINO's
 `backbone.0.<original Swin/ConvNeXt key>` become `backbone.0.body.<timm key>`, the output norms
 `backbone.0.norm{k}` stay, recomputed buffers (relative_position_index) are dropped. OUT holds
 {'model', 'args' (IN's, when it has them), 'converted_from'}, with this project's integrity digest;
@@ -34,7 +34,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
     """Convert; returns (and prints) the report lines."""
-    from models.common.backbones.official_dino import convert_official_state
+    from models import convert_state
     from util.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 
     opts = parse_args(argv)
@@ -45,10 +45,8 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     ckpt = load_checkpoint(opts.input)
     args = tool_args(opts.config, opts.options) if opts.config else None
     saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    backbone = args.backbone if args else saved.get("backbone")
-    levels = args.return_interm_indices if args else saved.get("return_interm_indices")
-    try:
-        state, lines = convert_official_state(ckpt["model"], backbone, levels)
+    try:  # without -c, the checkpoint's own stored values (backbone, return_interm_indices) guide it
+        state, lines = convert_state(ckpt["model"], args if args is not None else argparse.Namespace(**saved))
     except ValueError as err:
         raise ToolError(f"{opts.input}: {err}") from None
     if not lines:

@@ -1,7 +1,7 @@
 """Export the eval model to ONNX (pure-PyTorch deformable attention) and check it with onnxruntime.
 
     python tools/export_onnx.py --checkpoint ckpt.pth --output model.onnx [-c CONFIG] \
-        [--image-size H W] [--check IMAGE] [--use_hae --use_emca]
+        [--image-size H W] [--check IMAGE] [--options KEY=VALUE ...]
 
 -c is needed only without --checkpoint or for a checkpoint that does not store its config
 (official DINO ones). The graph takes one normalised image batch 'images' (1, 3, H, W) at
@@ -32,7 +32,7 @@ from torch import nn
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.common import ToolError, load_tool_model  # noqa: E402
+from tools.common import ToolError, add_model_arguments, config_flags, load_tool_model  # noqa: E402
 
 OPSET = 17
 
@@ -198,8 +198,8 @@ def verdict(diffs: Dict[str, float], atol: float, images: torch.Tensor, what: st
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config_file", default=None,
-                   help="config the checkpoint was trained with (default: the one stored in the checkpoint)")
+    add_model_arguments(p, config_help="config the checkpoint was trained with (default: the one stored in the "
+                                       "checkpoint)", with_device=False)
     p.add_argument("--checkpoint", default=None, help="checkpoint .pth (omit only to test the export path)")
     p.add_argument("--output", required=True, help="ONNX file to write")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -209,23 +209,18 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.add_argument("--atol", type=float, default=1e-3,
                    help="tolerance on detection scores; on boxes, this x the longer image side in pixels")
-    p.add_argument("--options", nargs="+", default=None, metavar="KEY=VALUE", help="config overrides as in main.py")
-    p.add_argument("--use_hae", action="store_true",
-                   help="AugDETR Hybrid Attention Encoder (with -c; a stored config knows it)")
-    p.add_argument("--use_emca", action="store_true",
-                   help="AugDETR Encoder-Mixing Cross-Attention (with -c; a stored config knows it)")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     opts = get_parser().parse_args(argv)
-    from models.dino.ops import set_backend
+    from models import select_msda_backend
     from util.checkpoint import CheckpointError
     from util.slconfig import ConfigError
 
     try:
         args, model, postprocessors, origin = load_tool_model(
-            opts.config_file, opts.checkpoint, opts.options, opts.use_hae, opts.use_emca, "cpu",
+            opts.config_file, opts.checkpoint, opts.options, "cpu", config_flags(opts),
             error_file=opts.output + ".load_error.txt")
         images, notes = export_input(opts, args)
     except (ToolError, CheckpointError, ConfigError) as err:
@@ -233,7 +228,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     print(origin)
     for note in notes:
         print(note)
-    set_backend("pytorch")  # after load_tool_model applied msda_backend: the compiled op has no ONNX export
+    select_msda_backend("pytorch")  # after load_tool_model applied msda_backend: the compiled op has no ONNX export
     h, w = images.shape[-2:]
     try:
         export(model, images, opts.output)

@@ -9,7 +9,7 @@ fit is one line naming the checkpoint's config. Writes OUTPUT/detections.json (C
 as main.py's results.json: category_id, bbox xywh in original pixels, score, plus file_name and
 category_name; image_id is the COCO id when --names-from's annotation file lists the images, else
 the file's index in sorted order) with every detection >= --threshold, and OUTPUT/<image stem>.png
-drawn by tools/draw.py (a colour per class, labels on filled backgrounds, small images upscaled,
+drawn by util/visualize.py (a colour per class, labels on filled backgrounds, small images upscaled,
 same-class duplicates removed by NMS for the picture only unless --no_nms). Images get the
 dataset's val transform (resize to max(data_aug_scales), longest side <= data_aug_max_size,
 ImageNet normalisation) and the model's own post-processor.
@@ -29,8 +29,8 @@ from torchvision.ops import box_convert
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.common import ToolError, load_tool_model  # noqa: E402
-from tools.draw import DISPLAY_NMS_IOU, draw_detections, select_for_display  # noqa: E402
+from tools.common import ToolError, add_model_arguments, config_flags, load_tool_model  # noqa: E402
+from util.visualize import DISPLAY_NMS_IOU, draw_detections, select_for_display  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # The default model (python main.py, 12 epochs on the synthetic shapes) scores its true objects
@@ -188,7 +188,7 @@ def run(opts) -> List[Dict]:
     names = load_names(opts.names_from, opts.names)
     image_ids = coco_image_ids(opts.names_from, files)
     args, model, postprocessors, origin = load_tool_model(
-        opts.config_file, opts.checkpoint, opts.options, opts.use_hae, opts.use_emca, opts.device,
+        opts.config_file, opts.checkpoint, opts.options, opts.device, config_flags(opts),
         error_file=os.path.join(opts.output, "load_error.txt"))
     print(origin)
     transform = transforms_from_args("val", args)
@@ -216,9 +216,8 @@ def run(opts) -> List[Dict]:
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config_file", default=None,
-                   help="config the checkpoint was trained with (default: the one stored in the checkpoint; "
-                        "needed for official DINO checkpoints)")
+    add_model_arguments(p, config_help="config the checkpoint was trained with (default: the one stored in the "
+                                       "checkpoint; needed for official DINO checkpoints)")
     p.add_argument("--checkpoint", required=True, help="checkpoint .pth (this project's or official DINO)")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--output", required=True, help="output folder for detections.json and the PNGs")
@@ -226,12 +225,6 @@ def get_parser() -> argparse.ArgumentParser:
                    help=f"minimum score kept and drawn (default {DEFAULT_THRESHOLD})")
     p.add_argument("--no_nms", action="store_true",
                    help="draw the raw output: no same-class NMS in the pictures (detections.json never has it)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
-    p.add_argument("--options", nargs="+", default=None, metavar="KEY=VALUE", help="config overrides as in main.py")
-    p.add_argument("--use_hae", action="store_true",
-                   help="the checkpoint is an AugDETR model with HAE (with -c; a stored config knows it)")
-    p.add_argument("--use_emca", action="store_true",
-                   help="the checkpoint is an AugDETR model with EMCA (with -c; a stored config knows it)")
     names = p.add_mutually_exclusive_group()
     names.add_argument("--names-from", default=None, metavar="ANNOTATION_JSON",
                        help="class names from a COCO annotation file's 'categories', and image_id from its "
@@ -243,8 +236,6 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     opts = get_parser().parse_args(argv)
-    if opts.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("inference.py: error: --device cuda but no CUDA device is visible; use --device cpu")
     from util.checkpoint import CheckpointError
     from util.slconfig import ConfigError
     try:

@@ -2,6 +2,7 @@
 gradient clipping, AdamW step), or compare its time and peak memory with another commit.
 
     python tools/profile_step.py [-c CONFIG] [--image-size 512 512] [--batch 2] [--use_hae --use_emca]
+                                 [--options K=V ...]
     python tools/profile_step.py --against eb8d5b3 [--repeats 3] ...
 
 Without --against: the median wall time of each phase over --repeats steps, and the self CPU
@@ -46,15 +47,27 @@ KINDS = (("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
                                    "aten::lerp", "aten::sqrt")))
 
 
+def step_args(opts):
+    """The config namespace of the tree being imported (this one, or an --against commit's, whose
+    tools.common.tool_args may take the AugDETR flags as positional arguments)."""
+    import inspect
+
+    from tools.common import tool_args
+    options = dict(opts.options or {}, **opts.config_flags)
+    if "use_hae" in inspect.signature(tool_args).parameters:  # commits before the shared tool parser
+        flags = [options.pop(k, False) for k in ("use_hae", "use_emca")]
+        return tool_args(opts.config_file, [f"{k}={v}" for k, v in options.items()], *flags, "cpu")
+    return tool_args(opts.config_file, options, "cpu")
+
+
 def build_step(opts):
     """-> (step(phase_times) function, model): one training step as main.py takes it."""
     import engine
     from models import build_model
     from tools.benchmark import dummy_batch
-    from tools.common import tool_args
     from util.optim import build_optimizer
 
-    args = tool_args(opts.config_file, opts.options, opts.use_hae, opts.use_emca, "cpu")
+    args = step_args(opts)
     torch.manual_seed(0)
     model, criterion, _ = build_model(args)
     model.train()
@@ -169,8 +182,12 @@ def read_reply(proc: subprocess.Popen, tree: str) -> dict:
 def child_argv(opts) -> List[str]:
     argv = ["-c", opts.config_file, "--image-size", *map(str, opts.image_size), "--batch", str(opts.batch),
             "--boxes", str(opts.boxes)]
-    argv += ["--use_hae"] * opts.use_hae + ["--use_emca"] * opts.use_emca
-    return argv + (["--options", *opts.options] if opts.options else [])
+    options = dict(opts.options or {}, **opts.config_flags)  # config-key flags passed as the keys they set
+    return argv + (["--options", *(f"{k}={_option_text(v)}" for k, v in options.items())] if options else [])
+
+
+def _option_text(value) -> str:
+    return "[" + ",".join(map(str, value)) + "]" if isinstance(value, (list, tuple)) else str(value)
 
 
 def compare(opts) -> None:
@@ -198,28 +215,48 @@ def compare(opts) -> None:
           f"{peaks[opts.against] / peaks['this tree']:.3f}")
 
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config_file", default="config/DINO/DINO_4scale.py", help="config (default DINO_4scale)")
-    p.add_argument("--options", nargs="+", default=None, metavar="KEY=VALUE", help="config overrides as in main.py")
-    p.add_argument("--use_hae", action="store_true", help="AugDETR Hybrid Attention Encoder")
-    p.add_argument("--use_emca", action="store_true", help="AugDETR Encoder-Mixing Cross-Attention")
+def _step_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
                    help="input size (default 512 512)")
     p.add_argument("--batch", type=int, default=2, help="images per step (default 2)")
     p.add_argument("--boxes", type=int, default=5, help="random ground-truth boxes per image (default 5)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps (per side with --against; default 3)")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    from tools.common import add_model_arguments
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(p, config_default="config/DINO/DINO_4scale.py", config_help="config (default DINO_4scale)",
+                        with_device=False)
+    _step_arguments(p)
     p.add_argument("--against", default=None, metavar="REV", help="compare with this commit (a git worktree)")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def child_parser() -> argparse.ArgumentParser:
+    """The --against worker's arguments: plain, so that any commit's tree can be imported behind them
+    (the parent passes the config-key flags as --options)."""
+    p = argparse.ArgumentParser(prog="profile_step.py --child")
+    p.add_argument("--child", action="store_true")
+    p.add_argument("-c", "--config_file", required=True)
+    p.add_argument("--options", nargs="+", default=[])
+    _step_arguments(p)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--child" in argv:
+        opts = child_parser().parse_args(argv)
+        from util.slconfig import parse_option_value  # the imported tree's (every commit has it)
+        opts.options = {k: parse_option_value(v) for k, v in (o.split("=", 1) for o in opts.options)}
+        opts.config_flags = {}
+        return child(opts)
+    from tools.common import config_flags
     opts = get_parser().parse_args(argv)
+    opts.config_flags = config_flags(opts)
     if min(opts.image_size) < 32 or opts.batch < 1 or opts.repeats < 1 or opts.boxes < 0:
         sys.exit("profile_step.py: error: need --image-size >= 32, --batch >= 1, --repeats >= 1, --boxes >= 0")
-    if opts.child:
-        return child(opts)
     if opts.against:
         return compare(opts)
     step, _ = build_step(opts)

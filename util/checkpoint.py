@@ -27,9 +27,11 @@ import re
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+
+from util.config_schema import same_value
 
 logger = logging.getLogger("detr")
 
@@ -280,16 +282,16 @@ def load_model_state(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
     return result
 
 
-def misfit_error(err: CheckpointError, path: str, saved: Any, current: Dict[str, Any], strict: bool = True,
-                 fix: Optional[str] = None, full_list: str = "info.txt") -> CheckpointError:
+def misfit_error(err: CheckpointError, path: str, saved: Any, current: Dict[str, Any], model_keys: Sequence[str],
+                 strict: bool = True, fix: Optional[str] = None, full_list: str = "info.txt") -> CheckpointError:
     """A short CheckpointError for weights that do not fit (`err` is load_model_state's long one; the
     caller logs it): the config the checkpoint was trained with (its stored args), the one in use
-    (current['config_file']), the first three differing config keys, how many tensors have other
-    shapes, and `fix` (default: use -c <its config>). Shared by main.py and the tools."""
-    from util.config_schema import config_differences
-
+    (current['config_file']), the first three differing `model_keys` (those that change the model's
+    tensors), how many tensors have other shapes, and `fix` (default: use -c <its config>). Shared by
+    main.py and the tools."""
     saved = saved if isinstance(saved, dict) else {}
-    diffs = config_differences(saved, current)
+    diffs = [(k, saved[k], current[k]) for k in model_keys
+             if k in saved and k in current and not same_value(current[k], saved[k])]
     shown = ", ".join(f"{k}={old!r} (now {new!r})" for k, old, new in diffs[:3])
     count = re.search(r"(\d+) shape mismatches", str(err))
     trained = saved.get("config_file", "an unknown config (no config stored in the checkpoint)")

@@ -18,6 +18,13 @@ import platform
 
 import torch
 
+from util.config_schema import KeyGroup, bool_key
+
+RUNTIME_KEYS = KeyGroup("runtime", "runtime", {
+    "keep_freed_host_memory": bool_key("CPU runs: glibc malloc keeps freed memory (no mmap, no trim), so a step "
+                                       "does not page-fault its large tensors in again"),
+})
+
 # glibc's malloc.h
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4

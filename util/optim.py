@@ -4,6 +4,26 @@ from typing import Dict, List, Sequence
 import torch
 from torch import nn
 
+from util.config_schema import Key, KeyGroup, bool_key, float_key, int_key, prob_key
+
+OPTIMISATION_KEYS = KeyGroup("optimisation", "optimisation", {
+    "lr": float_key("learning rate of the transformer and heads (AdamW)", 0, low_open=True),
+    "lr_backbone": float_key("learning rate of parameters named in lr_backbone_names; <= 0 freezes them"),
+    "lr_backbone_names": Key("list[str]", "substrings of the backbone's parameter names", length=(1, None)),
+    "batch_size": int_key("training images per process", 1),
+    "weight_decay": float_key("AdamW weight decay", 0),
+    "epochs": int_key("training epochs", 1),
+    "lr_drop": int_key("StepLR: divide the lr by 10 every this many epochs", 1),
+    "save_checkpoint_interval": int_key("write checkpointNNNN.pth every this many epochs", 1),
+    "clip_max_norm": float_key("gradient-norm clipping (<= 0: off)"),
+    "onecyclelr": bool_key("OneCycleLR stepped per iteration instead of StepLR"),
+    "multi_step_lr": bool_key("MultiStepLR at lr_drop_list instead of StepLR"),
+    "lr_drop_list": Key("list[int]", "MultiStepLR milestones (epochs)", 1),
+    "use_ema": bool_key("keep and evaluate an exponential moving average of the weights"),
+    "ema_decay": prob_key("EMA decay per iteration"),
+    "ema_epoch": int_key("first epoch that updates the EMA", 0),
+})
+
 
 def _matches(name: str, keywords: Sequence[str]) -> bool:
     return any(k in name for k in keywords)

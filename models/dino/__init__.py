@@ -1,0 +1,8 @@
+"""The deformable-attention family: DINO (dino.py) and the detectors built on its transformer.
+
+Importing this package registers its detectors (models/registry.py) and AugDETR's evaluation recorder.
+"""
+from . import (
+    augdetr,  # noqa: F401  registers --save_emca_weights
+    dino,  # noqa: F401  registers 'dino'
+)

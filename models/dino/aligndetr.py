@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
 
+from util.config_schema import Key, KeyGroup, choice_key, float_key, prob_key
+
 from ..common.criterion import SetCriterion, build_weight_dict
 from ..common.matcher import HungarianMatcher
 
@@ -157,3 +159,22 @@ def build_aligndetr_criterion(args) -> AlignDETRCriterion:
     return AlignDETRCriterion(args.num_classes, matcher, build_weight_dict(args), args.o2m_k,
                               alpha=args.aligndetr_alpha, gamma=args.aligndetr_gamma, tau=args.aligndetr_tau,
                               focal_alpha=args.focal_alpha)
+
+
+def _o2m_k_covers_layers(cfg):
+    if cfg["criterion_type"] == "aligndetr" and len(cfg["o2m_k"]) != cfg["dec_layers"] + 1:
+        return (f"o2m_k={cfg['o2m_k']} has {len(cfg['o2m_k'])} entries for dec_layers={cfg['dec_layers']}; give "
+                f"dec_layers + 1 = {cfg['dec_layers'] + 1} (encoder proposals, then each decoder layer), "
+                f"e.g. o2m_k={[2] * cfg['dec_layers'] + [1]}")
+    return None
+
+
+ALIGNDETR_KEYS = KeyGroup("aligndetr", "AlignDETR (loss and matching only; the model stays DINO's)", {
+    "criterion_type": choice_key("training loss and matching: DINO's, or AlignDETR's (IA-BCE, one-to-k, rank "
+                                 "weights)", "dino", "aligndetr"),
+    "aligndetr_alpha": prob_key("AlignDETR quality t = p^alpha * IoU^(1-alpha) (not the focal alpha)"),
+    "aligndetr_gamma": float_key("AlignDETR negatives' factor p^gamma", 0),
+    "aligndetr_tau": float_key("AlignDETR rank weight exp(-rank / tau)", 0, low_open=True),
+    "o2m_k": Key("list[int]", "AlignDETR matches per ground truth: [encoder proposals, decoder layer 1, ..., layer "
+                 "L]", 1, length=(2, None)),
+}, relations=(_o2m_k_covers_layers,))

@@ -6,6 +6,7 @@ in criterion.py and is re-exported here.
 """
 import copy
 import math
+import os
 from typing import Dict, List, Optional
 
 import torch
@@ -19,9 +20,12 @@ from ..common.criterion import SetCriterion, build_weight_dict
 from ..common.layers import MLP, inverse_sigmoid
 from ..common.matcher import build_matcher
 from ..common.postprocess import PostProcess
-from .aligndetr import build_aligndetr_criterion
+from ..registry import CONFIG_DIR, register_detector
+from .aligndetr import ALIGNDETR_KEYS, build_aligndetr_criterion
+from .augdetr.schema import AUGDETR_KEYS
 from .deformable_transformer import DeformableTransformer, build_deformable_transformer
 from .dn_components import dn_post_process, prepare_for_cdn
+from .schema import DEFORMABLE_KEYS, DINO_KEYS
 
 __all__ = ["DINO", "SetCriterion", "PostProcess", "build_dino"]
 
@@ -128,11 +132,20 @@ class DINO(nn.Module):
         return out
 
 
+def build_dino_criterion(args):
+    """DINO's criterion, or AlignDETR's (criterion_type='aligndetr': only the loss and the matching differ)."""
+    if args.criterion_type == "aligndetr":
+        return build_aligndetr_criterion(args)
+    return SetCriterion(args.num_classes, build_matcher(args), build_weight_dict(args), focal_alpha=args.focal_alpha)
+
+
+@register_detector("dino", key_groups=(DEFORMABLE_KEYS, DINO_KEYS, AUGDETR_KEYS, ALIGNDETR_KEYS),
+                   defaults_file=os.path.join(CONFIG_DIR, "DINO", "DINO_4scale.py"),
+                   summary="DINO; AugDETR's HAE / EMCA (use_hae, use_emca) and AlignDETR's loss (criterion_type) "
+                           "as options", build_criterion=build_dino_criterion)
 def build_dino(args):
-    """Map the config namespace onto DINO, its criterion and post-processor."""
-    """Map the config namespace onto DINO, its criterion and post-processor (the values are checked
-    by util/config_schema.py; the deformable-attention backend is the caller's choice, see
-    models.select_msda_backend)."""
+    """Map the checked config onto DINO, its criterion and post-processor (the deformable-attention
+    backend is the caller's choice, see models.select_msda_backend)."""
     model = DINO(build_backbone(args), build_deformable_transformer(args), num_classes=args.num_classes,
                  num_queries=args.num_queries, num_feature_levels=args.num_feature_levels, aux_loss=args.aux_loss,
                  dn_number=args.dn_number if args.use_dn else 0,
@@ -142,10 +155,6 @@ def build_dino(args):
                  dec_pred_bbox_embed_share=args.dec_pred_bbox_embed_share,
                  two_stage_class_embed_share=args.two_stage_class_embed_share,
                  two_stage_bbox_embed_share=args.two_stage_bbox_embed_share)
-    if args.criterion_type == "aligndetr":  # AlignDETR: only the loss and the matching differ
-        criterion = build_aligndetr_criterion(args)
-    else:
-        criterion = SetCriterion(args.num_classes, build_matcher(args), build_weight_dict(args),
-                                 focal_alpha=args.focal_alpha)
+    criterion = build_dino_criterion(args)
     postprocessors = {"bbox": PostProcess(args.num_select, args.nms_iou_threshold)}
     return model, criterion, postprocessors

@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
+from engine.config import load_config
 from models import build_model
 from models.common.criterion import SetCriterion
 from models.common.matcher import HungarianMatcher
 from models.dino.aligndetr import AlignDETRCriterion, OneToManyMatcher, capped_k, rank_weights
-from util.config_schema import load_config
 from util.slconfig import ConfigError
 
 from tiny_configs import ROOT, tiny_args, tiny_batch

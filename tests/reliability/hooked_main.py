@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 import main  # noqa: E402
+from engine import training  # noqa: E402
 from util import checkpoint  # noqa: E402
 
 STALL_S = 120
@@ -30,7 +31,7 @@ def install_hook(spec: str) -> None:
     when, name, marker = spec.split(":", 2)
     fired = []
     if when == "after_save":
-        original = main.save_checkpoint
+        original = training.save_checkpoint
 
         def save_then_stall(obj, path):
             original(obj, path)
@@ -38,7 +39,7 @@ def install_hook(spec: str) -> None:
                 fired.append(path)
                 _stall(marker)
 
-        main.save_checkpoint = save_then_stall
+        training.save_checkpoint = save_then_stall
     elif when == "before_rename":
         original_replace = os.replace
 

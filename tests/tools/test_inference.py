@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tools import draw, inference
+from tools import inference
+from util import visualize as draw
 
 
 def run(cfg, ckpt, inp, out, *extra):

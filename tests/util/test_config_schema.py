@@ -1,15 +1,21 @@
-"""util/config_schema.py: every key typed and range-checked, defaults only in the config files,
-DINO's unimplemented keys accepted only at DINO's value, official DINO config files still load."""
+"""util/config_schema.py and engine/config.py: every key typed and range-checked, declared in one group
+next to the code that reads it, defaults only in the config files, DINO's unimplemented keys accepted only
+at DINO's value, official DINO config files still load."""
 import ast
 import os
 import re
 
 import pytest
+import torch
 
 import main
-from util.config_schema import NOT_IMPLEMENTED, SCHEMA, describe, load_config, project_defaults
+from engine.config import default_schema, describe, load_config, schema_for
 from util.slconfig import ConfigError, SLConfig
 
+SCHEMA_OBJ = default_schema()
+SCHEMA = SCHEMA_OBJ.keys
+NOT_IMPLEMENTED = SCHEMA_OBJ.not_implemented
+project_defaults = SCHEMA_OBJ.defaults
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(ROOT, "config", "DINO")
 # DINO_4scale.py's keys that the official DINO_4scale.py does not have (this project's additions)
@@ -33,11 +39,26 @@ def test_defaults_file_defines_exactly_the_schema():
         assert key.help and key.check(name, defaults[name]) == defaults[name], name
 
 
-@pytest.mark.parametrize("name", sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py")
-                                        and f != "coco_transformer.py"))
+SHIPPED = sorted(os.path.relpath(os.path.join(d, f), os.path.join(ROOT, "config"))
+                 for d, _, files in os.walk(os.path.join(ROOT, "config")) for f in files
+                 if f.endswith(".py") and f != "coco_transformer.py")  # a partial (data sizes), not a config
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_resolves(name):
-    cfg = load_config(os.path.join(CONFIG_DIR, name))
-    assert set(cfg) == set(SCHEMA)
+    cfg = load_config(os.path.join(ROOT, "config", name))
+    assert set(cfg) == set(schema_for(cfg["modelname"]).keys)
+
+
+def test_augdetr_configs_are_the_flags_on_the_papers_baseline():
+    """config/AugDETR/X_4scale.py = the reproduction README's DINO command with X's flags."""
+    readme = ["--options", "dn_scalar=100", "embed_init_tgt=TRUE", "dn_label_coef=1.0", "dn_bbox_coef=1.0",
+              "use_ema=False", "dn_box_noise_scale=1.0"]
+    for name, flags in (("DINO", []), ("HAE", ["--use_hae"]), ("EMCA", ["--use_emca"]),
+                        ("AugDETR", ["--use_hae", "--use_emca"])):
+        by_flags = main.build_args(["-c", "config/DINO/DINO_4scale.py", *flags, *readme])
+        by_file = main.build_args(["-c", f"config/AugDETR/{name}_4scale.py"])
+        assert [k for k in by_file.config_keys if getattr(by_file, k) != getattr(by_flags, k)] == [], name
 
 
 def test_official_dino_config_file_loads(tmp_path):
@@ -137,13 +158,13 @@ def test_circular_base_is_an_error(tmp_path):
 
 
 def test_missing_device_is_an_error(monkeypatch):
-    monkeypatch.setattr(main.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="no CUDA device"):
         main.build_args(["--device", "cuda"])
     with pytest.raises(ConfigError, match="not a device name"):
         main.build_args(["--device", "gpu0"])
-    monkeypatch.setattr(main.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(main.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ConfigError, match="has 2 CUDA device"):
         main.build_args(["--device", "cuda:2"])
     assert main.build_args(["--device", "cuda:1"]).device == "cuda:1"
@@ -156,13 +177,20 @@ def test_print_config_lists_every_key(capsys):
     by_key = {re.match(r"(\w+) = ", line).group(1): line for line in lines}
     assert set(by_key) == set(SCHEMA)
     assert re.search(r"lr = 0\.5 +# learning rate", by_key["lr"])
-    assert len(describe(project_defaults())) == len(SCHEMA)
+    described = describe(project_defaults())
+    headings = [i for i, line in enumerate(described) if line.startswith("# ---- ")]
+    assert len(described) == len(SCHEMA) + len(SCHEMA_OBJ.groups) == len(SCHEMA) + len(headings)
+    # every key under its own group's heading
+    for group, start in zip(SCHEMA_OBJ.groups, headings):
+        assert described[start] == f"# ---- {group.title}"
+        keys = [line.split(" = ")[0] for line in described[start + 1:start + 1 + len(group.keys)]]
+        assert keys == list(group.keys)
 
 
 def test_no_builder_reads_settings_with_a_fallback():
     """Settings come from the checked config: no getattr(args, ..., default) outside tests."""
     offenders = []
-    for folder in ("models", "datasets", "util", "tools", "engine.py", "main.py"):
+    for folder in ("models", "datasets", "util", "tools", "engine", "main.py"):
         path = os.path.join(ROOT, folder)
         files = [path] if path.endswith(".py") else [os.path.join(d, f) for d, _, fs in os.walk(path)
                                                      for f in fs if f.endswith(".py")]

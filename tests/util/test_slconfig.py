@@ -3,7 +3,7 @@ import textwrap
 
 import pytest
 
-from util.config_schema import NOT_IMPLEMENTED
+from models.dino.schema import NOT_IMPLEMENTED
 from util.slconfig import ConfigError, SLConfig, parse_option_value
 
 DINO_4SCALE_KEYS = (

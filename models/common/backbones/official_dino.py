@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ...registry import register_state_converter
 from .table import BACKBONES
 from .timm_backbone import TimmBackbone, body_keys_from_original
 
@@ -71,3 +72,10 @@ def convert_official_state(state: Dict[str, torch.Tensor], backbone: Optional[st
 def _summary(keys: List[str]) -> str:
     kinds = sorted({k.split(".")[-1] if "relative_position_index" in k else k.split(".")[0] for k in keys})
     return ", ".join(kinds) or "none"
+
+
+@register_state_converter
+def convert_on_load(state: Dict[str, torch.Tensor], args=None) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """convert_official_state with the run's backbone and return_interm_indices (when it has them)."""
+    config = vars(args) if args is not None else {}
+    return convert_official_state(state, config.get("backbone"), config.get("return_interm_indices"))

@@ -9,10 +9,11 @@ Values:
   first process of each node downloads; the others wait at a barrier and then read the cache.
 - a path to a .pth file with a torchvision ResNet state_dict (or {'model': state_dict});
 - None or 'none': random initialisation. Training from scratch must train the stem and the
-  BatchNorm layers: `check_from_scratch` makes a frozen random stem / FrozenBatchNorm2d an error.
+  BatchNorm layers: `frozen_random_layers` names what would stay random and frozen (the engine
+  refuses to train that).
 """
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
 import torch
@@ -143,23 +144,13 @@ def load_into(resnet: nn.Module, state: Dict[str, torch.Tensor], source: str) ->
                                    f"unexpected {unexpected[:5]}; pass weights of the same ResNet depth")
 
 
-def check_from_scratch(args) -> None:
-    """Refuse to train with random backbone weights that stay frozen (the stem, FrozenBatchNorm2d, or all).
-
-    Skipped when no training from these weights happens: --eval, or a checkpoint that will replace
-    them (--resume, --pretrain_model_path, or a checkpoint in output_dir that auto-resume will load).
-    """
-    if not is_none(args.backbone_weights) or args.eval or args.resume or args.pretrain_model_path:
-        return
+def frozen_random_layers(args) -> List[str]:
+    """The settings that keep random backbone layers frozen when backbone_weights is none (the ResNet stem,
+    FrozenBatchNorm2d, or the whole backbone), as `key=value` texts; [] when there are no random weights."""
+    if not is_none(args.backbone_weights):
+        return []
     resnet = backbone_spec(args.backbone).family == "resnet"  # the stem and batch-norm keys concern ResNets only
-    frozen = [s for s, bad in (("backbone_freeze_stem=True", resnet and args.backbone_freeze_stem),
-                               ("batch_norm_type='FrozenBatchNorm2d'",
-                                resnet and args.batch_norm_type == "FrozenBatchNorm2d"),
-                               (f"lr_backbone={args.lr_backbone}", args.lr_backbone <= 0)) if bad]
-    from util.checkpoint import find_resume_checkpoint  # reads checkpoints: only when it matters
-    if frozen and not find_resume_checkpoint(args.output_dir):
-        raise BackboneWeightsError(
-            f"backbone_weights=None starts the {args.backbone} from random weights, but {' and '.join(frozen)} "
-            f"keeps random layers frozen: set backbone_freeze_stem=False and batch_norm_type=BatchNorm2d "
-            f"(and lr_backbone > 0) as config/DINO/DINO_synthetic.py does, or give weights with "
-            f"--options backbone_weights=IMAGENET1K_V1 (or a .pth path)")
+    return [s for s, bad in (("backbone_freeze_stem=True", resnet and args.backbone_freeze_stem),
+                             ("batch_norm_type='FrozenBatchNorm2d'",
+                              resnet and args.batch_norm_type == "FrozenBatchNorm2d"),
+                             (f"lr_backbone={args.lr_backbone}", args.lr_backbone <= 0)) if bad]

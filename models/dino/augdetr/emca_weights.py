@@ -4,13 +4,14 @@ During evaluation, records the sigmoid fusion weights w_e of the last decoder la
 for the queries that the Hungarian matcher assigns to ground-truth objects, and reports
 their per-encoder-layer mean and standard deviation.
 """
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
 from util import dist as dist_utils
 
+from ...registry import EvalRecorder, register_eval_recorder
 from .emca import EncoderMixingAttention
 
 
@@ -52,3 +53,23 @@ class EmcaWeightRecorder:
         std = (totals[k:2 * k] / n - mean ** 2).clamp(min=0).sqrt()
         return {"decoder_layer": "last", "enc_layers": [i + 1 for i in self.enc_layers],
                 "mean": mean.tolist(), "std": std.tolist(), "num_queries": int(totals[-1].item())}
+
+
+def _needs_emca(args) -> Optional[str]:
+    if not vars(args).get("use_emca"):
+        return ("--save_emca_weights records EMCA's fusion weights during an evaluation: the model must use EMCA "
+                "(add --use_emca, or evaluate a checkpoint trained with it)")
+    return None
+
+
+def _describe(summary: Dict) -> str:
+    means = ", ".join(f"E{layer}={m:.3f}" for layer, m in zip(summary["enc_layers"], summary["mean"]))
+    return f"EMCA fusion weights (mean per encoder layer): {means}"
+
+
+register_eval_recorder(EvalRecorder(
+    flag="save_emca_weights",
+    help="with --eval (and --use_emca): record the last decoder layer's EMCA fusion weights of the matched queries "
+         "and write their per-encoder-layer mean/std to output_dir/emca_weights.json",
+    make=lambda model, criterion, args: EmcaWeightRecorder(model, criterion.matcher),
+    output_file="emca_weights.json", requires=_needs_emca, describe=_describe))

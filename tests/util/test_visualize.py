@@ -1,8 +1,8 @@
-"""tools/draw.py: class colours, label backgrounds, upscaling, display NMS, the prediction grid."""
+"""util/visualize.py: class colours, label backgrounds, upscaling, display NMS, the prediction grid."""
 import torch
 from PIL import Image
 
-from tools import draw
+from util import visualize as draw
 
 
 def _pixels(image: Image.Image):

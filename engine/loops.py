@@ -1,9 +1,9 @@
-"""One training epoch and one evaluation pass (DINO's train_one_epoch / evaluate)."""
+"""One training epoch and one evaluation pass (DINO's train_one_epoch / evaluate), and prediction."""
 import json
 import logging
 import math
 import os
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -251,13 +251,13 @@ def predict(model: nn.Module, postprocessors: Dict, data_loader, device: torch.d
 def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_loader, base_ds,
              device: torch.device, *, output_dir: Optional[str] = None, amp: bool = False,
              eval_backend: str = "pycocotools", save_results: bool = False, debug: bool = False,
-             print_freq: int = 10, emca_recorder=None):
+             print_freq: int = 10, recorders: Sequence = ()):
     """Evaluate on data_loader; returns (stats, coco_evaluator).
 
     stats holds averaged losses (as in training) and 'coco_eval_bbox' (12 COCO
     numbers). With save_results, rank 0 writes output_dir/results.json (COCO
-    detection format, gathered from all ranks). emca_recorder (an
-    EmcaWeightRecorder) sees every batch's outputs and targets.
+    detection format, gathered from all ranks). Each of `recorders` (see
+    models.registry.EvalRecorder) sees every batch's outputs and targets.
     """
     from datasets.coco_eval import CocoEvaluator  # imported late: datasets is optional for training utils
 
@@ -273,8 +273,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_
         outputs, loss_dict = _eval_step(model, criterion, samples, targets, device, amp, it)
         reduced = dist_utils.all_reduce_mean({k: v.float() for k, v in loss_dict.items()})
         meters.update(**_logged_losses(reduced, weight_dict))
-        if emca_recorder is not None:
-            emca_recorder.update(outputs, targets)
+        for recorder in recorders:
+            recorder.update(outputs, targets)
         evaluator.update(_detections(outputs, targets, postprocessors))
         if debug and it + 1 >= DEBUG_ITERATIONS:
             break

@@ -1,0 +1,97 @@
+"""Command-line parts shared by main.py and the tools: the config (`-c`, `--options` and the config keys
+that are also flags, such as AugDETR's `--use_hae`), the device, and the checked config namespace.
+
+The config-key flags come from the key groups (KeyGroup.flags), so neither main.py nor a tool names
+them; a flag given wins over `--options` and the file.
+"""
+import argparse
+from typing import Any, Dict, Iterable, Optional
+
+import torch
+
+from util.slconfig import ConfigError, DictAction
+
+from .config import all_groups, flag_keys, load_config, resolve_stored
+
+DEFAULT_CONFIG = "config/DINO/DINO_synthetic.py"
+OPTIONS_HELP = ("override config keys: key=value (int/float/true/false/none/comma list/str); unknown keys and values "
+                "outside a key's type or range are errors (see --print_config)")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_default: Optional[str] = DEFAULT_CONFIG,
+                         config_help: Optional[str] = None) -> None:
+    """-c/--config_file, --options and one argument group per key group with command-line flags."""
+    parser.add_argument("--config_file", "-c", default=config_default,
+                        help=config_help or f"Python config file (default {config_default})")
+    parser.add_argument("--options", nargs="+", action=DictAction, metavar="KEY=VALUE", help=OPTIONS_HELP)
+    for group in all_groups():
+        if not group.flags:
+            continue
+        arguments = parser.add_argument_group(group.title)
+        for key, names in group.flags.items():
+            spec = group.keys[key]
+            help_text = f"{spec.help} (config key {key}; default: the config's)"
+            if spec.kind == "bool":
+                arguments.add_argument(*names, dest=key, action="store_true", default=None, help=help_text)
+            elif spec.choices is not None:
+                arguments.add_argument(*names, dest=key, default=None, choices=list(spec.choices), help=help_text)
+            else:
+                arguments.add_argument(*names, dest=key, type={"int": int, "float": float}.get(spec.kind, str),
+                                       default=None, metavar=key.upper(), help=help_text)
+
+
+def given_config_flags(args: argparse.Namespace) -> Dict[str, Any]:
+    """The config-key flags given on the command line: key -> value."""
+    return {key: vars(args)[key] for key in flag_keys() if vars(args).get(key) is not None}
+
+
+def command_line_names(parser: argparse.ArgumentParser) -> set:
+    """Destinations of the parser's options that are not config keys (a config file may not set them)."""
+    return {action.dest for action in parser._actions} - set(flag_keys())
+
+
+def apply_config(args: argparse.Namespace, cfg: Dict[str, Any]) -> argparse.Namespace:
+    """Copy the checked config onto the namespace; args.config_keys lists its keys."""
+    for key, value in cfg.items():
+        setattr(args, key, value)
+    args.config_keys = list(cfg)
+    return args
+
+
+def load_args_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """args with the config of -c (file < --options < config flags) applied."""
+    cfg = load_config(args.config_file, args.options or {}, given_config_flags(args), command_line_names(parser))
+    return apply_config(args, cfg)
+
+
+def stored_args_config(args: argparse.Namespace, saved: Dict[str, Any], source: str) -> argparse.Namespace:
+    """args with a checkpoint's stored config applied (--options and config flags on top); config_file
+    names the file it was trained with (which need not exist here)."""
+    cfg = resolve_stored(saved, source, args.options or {}, given_config_flags(args))
+    apply_config(args, cfg)
+    args.config_file = saved["config_file"]
+    return args
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' or 'cpu'; ConfigError for a device this machine does not have."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {name}: this machine has no CUDA device (torch.cuda.is_available() is "
+                              f"False); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s); use cuda:0..cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {name}: only cpu and cuda devices are supported")
+    return name
+
+
+def option_strings(parser: argparse.ArgumentParser) -> Iterable[str]:
+    return [s for action in parser._actions for s in action.option_strings]
