@@ -12,9 +12,9 @@ from .common.backbones import official_dino as _official_dino  # noqa: F401  reg
 from .common.schema import model_keys
 from .registry import DETECTORS, EVAL_RECORDERS, STATE_CONVERTERS, Detector, EvalRecorder
 
-__all__ = ["DETECTORS", "Detector", "EvalRecorder", "all_key_groups", "apply_runtime_config", "build_criterion", "build_model",
-           "convert_state", "detector", "dn_group_count", "eval_recorders", "frozen_random_layers", "key_groups", "msda_backend_info",
-           "msda_backends", "refused_keys", "select_msda_backend"]
+__all__ = ["DETECTORS", "Detector", "EvalRecorder", "all_key_groups", "apply_runtime_config", "build_criterion",
+           "build_model", "convert_state", "detector", "dn_group_count", "eval_recorders", "frozen_random_layers",
+           "key_groups", "msda_backend_info", "msda_backends", "refused_keys", "select_msda_backend"]
 
 
 def detector(name: str) -> Detector:

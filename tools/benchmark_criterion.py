@@ -64,10 +64,9 @@ def step(criterion, outputs, targets, leaves) -> None:
 
 
 def match_all(criterion, outputs, targets) -> None:
-    """The matching of every set the criterion matches (final, _0.._{L-2}, _interm)."""
-    sets = [("", outputs)] + [(f"_{i}", a) for i, a in enumerate(outputs["aux_outputs"])]
-    for suffix, preds in sets + [("_interm", outputs["interm_outputs"])]:
-        criterion.match(suffix, preds, targets)
+    """The matching of every set the criterion matches (the decoder layers and the encoder proposals)."""
+    for pset in criterion.matched_sets(outputs):
+        criterion.match(pset, targets)
 
 
 def timed(fn) -> float:

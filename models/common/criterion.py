@@ -1,12 +1,18 @@
-"""DINO's training losses (SetCriterion).
+"""The set-prediction losses shared by the detectors (SetCriterion), over typed prediction sets.
 
-For every supervised prediction set (the final decoder layer, each earlier layer "_i", the
-two-stage proposals "_interm") queries are Hungarian-matched to the ground truth and the
-matched pairs get a sigmoid focal classification loss, an L1 box loss and a GIoU loss.
-Denoising queries ("_dn", "_dn_i") are supervised by their known assignment instead.
-All losses are normalised by the number of ground-truth boxes across all processes.
+A detector's outputs hold several prediction sets; each has a kind (`SetKind`: the final decoder layer,
+an earlier decoder layer, the encoder proposals, the denoising queries of a layer) and a decoder layer
+index. `SetCriterion.set_specs()` lists the sets a model of its configuration produces, and the loss
+weight table (`weight_dict`) is derived from them and the per-kind weights the detector's builder
+gives. Matched sets are Hungarian-matched to the ground truth and get a sigmoid focal classification
+loss, an L1 box loss and a GIoU loss; denoising sets are supervised by their known assignment. A variant
+overrides `match` (how one set is matched, by its kind) and `set_losses` (its losses), never by loss-key
+names. All losses are normalised by the number of ground-truth boxes across all processes. Loss keys
+are DINO's: a term plus its set's suffix ('', '_i', '_interm', '_dn', '_dn_i').
 """
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from enum import Enum
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,17 +24,77 @@ from util import dist as dist_utils
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
 
 
-class SetCriterion(nn.Module):
-    """Computes the loss dict; `weight_dict` gives the weight of each entry in the total."""
+class SetKind(str, Enum):
+    FINAL = "final"  # the last decoder layer: the detector's predictions
+    DECODER_LAYER = "decoder_layer"  # an earlier decoder layer (auxiliary loss)
+    ENCODER = "encoder"  # the encoder proposals selected as queries (two-stage)
+    DENOISING = "denoising"  # the denoising queries of a decoder layer (known assignment)
 
-    def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: Dict[str, float],
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+
+@dataclass(frozen=True)
+class SetSpec:
+    """One prediction set: its kind and, for decoder sets, the 0-based decoder layer that made it."""
+    kind: SetKind
+    layer: Optional[int] = None
+    num_layers: int = 0  # decoder layers of the model (to tell the final layer from the others)
+
+    @property
+    def suffix(self) -> str:
+        """Its loss keys' suffix."""
+        last = self.layer is None or self.layer == self.num_layers - 1
+        if self.kind is SetKind.FINAL:
+            return ""
+        if self.kind is SetKind.DECODER_LAYER:
+            return f"_{self.layer}"
+        if self.kind is SetKind.ENCODER:
+            return "_interm"
+        return "_dn" if last else f"_dn_{self.layer}"
+
+
+class PredictionSet(NamedTuple):
+    """A set's spec and its predictions: 'pred_logits' (B, N, K), 'pred_boxes' (B, N, 4) cxcywh."""
+    spec: SetSpec
+    preds: Dict[str, Tensor]
+
+
+def decoder_set_specs(num_layers: int, aux_loss: bool, encoder: bool, denoising: bool) -> List[SetSpec]:
+    """The sets of a DETR-style decoder, in the order of the weight table: per layer (the last first) its
+    matched set and (with denoising) its denoising set, then the encoder proposals."""
+    layers = [num_layers - 1] + (list(range(num_layers - 1)) if aux_loss else [])
+    specs = []
+    for layer in layers:
+        kind = SetKind.FINAL if layer == num_layers - 1 else SetKind.DECODER_LAYER
+        specs.append(SetSpec(kind, layer, num_layers))
+        if denoising:
+            specs.append(SetSpec(SetKind.DENOISING, layer, num_layers))
+    if encoder:
+        specs.append(SetSpec(SetKind.ENCODER))
+    return specs
+
+
+def weight_table(specs: Sequence[SetSpec], weights: Mapping[SetKind, Mapping[str, float]]) -> Dict[str, float]:
+    """The loss weight of every (set, term): weights[kind][term] under the key term + set suffix."""
+    return {term + spec.suffix: w for spec in specs for term, w in weights[spec.kind].items()}
+
+
+class SetCriterion(nn.Module):
+    """Computes the loss dict of the sets `specs`; `weight_dict` gives each entry's weight in the total.
+
+    weights: per set kind, the weight of each loss term (a kind the detector does not weigh is not
+    supervised)."""
+
+    def __init__(self, num_classes: int, matcher: nn.Module, specs: Sequence[SetSpec],
+                 weights: Mapping[SetKind, Mapping[str, float]], focal_alpha: float = 0.25, focal_gamma: float = 2.0):
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
-        self.weight_dict = weight_dict
+        self.specs = list(specs)
+        self.weight_dict = weight_table(self.specs, weights)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+
+    def set_specs(self) -> List[SetSpec]:
+        return list(self.specs)
 
     def set_losses(self, outputs: Dict[str, Tensor], targets: List[Dict], indices: List[Tuple[Tensor, Tensor]],
                    num_boxes: float, log: bool = False) -> Dict[str, Tensor]:
@@ -77,9 +143,9 @@ class SetCriterion(nn.Module):
             terms["class_error"] = logits.new_tensor(0.0)
         return terms
 
-    def match(self, suffix: str, preds: Dict[str, Tensor], targets: List[Dict]) -> List[Tuple[Tensor, Tensor]]:
-        """(query, target) indices of the prediction set `suffix` ('', '_i', '_interm'): one-to-one."""
-        return self.matcher(preds, targets)
+    def match(self, pset: PredictionSet, targets: List[Dict]) -> List[Tuple[Tensor, Tensor]]:
+        """(query, target) indices of one matched set: one-to-one."""
+        return self.matcher(pset.preds, targets)
 
     def dn_set_losses(self, outputs: Dict[str, Tensor], targets: List[Dict], indices: List[Tuple[Tensor, Tensor]],
                       num_boxes: float) -> Dict[str, Tensor]:
@@ -105,53 +171,66 @@ class SetCriterion(nn.Module):
         n = dist_utils.all_reduce_sum(n) / dist_utils.get_world_size()
         return max(n.item(), 1.0)
 
+    def matched_sets(self, outputs: Dict) -> List[PredictionSet]:
+        """The model's matched prediction sets present in `outputs`: the final one, the earlier decoder
+        layers in order, then the encoder proposals."""
+        order = [s for s in self.specs if s.kind is SetKind.FINAL]
+        order += sorted((s for s in self.specs if s.kind is SetKind.DECODER_LAYER), key=lambda s: s.layer)
+        order += [s for s in self.specs if s.kind is SetKind.ENCODER]
+        sets = [PredictionSet(spec, self.predictions(outputs, spec)) for spec in order]
+        return [s for s in sets if s.preds is not None]
+
+    @staticmethod
+    def predictions(outputs: Dict, spec: SetSpec) -> Optional[Dict[str, Tensor]]:
+        """Where a matched set's predictions are in the output dict (None when absent)."""
+        if spec.kind is SetKind.FINAL:
+            return outputs
+        if spec.kind is SetKind.DECODER_LAYER:
+            aux = outputs.get("aux_outputs") or []
+            return aux[spec.layer] if spec.layer < len(aux) else None
+        return outputs.get("interm_outputs")
+
+    def denoising_sets(self, outputs: Dict) -> List[PredictionSet]:
+        """The denoising sets (the last layer first, as DINO logs them) of a training batch with denoising
+        queries; [] otherwise."""
+        dn_meta: Optional[Dict] = outputs.get("dn_meta")
+        if not (self.training and dn_meta and "output_known_lbs_bboxes" in dn_meta):
+            return []
+        known = dn_meta["output_known_lbs_bboxes"]
+        specs = {s.layer: s for s in self.specs if s.kind is SetKind.DENOISING}
+        last = max(specs)
+        return [PredictionSet(specs[last], known)] + [PredictionSet(specs[i], aux)
+                                                      for i, aux in enumerate(known["aux_outputs"]) if i in specs]
+
     def forward(self, outputs: Dict, targets: List[Dict], return_indices: bool = False):
-        """outputs: DINO's output dict; targets: per image 'labels' (K_i,), 'boxes' (K_i, 4) cxcywh."""
+        """outputs: the detector's output dict; targets: per image 'labels' (K_i,), 'boxes' (K_i, 4) cxcywh."""
         device = outputs["pred_logits"].device
         num_boxes = self.num_boxes(targets, device)
-        sets = [("", outputs, True)]
-        sets += [(f"_{i}", aux, False) for i, aux in enumerate(outputs.get("aux_outputs", []))]
-        if "interm_outputs" in outputs:
-            sets.append(("_interm", outputs["interm_outputs"], False))
         losses: Dict[str, Tensor] = {}
         final_indices = None
-        for suffix, preds, log in sets:
-            indices = self.match(suffix, preds, targets)
-            if suffix == "":
+        for pset in self.matched_sets(outputs):
+            indices = self.match(pset, targets)
+            final = pset.spec.kind is SetKind.FINAL
+            if final:
                 final_indices = indices
-            losses.update({k + suffix: v for k, v in self.set_losses(preds, targets, indices, num_boxes, log).items()})
-
-        dn_meta: Optional[Dict] = outputs.get("dn_meta")
-        if self.training and dn_meta and "output_known_lbs_bboxes" in dn_meta:
-            known = dn_meta["output_known_lbs_bboxes"]
+            set_losses = self.set_losses(pset.preds, targets, indices, num_boxes, log=final)
+            losses.update({k + pset.spec.suffix: v for k, v in set_losses.items()})
+        dn_sets = self.denoising_sets(outputs)
+        if dn_sets:
+            dn_meta = outputs["dn_meta"]
             dn_idx = self.dn_indices(targets, dn_meta)
             dn_boxes = num_boxes * dn_meta["num_dn_group"]
-            dn_sets = [("_dn", known)] + [(f"_dn_{i}", aux) for i, aux in enumerate(known["aux_outputs"])]
-            for suffix, preds in dn_sets:
-                losses.update({k + suffix: v for k, v in self.dn_set_losses(preds, targets, dn_idx, dn_boxes).items()})
+            for pset in dn_sets:
+                set_losses = self.dn_set_losses(pset.preds, targets, dn_idx, dn_boxes)
+                losses.update({k + pset.spec.suffix: v for k, v in set_losses.items()})
         else:
-            # no denoising in this batch (evaluation): report zeros so logs keep their keys
+            # no denoising in this batch (evaluation): zeros, so logs keep their keys
             zero = outputs["pred_logits"].new_zeros(())
-            n_aux = len(outputs.get("aux_outputs", []))
-            for suffix in ["_dn"] + [f"_dn_{i}" for i in range(n_aux)]:
-                losses.update({k + suffix: zero for k in LOSS_NAMES})
+            for spec in sorted((s for s in self.specs if s.kind is SetKind.DENOISING), key=_dn_log_order):
+                losses.update({k + spec.suffix: zero for k in LOSS_NAMES})
         return (losses, final_indices) if return_indices else losses
 
 
-def build_weight_dict(args) -> Dict[str, float]:
-    """Loss weights, DINO's 39 entries: main, _dn, _0.._{dec_layers-2} (+ _dn_i), _interm.
-
-    dn_label_coef / dn_bbox_coef scale the denoising classification / box losses."""
-    base = {"loss_ce": args.cls_loss_coef, "loss_bbox": args.bbox_loss_coef, "loss_giou": args.giou_loss_coef}
-    dn_label, dn_bbox = args.dn_label_coef, args.dn_bbox_coef
-    dn = {"loss_ce_dn": base["loss_ce"] * dn_label, "loss_bbox_dn": base["loss_bbox"] * dn_bbox,
-          "loss_giou_dn": base["loss_giou"] * dn_bbox}
-    per_layer = dict(base, **dn) if args.use_dn else dict(base)
-    weights = dict(per_layer)
-    if args.aux_loss:
-        for i in range(args.dec_layers - 1):
-            weights.update({f"{k}_{i}": v for k, v in per_layer.items()})
-    no_box = args.no_interm_box_loss
-    interm_scale = {"loss_ce": 1.0, "loss_bbox": 0.0 if no_box else 1.0, "loss_giou": 0.0 if no_box else 1.0}
-    weights.update({f"{k}_interm": v * args.interm_loss_coef * interm_scale[k] for k, v in base.items()})
-    return weights
+def _dn_log_order(spec: SetSpec) -> int:
+    """The last layer's denoising set first, then the others by layer (DINO's loss-dict order)."""
+    return -1 if spec.suffix == "_dn" else spec.layer

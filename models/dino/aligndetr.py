@@ -13,7 +13,7 @@ The sets supervised (final, _0.._{L-2}, _interm, _dn*), the loss weights and the
 by the number of ground-truth boxes are SetCriterion's: `AlignDETRCriterion` overrides only how
 one set is matched and how one set's losses are computed.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
 
 from util.config_schema import Key, KeyGroup, choice_key, float_key, prob_key
 
-from ..common.criterion import SetCriterion, build_weight_dict
+from ..common.criterion import PredictionSet, SetCriterion, SetKind, SetSpec
 from ..common.matcher import HungarianMatcher
 
 # positives of one image in a one-to-k set never exceed this fraction of the queries
@@ -100,25 +100,26 @@ class AlignDETRCriterion(SetCriterion):
     alpha: the quality exponent (not the focal alpha); gamma: the negatives' exponent;
     tau: the rank-weight temperature."""
 
-    def __init__(self, num_classes: int, matcher: OneToManyMatcher, weight_dict: Dict[str, float],
-                 o2m_k: Sequence[int], alpha: float = 0.25, gamma: float = 2.0, tau: float = 1.5,
-                 focal_alpha: float = 0.25):
-        super().__init__(num_classes, matcher, weight_dict, focal_alpha=focal_alpha)
+    def __init__(self, num_classes: int, matcher: OneToManyMatcher, specs: Sequence[SetSpec],
+                 weights: Mapping[SetKind, Mapping[str, float]], o2m_k: Sequence[int], alpha: float = 0.25,
+                 gamma: float = 2.0, tau: float = 1.5, focal_alpha: float = 0.25):
+        super().__init__(num_classes, matcher, specs, weights, focal_alpha=focal_alpha)
         self.o2m_k = list(o2m_k)
         self.alpha = alpha
         self.gamma = gamma
         self.tau = tau
 
-    def k_of_set(self, suffix: str) -> int:
-        """k of a prediction set by its loss suffix: '_interm', '_i' (decoder layer i + 1) or '' (last)."""
-        if suffix == "_interm":
+    def k_of_set(self, spec: SetSpec) -> int:
+        """k of a matched set: o2m_k[0] for the encoder proposals, o2m_k[i + 1] for the earlier decoder layer
+        i (0-based), o2m_k[-1] for the last layer."""
+        if spec.kind is SetKind.ENCODER:
             return self.o2m_k[0]
-        if suffix == "":
+        if spec.kind is SetKind.FINAL:
             return self.o2m_k[-1]
-        return self.o2m_k[int(suffix[1:]) + 1]
+        return self.o2m_k[spec.layer + 1]
 
-    def match(self, suffix: str, preds: Dict, targets: List[Dict]) -> List[Tuple[Tensor, Tensor]]:
-        return self.matcher(preds, targets, k=self.k_of_set(suffix))
+    def match(self, pset: PredictionSet, targets: List[Dict]) -> List[Tuple[Tensor, Tensor]]:
+        return self.matcher(pset.preds, targets, k=self.k_of_set(pset.spec))
 
     def dn_set_losses(self, outputs: Dict, targets: List[Dict], indices: List[Tuple[Tensor, Tensor]],
                       num_boxes: float) -> Dict[str, Tensor]:
@@ -153,10 +154,11 @@ class AlignDETRCriterion(SetCriterion):
         return losses
 
 
-def build_aligndetr_criterion(args) -> AlignDETRCriterion:
-    """The criterion of criterion_type='aligndetr' (DINO's matching costs and loss weights)."""
+def build_aligndetr_criterion(args, specs: Sequence[SetSpec],
+                              weights: Mapping[SetKind, Mapping[str, float]]) -> AlignDETRCriterion:
+    """The criterion of criterion_type='aligndetr' over DINO's sets and loss weights (DINO's matching costs)."""
     matcher = OneToManyMatcher(args.set_cost_class, args.set_cost_bbox, args.set_cost_giou, args.focal_alpha)
-    return AlignDETRCriterion(args.num_classes, matcher, build_weight_dict(args), args.o2m_k,
+    return AlignDETRCriterion(args.num_classes, matcher, specs, weights, args.o2m_k,
                               alpha=args.aligndetr_alpha, gamma=args.aligndetr_gamma, tau=args.aligndetr_tau,
                               focal_alpha=args.focal_alpha)
 

@@ -1,83 +1,87 @@
-"""DINO's deformable transformer: encoder, two-stage mixed query selection, decoder.
+"""The deformable transformer, assembled from parts: encoder -> query selection -> decoder.
 
-AugDETR plugs in here: hybrid encoder layers (HAE) replace the first encoder layers, and
-the decoder's cross-attention may read several encoder layers (EMCA), for which the
-encoder keeps its per-layer outputs.
+Every part is handed in by the detector's builder: the encoder (its layers: DINO's, or AugDETR's hybrid
+ones first), the query selection (DINO's mixed two-stage selection, ...), the decoder (its layers, whose
+cross-attention may be AugDETR's EMCA, and the prediction heads it refines boxes with) and what the
+decoder's cross-attention reads of the encoder (`LastEncoderLayer`, or AugDETR's mix of several layers).
+The transformer owns only the level embedding. It runs, and is tested, on its own.
 """
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .augdetr.emca import EncoderMemories, EncoderMixingAttention
-from .augdetr.hae import HybridEncoderLayer
 from .ops import MSDeformAttn
-from .query_selection import gen_encoder_output_proposals
-from .transformer_layers import DeformableDecoder, DeformableDecoderLayer, DeformableEncoder, DeformableEncoderLayer
+from .query_selection import Queries, QuerySelection
+from .transformer_layers import DeformableDecoder, DeformableEncoder, MaskUpdate
+
+
+class LastEncoderLayer(nn.Module):
+    """What the decoder's cross-attention reads: the last encoder layer's output (B, S, C)."""
+    needs_layer_outputs = False
+
+    def forward(self, memory: Tensor, layer_outputs: Optional[List[Tensor]], padding_mask: Tensor,
+                spatial_shapes: List, num_queries: int):
+        return memory
+
+
+class TransformerOutput(NamedTuple):
+    """hs: per decoder layer, its output (B, D + Q, C) (after the decoder's final norm, if it has one);
+    references: num_layers + 1 boxes (B, D + Q, 4) sigmoid, the decoder's initial ones first (refined
+    ones per layer, see DeformableDecoder); queries: the selected queries (Queries: the encoder
+    proposals' predictions among them); memory: the last encoder layer's output (B, S, C). D denoising
+    queries (if given) come before the Q selected ones."""
+    hs: List[Tensor]
+    references: List[Tensor]
+    queries: Queries
+    memory: Tensor
 
 
 class DeformableTransformer(nn.Module):
-    """Encoder + two-stage query selection + decoder.
+    """Encoder + query selection + decoder over flattened multi-scale features.
 
-    Args mirror DINO's config keys. `emca_enc_layers` (0-based encoder layer indices) is
-    None when the decoder reads only the last encoder layer (plain DINO).
-    """
+    The query selection's modules are registered on the transformer itself under their own names (DINO's
+    checkpoints name them transformer.tgt_embed, transformer.enc_output, ...), so the selection is not a
+    child module; the transformer keeps its training mode in step with its own."""
 
-    def __init__(self, d_model: int = 256, nhead: int = 8, num_queries: int = 900, num_encoder_layers: int = 6,
-                 num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.0,
-                 activation: str = "relu", num_feature_levels: int = 4, enc_n_points: int = 4,
-                 dec_n_points: int = 4, embed_init_tgt: bool = True, use_detached_boxes_dec_out: bool = False,
-                 num_hae_layers: int = 0, hae_dense_level: int = -1, hae_ffn: bool = False,
-                 emca_enc_layers: Optional[Sequence[int]] = None, emca_shared_value_proj: bool = False):
+    def __init__(self, encoder: DeformableEncoder, decoder: DeformableDecoder, query_selection: QuerySelection,
+                 num_feature_levels: int, d_model: int, decoder_memory: Optional[nn.Module] = None):
         super().__init__()
-        if num_hae_layers > num_encoder_layers:
-            raise ValueError(f"num_hae_layers={num_hae_layers} exceeds enc_layers={num_encoder_layers}")
+        if list(query_selection.parameters(recurse=False)) or list(query_selection.buffers(recurse=False)):
+            raise ValueError("a query selection keeps its tensors in submodules (registered on the transformer)")
         self.d_model = d_model
-        self.num_queries = num_queries
         self.num_feature_levels = num_feature_levels
-        self.num_decoder_layers = num_decoder_layers
-        self.embed_init_tgt = embed_init_tgt
-
-        enc_args = dict(d_model=d_model, d_ffn=dim_feedforward, dropout=dropout, activation=activation,
-                        n_levels=num_feature_levels, n_heads=nhead, n_points=enc_n_points)
-        enc_layers = [HybridEncoderLayer(**enc_args, dense_level=hae_dense_level, dense_ffn=hae_ffn)
-                      for _ in range(num_hae_layers)]
-        enc_layers += [DeformableEncoderLayer(**enc_args) for _ in range(num_encoder_layers - num_hae_layers)]
-        self.encoder = DeformableEncoder(enc_layers)
-
-        self.emca_enc_layers = None if emca_enc_layers is None else list(emca_enc_layers)
-        if self.emca_enc_layers is not None:
-            bad = [i for i in self.emca_enc_layers if not 0 <= i < num_encoder_layers]
-            if bad or not self.emca_enc_layers:
-                raise ValueError(f"emca_enc_layers={self.emca_enc_layers}: need indices in [0, {num_encoder_layers})")
-        dec_layers = []
-        for _ in range(num_decoder_layers):
-            cross_attn = None
-            if self.emca_enc_layers is not None:
-                cross_attn = EncoderMixingAttention(d_model, num_feature_levels, nhead, dec_n_points,
-                                                    num_mixed=len(self.emca_enc_layers),
-                                                    shared_value_proj=emca_shared_value_proj)
-            dec_layers.append(DeformableDecoderLayer(d_model, dim_feedforward, dropout, activation,
-                                                     num_feature_levels, nhead, dec_n_points, cross_attn=cross_attn))
-        self.decoder = DeformableDecoder(dec_layers, d_model, use_detached_boxes_dec_out=use_detached_boxes_dec_out)
-
+        self.encoder = encoder
+        self.decoder = decoder
+        self.decoder_memory = decoder_memory if decoder_memory is not None else LastEncoderLayer()
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
-        self.tgt_embed = nn.Embedding(num_queries, d_model) if embed_init_tgt else None
-        self.enc_output = nn.Linear(d_model, d_model)
-        self.enc_output_norm = nn.LayerNorm(d_model)
-        # the two-stage heads are copies of DINO's heads, assigned by DINO
-        self.enc_out_bbox_embed: Optional[nn.Module] = None
-        self.enc_out_class_embed: Optional[nn.Module] = None
         self._reset_parameters()
+        for name, part in query_selection.named_children():
+            if part is not None:
+                self.add_module(name, part)
+        self.__dict__["query_selection"] = query_selection  # not a child: its parts are registered above
+
+    @property
+    def num_decoder_layers(self) -> int:
+        return self.decoder.num_layers
 
     def _reset_parameters(self) -> None:
+        """Xavier-uniform weights for the encoder's and decoder's layers (not the prediction heads the
+        decoder was given), MSDeformAttn's own initialisation, a normal level embedding."""
+        heads = {id(p) for module in (self.decoder.bbox_embed, self.decoder.class_embed) if module is not None
+                 for p in module.parameters()}
         for p in self.parameters():
-            if p.dim() > 1:
+            if p.dim() > 1 and id(p) not in heads:
                 nn.init.xavier_uniform_(p)
         for m in self.modules():
             if isinstance(m, MSDeformAttn):
                 m._reset_parameters()
         nn.init.normal_(self.level_embed)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.query_selection.train(mode)
+        return self
 
     @staticmethod
     def valid_ratio(mask: Tensor) -> Tensor:
@@ -96,71 +100,29 @@ class DeformableTransformer(nn.Module):
                                  for lvl, p in enumerate(pos_embeds)], 1)
         return src_flatten, mask_flatten, pos_flatten, shapes
 
-    def select_queries(self, memory: Tensor, mask_flatten: Tensor, shapes: List):
-        """Two-stage mixed query selection: the top-k encoder proposals give the anchors
-        (detached); the content queries are the learnable tgt_embed."""
-        output_memory, output_proposals = gen_encoder_output_proposals(memory, mask_flatten, shapes)
-        output_memory = self.enc_output_norm(self.enc_output(output_memory))
-        class_unselected = self.enc_out_class_embed(output_memory)  # (B, S, num_classes)
-        coord_unselected = self.enc_out_bbox_embed(output_memory) + output_proposals  # (B, S, 4) logits
-        topk = self.num_queries
-        if memory.shape[1] < topk:
-            raise ValueError(f"num_queries={topk} exceeds the {memory.shape[1]} encoder tokens of this batch: "
-                             f"use larger images or --options num_queries=N with N <= {memory.shape[1]}")
-        topk_idx = torch.topk(class_unselected.max(-1)[0], topk, dim=1)[1]  # (B, K)
-        refpoint_undetach = torch.gather(coord_unselected, 1, topk_idx.unsqueeze(-1).expand(-1, -1, 4))
-        init_box_proposal = torch.gather(output_proposals, 1, topk_idx.unsqueeze(-1).expand(-1, -1, 4)).sigmoid()
-        tgt_undetach = torch.gather(output_memory, 1, topk_idx.unsqueeze(-1).expand(-1, -1, self.d_model))
-        if self.embed_init_tgt:
-            tgt = self.tgt_embed.weight[None].expand(memory.shape[0], -1, -1)
-        else:
-            tgt = tgt_undetach.detach()
-        return tgt, refpoint_undetach, tgt_undetach, init_box_proposal
-
     def forward(self, srcs: List[Tensor], masks: List[Tensor], pos_embeds: List[Tensor],
-                refpoint_embed: Optional[Tensor] = None, tgt: Optional[Tensor] = None,
-                attn_mask: Optional[Tensor] = None):
-        """srcs/pos_embeds: per level (B, C, H_l, W_l); masks (B, H_l, W_l).
-        refpoint_embed (B, D, 4) logits and tgt (B, D, C): denoising queries put before the
-        matching queries (D = 0 when None); attn_mask (D+Q, D+Q) bool.
-
-        Returns hs (list of (B, D+Q, C)), references (list of (B, D+Q, 4)), hs_enc (1, B, Q, C),
-        ref_enc (1, B, Q, 4) sigmoid boxes, init_box_proposal (B, Q, 4).
-        """
+                dn_anchors: Optional[Tensor] = None, dn_content: Optional[Tensor] = None,
+                self_attn_mask: Optional[Tensor] = None, mask_update: Optional[MaskUpdate] = None
+                ) -> TransformerOutput:
+        """srcs/pos_embeds: per level (B, C, H_l, W_l); masks (B, H_l, W_l) True = padding.
+        dn_anchors (B, D, 4) logits and dn_content (B, D, C): denoising queries put before the selected
+        ones (D = 0 when None); self_attn_mask (D+Q, D+Q) or per image and head (B * heads, D+Q, D+Q) bool,
+        True = blocked; mask_update: the decoder's hook to change it between layers."""
         src_flatten, mask_flatten, pos_flatten, shapes = self.flatten_levels(srcs, masks, pos_embeds)
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.valid_ratio(m) for m in masks], 1)  # (B, L, 2)
 
-        keep = self.emca_enc_layers is not None
         memory, layer_outputs = self.encoder(src_flatten, pos_flatten, spatial_shapes, shapes, level_start_index,
-                                             valid_ratios, mask_flatten, keep_layer_outputs=keep)
-        tgt_, refpoint_undetach, tgt_undetach, init_box_proposal = self.select_queries(memory, mask_flatten, shapes)
-        refpoint_ = refpoint_undetach.detach()
-        if refpoint_embed is not None:
-            refpoint_ = torch.cat([refpoint_embed, refpoint_], dim=1)
-            tgt_ = torch.cat([tgt, tgt_], dim=1)
-        # EMCA reads the chosen encoder layers stacked as (K, B, S, C)
-        dec_memory = memory
-        if keep:  # zeroed at padded tokens once, for all decoder layers, split where they sample first
-            fine_tokens = self.decoder.layers[0].cross_attn.fine_tokens(shapes, tgt_.shape[1])
-            dec_memory = EncoderMemories.stack([layer_outputs[i] for i in self.emca_enc_layers], mask_flatten,
-                                               fine_tokens)
-        hs, references = self.decoder(tgt_, dec_memory, mask_flatten, refpoint_, level_start_index, spatial_shapes,
-                                      valid_ratios, tgt_mask=attn_mask)
-        return hs, references, tgt_undetach.unsqueeze(0), refpoint_undetach.sigmoid().unsqueeze(0), init_box_proposal
-
-
-def build_deformable_transformer(args) -> DeformableTransformer:
-    """Map the config onto DeformableTransformer (two-stage 'standard', post-norm: DINO's only layout)."""
-    emca_layers = None
-    if args.use_emca:
-        emca_layers = list(range(args.enc_layers)) if args.emca_enc_layers is None else list(args.emca_enc_layers)
-    return DeformableTransformer(
-        d_model=args.hidden_dim, nhead=args.nheads, num_queries=args.num_queries, num_encoder_layers=args.enc_layers,
-        num_decoder_layers=args.dec_layers, dim_feedforward=args.dim_feedforward, dropout=args.dropout,
-        activation=args.transformer_activation, num_feature_levels=args.num_feature_levels,
-        enc_n_points=args.enc_n_points, dec_n_points=args.dec_n_points, embed_init_tgt=args.embed_init_tgt,
-        use_detached_boxes_dec_out=args.use_detached_boxes_dec_out,
-        num_hae_layers=args.num_hae_layers if args.use_hae else 0, hae_dense_level=args.hae_dense_level,
-        hae_ffn=args.hae_ffn, emca_enc_layers=emca_layers, emca_shared_value_proj=args.emca_shared_value_proj)
+                                             valid_ratios, mask_flatten,
+                                             keep_layer_outputs=self.decoder_memory.needs_layer_outputs)
+        queries = self.query_selection(memory, mask_flatten, shapes)
+        content, anchors, position = queries.content, queries.anchors, queries.position
+        if dn_anchors is not None:
+            anchors = torch.cat([dn_anchors, anchors], dim=1)
+            content = torch.cat([dn_content, content], dim=1)
+        dec_memory = self.decoder_memory(memory, layer_outputs, mask_flatten, shapes, content.shape[1])
+        hs, references = self.decoder(content, dec_memory, mask_flatten, anchors, level_start_index, spatial_shapes,
+                                      valid_ratios, self_attn_mask=self_attn_mask, mask_update=mask_update,
+                                      query_pos=position)
+        return TransformerOutput(hs, references, queries, memory)

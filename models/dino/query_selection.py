@@ -1,8 +1,37 @@
-"""Query selection: from the encoder's output to the decoder's first queries and reference boxes."""
-from typing import List
+"""Query selection: from the encoder's output to the decoder's first queries and reference boxes.
+
+A `QuerySelection` is a part of the deformable transformer (deformable_transformer.py): it owns its
+modules, which the transformer registers under its own names (the names official checkpoints use,
+e.g. DINO's `transformer.tgt_embed`), and returns `Queries`. DINO's is `MixedQuerySelection`.
+"""
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+
+class Queries(NamedTuple):
+    """The decoder's first queries (Q of them) and what the encoder predicted for them.
+
+    content (B, Q, C): content queries; anchors (B, Q, 4): reference boxes as logits (inverse sigmoid),
+    detached; position (B, Q, C) or None: a static positional query (None: the decoder derives it from
+    the boxes at every layer, as DINO does); proposal_logits (B, Q, K) and proposal_boxes (B, Q, 4)
+    sigmoid, or None: the selected encoder proposals' class logits and (undetached) boxes, supervised
+    by the encoder loss of two-stage detectors."""
+    content: Tensor
+    anchors: Tensor
+    position: Optional[Tensor] = None
+    proposal_logits: Optional[Tensor] = None
+    proposal_boxes: Optional[Tensor] = None
+
+
+class QuerySelection(nn.Module):
+    """Base of the query selections: forward(memory (B, S, C), padding mask (B, S) True = padding,
+    spatial_shapes [(H_l, W_l)]) -> Queries. Holds no parameters itself, only submodules (registered
+    on the transformer under their own names)."""
+
+    def forward(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: List[Tuple[int, int]]) -> Queries:
+        raise NotImplementedError
 
 
 def gen_encoder_output_proposals(memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: List):
@@ -20,9 +49,9 @@ def gen_encoder_output_proposals(memory: Tensor, memory_padding_mask: Tensor, sp
         mask = memory_padding_mask[:, start:start + h * w].view(bs, h, w)
         valid_h = (~mask[:, :, 0]).sum(1)
         valid_w = (~mask[:, 0, :]).sum(1)
-        ys, xs = torch.meshgrid(torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
-                                torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device),
-                                indexing="ij")
+        # arange, not linspace: linspace's ONNX export gives NaN for a one-pixel-high or -wide map
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=memory.device),
+                                torch.arange(w, dtype=torch.float32, device=memory.device), indexing="ij")
         grid = torch.stack([xs, ys], -1)  # (H, W, 2) as (x, y)
         scale = torch.stack([valid_w, valid_h], 1).view(bs, 1, 1, 2)
         grid = (grid.unsqueeze(0).expand(bs, -1, -1, -1) + 0.5) / scale
@@ -36,3 +65,48 @@ def gen_encoder_output_proposals(memory: Tensor, memory_padding_mask: Tensor, sp
     proposals = proposals.masked_fill(invalid, float("inf"))
     output_memory = memory.masked_fill(invalid, 0.0)
     return output_memory, proposals
+
+
+class MixedQuerySelection(QuerySelection):
+    """DINO's two-stage mixed query selection: every encoder token proposes a box, the top-k by their
+    highest class score give the anchors (detached); the content queries are learned (`tgt_embed`, with
+    learned_content) or the selected tokens' memory, detached.
+
+    class_head / box_head score and refine the proposals (DINO: copies of the decoder's heads; the
+    caller initialises them). Parameter names are DINO's: enc_output, enc_output_norm, tgt_embed,
+    enc_out_class_embed, enc_out_bbox_embed."""
+
+    def __init__(self, d_model: int, num_queries: int, class_head: nn.Module, box_head: nn.Module,
+                 learned_content: bool = True):
+        super().__init__()
+        self.num_queries = num_queries
+        self.tgt_embed = nn.Embedding(num_queries, d_model) if learned_content else None
+        self.enc_output = nn.Linear(d_model, d_model)
+        self.enc_output_norm = nn.LayerNorm(d_model)
+        self.enc_out_class_embed = class_head
+        self.enc_out_bbox_embed = box_head
+        for weight in [self.enc_output.weight] + ([self.tgt_embed.weight] if learned_content else []):
+            nn.init.xavier_uniform_(weight)
+
+    def proposals(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: List):
+        """-> (normalised memory (B, S, C), class logits (B, S, K), box logits (B, S, 4), raw proposals (B, S, 4))."""
+        output_memory, output_proposals = gen_encoder_output_proposals(memory, padding_mask, spatial_shapes)
+        output_memory = self.enc_output_norm(self.enc_output(output_memory))
+        logits = self.enc_out_class_embed(output_memory)  # (B, S, num_classes)
+        boxes = self.enc_out_bbox_embed(output_memory) + output_proposals  # (B, S, 4) logits
+        return output_memory, logits, boxes, output_proposals
+
+    def forward(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: List[Tuple[int, int]]) -> Queries:
+        if memory.shape[1] < self.num_queries:
+            raise ValueError(f"num_queries={self.num_queries} exceeds the {memory.shape[1]} encoder tokens of this "
+                             f"batch: use larger images or --options num_queries=N with N <= {memory.shape[1]}")
+        output_memory, logits, boxes, _ = self.proposals(memory, padding_mask, spatial_shapes)
+        topk = torch.topk(logits.max(-1)[0], self.num_queries, dim=1)[1]  # (B, Q)
+        anchors = torch.gather(boxes, 1, topk.unsqueeze(-1).expand(-1, -1, 4))
+        selected = torch.gather(output_memory, 1, topk.unsqueeze(-1).expand(-1, -1, output_memory.shape[-1]))
+        if self.tgt_embed is not None:
+            content = self.tgt_embed.weight[None].expand(memory.shape[0], -1, -1)
+        else:
+            content = selected.detach()
+        return Queries(content, anchors.detach(), proposal_logits=self.enc_out_class_embed(selected),
+                       proposal_boxes=anchors.sigmoid())

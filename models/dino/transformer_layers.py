@@ -3,14 +3,16 @@
 All tensors are batch-first: queries (B, Q, C), flattened multi-scale memory (B, S, C)
 with S = sum of H_l * W_l.
 """
-import copy
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..common.layers import MLP, gen_sineembed_for_position, get_activation_fn, inverse_sigmoid
 from .ops import MSDeformAttn
+
+# decoder hook: (layer index, layer output (B, Q, C), refined boxes (B, Q, 4)) -> next layer's mask or None
+MaskUpdate = Callable[[int, Tensor, Tensor], Optional[Tensor]]
 
 
 def with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
@@ -63,8 +65,10 @@ class DeformableEncoder(nn.Module):
         """
         refs = []
         for lvl, (h, w) in enumerate(spatial_shapes):
-            ref_y, ref_x = torch.meshgrid(torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                                          torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+            # pixel centres 0.5, 1.5, ...: arange, not linspace, whose ONNX export divides by (steps - 1) and
+            # gives NaN on a one-pixel-high or -wide map
+            ref_y, ref_x = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                                          torch.arange(w, dtype=torch.float32, device=device) + 0.5,
                                           indexing="ij")
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
             ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * w)
@@ -110,8 +114,8 @@ class DeformableDecoderLayer(nn.Module):
 
     def forward(self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory, memory_padding_mask: Tensor,
                 level_start_index: Tensor, spatial_shapes: Tensor, self_attn_mask: Optional[Tensor] = None) -> Tensor:
-        """tgt, query_pos (B, Q, C); reference_points (B, Q, L, 4); memory (B, S, C) (or what
-        `cross_attn` takes); self_attn_mask (Q, Q) bool, True = blocked -> (B, Q, C)."""
+        """tgt, query_pos (B, Q, C); reference_points (B, Q, L, 2 or 4); memory (B, S, C) (or what
+        `cross_attn` takes); self_attn_mask (Q, Q) or (B * heads, Q, Q) bool, True = blocked -> (B, Q, C)."""
         q = k = with_pos(tgt, query_pos)
         tgt2 = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
@@ -123,50 +127,71 @@ class DeformableDecoderLayer(nn.Module):
 
 
 class DeformableDecoder(nn.Module):
-    """Decoder with iterative box refinement and DINO's "look forward twice".
+    """The decoder stack, with iterative box refinement and DINO's "look forward twice".
 
-    Each layer refines the boxes with the (shared) box head; the next layer gets the
-    detached box, while the returned list keeps the undetached one so that layer i's loss
-    also trains layer i-1's prediction.
+    box_heads (one per layer, possibly one shared module) refine the reference boxes after each layer;
+    the next layer gets the detached box. With look_forward_twice the returned boxes keep the undetached
+    one, so that layer i's loss also trains layer i-1's prediction (DINO); otherwise they are the
+    detached ones. class_heads are held for the checkpoint layout (DINO saves them as
+    transformer.decoder.class_embed) and for mask updates that score queries between layers.
+    Without position_from_boxes the caller gives a static positional query (Deformable DETR); with it
+    the query position is ref_point_head(sine(box)) at every layer (DINO).
     """
 
-    def __init__(self, layers: List[nn.Module], d_model: int, query_dim: int = 4,
-                 use_detached_boxes_dec_out: bool = False):
+    def __init__(self, layers: List[nn.Module], d_model: int, box_heads: Optional[nn.ModuleList] = None,
+                 class_heads: Optional[nn.ModuleList] = None, query_dim: int = 4, final_norm: bool = True,
+                 look_forward_twice: bool = True, position_from_boxes: bool = True, logit_eps: float = 1e-3):
         super().__init__()
-        if query_dim != 4:
-            raise ValueError("query_dim must be 4 (boxes as cx, cy, w, h)")
+        if query_dim not in (2, 4):
+            raise ValueError("query_dim must be 2 (points x, y) or 4 (boxes cx, cy, w, h)")
         self.layers = nn.ModuleList(layers)
         self.num_layers = len(layers)
-        self.norm = nn.LayerNorm(d_model)
-        self.ref_point_head = MLP(query_dim // 2 * d_model, d_model, d_model, 2)
+        self.norm = nn.LayerNorm(d_model) if final_norm else None
+        self.ref_point_head = MLP(query_dim // 2 * d_model, d_model, d_model, 2) if position_from_boxes else None
         self.d_model = d_model
-        self.use_detached_boxes_dec_out = use_detached_boxes_dec_out
-        self.bbox_embed: Optional[nn.ModuleList] = None  # set by DINO: the shared box heads
-        self.class_embed: Optional[nn.ModuleList] = None
+        self.look_forward_twice = look_forward_twice
+        self.logit_eps = logit_eps  # inverse_sigmoid's clamp: DINO 1e-3, Deformable DETR 1e-5
+        for name, heads in (("bbox_embed", box_heads), ("class_embed", class_heads)):
+            if heads is not None and len(heads) < self.num_layers:
+                raise ValueError(f"{name}: {len(heads)} heads for {self.num_layers} decoder layers")
+        self.bbox_embed = box_heads
+        self.class_embed = class_heads
 
     def forward(self, tgt: Tensor, memory, memory_padding_mask: Tensor, refpoints_unsigmoid: Tensor,
                 level_start_index: Tensor, spatial_shapes: Tensor, valid_ratios: Tensor,
-                tgt_mask: Optional[Tensor] = None):
-        """tgt (B, Q, C), refpoints_unsigmoid (B, Q, 4) ->
-        (list of num_layers normed outputs (B, Q, C), list of num_layers + 1 boxes (B, Q, 4))."""
+                self_attn_mask: Optional[Tensor] = None, mask_update: Optional[MaskUpdate] = None,
+                query_pos: Optional[Tensor] = None):
+        """tgt (B, Q, C), refpoints_unsigmoid (B, Q, 2 or 4) logits; self_attn_mask (Q, Q) or (B * heads, Q, Q)
+        bool, True = blocked; mask_update(layer index, layer output (B, Q, C), its refined boxes (B, Q, 4)) ->
+        the mask of the next layer (or None to keep it); query_pos (B, Q, C) without position_from_boxes ->
+        (list of num_layers outputs (B, Q, C), list of num_layers + 1 boxes (B, Q, 2 or 4) sigmoid)."""
         output = tgt
         intermediate = []
         reference_points = refpoints_unsigmoid.sigmoid()
         ref_points = [reference_points]
-        scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # (B, 1, L, 4)
         for layer_id, layer in enumerate(self.layers):
-            reference_points_input = reference_points[:, :, None] * scale  # (B, Q, L, 4)
-            query_sine_embed = gen_sineembed_for_position(reference_points_input[:, :, 0, :], self.d_model)
-            query_pos = self.ref_point_head(query_sine_embed)
+            scale = torch.cat([valid_ratios] * (reference_points.shape[-1] // 2), -1)[:, None]  # (B, 1, L, 2|4)
+            reference_points_input = reference_points[:, :, None] * scale  # (B, Q, L, 2|4)
+            if self.ref_point_head is not None:
+                query_sine_embed = gen_sineembed_for_position(reference_points_input[:, :, 0, :], self.d_model)
+                query_pos = self.ref_point_head(query_sine_embed)
             output = layer(output, query_pos, reference_points_input, memory, memory_padding_mask,
-                           level_start_index, spatial_shapes, self_attn_mask=tgt_mask)
+                           level_start_index, spatial_shapes, self_attn_mask=self_attn_mask)
             if self.bbox_embed is not None:
-                new_reference_points = (self.bbox_embed[layer_id](output) + inverse_sigmoid(reference_points)).sigmoid()
+                new_reference_points = self.refine(layer_id, output, reference_points)
                 reference_points = new_reference_points.detach()
-                ref_points.append(reference_points if self.use_detached_boxes_dec_out else new_reference_points)
-            intermediate.append(self.norm(output))
+                ref_points.append(new_reference_points if self.look_forward_twice else reference_points)
+            intermediate.append(self.norm(output) if self.norm is not None else output)
+            if mask_update is not None and layer_id + 1 < self.num_layers:
+                new_mask = mask_update(layer_id, output, reference_points)
+                self_attn_mask = self_attn_mask if new_mask is None else new_mask
         return intermediate, ref_points
 
-
-def clone_layers(layer: nn.Module, n: int) -> List[nn.Module]:
-    return [copy.deepcopy(layer) for _ in range(n)]
+    def refine(self, layer_id: int, output: Tensor, reference_points: Tensor) -> Tensor:
+        """Layer `layer_id`'s refined boxes (B, Q, 4) sigmoid: its box head's delta added to the logits of the
+        current references (to their (x, y) only when they are points)."""
+        delta = self.bbox_embed[layer_id](output)
+        logits = inverse_sigmoid(reference_points, self.logit_eps)
+        if reference_points.shape[-1] == 4:
+            return (delta + logits).sigmoid()
+        return torch.cat([delta[..., :2] + logits, delta[..., 2:]], -1).sigmoid()

@@ -9,7 +9,7 @@ import torch
 
 from engine.config import load_config
 from models import build_model
-from models.common.criterion import SetCriterion
+from models.common.criterion import PredictionSet, SetCriterion, SetKind, SetSpec, decoder_set_specs
 from models.common.matcher import HungarianMatcher
 from models.dino.aligndetr import AlignDETRCriterion, OneToManyMatcher, capped_k, rank_weights
 from util.slconfig import ConfigError
@@ -21,8 +21,15 @@ GT = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
 TAU = 1.5
 
 
+def sets(num_layers):
+    """DINO's sets of a decoder of num_layers layers, every kind weighted by WEIGHTS."""
+    specs = decoder_set_specs(num_layers, aux_loss=True, encoder=True, denoising=True)
+    return specs, {kind: WEIGHTS for kind in SetKind}
+
+
 def criterion(o2m_k=(2, 2, 1), alpha=0.25, gamma=2.0, tau=TAU):
-    c = AlignDETRCriterion(3, OneToManyMatcher(), WEIGHTS, list(o2m_k), alpha=alpha, gamma=gamma, tau=tau)
+    c = AlignDETRCriterion(3, OneToManyMatcher(), *sets(max(len(o2m_k) - 1, 1)), list(o2m_k), alpha=alpha,
+                           gamma=gamma, tau=tau)
     c.eval()
     return c
 
@@ -88,7 +95,7 @@ def test_alpha_and_gamma_change_the_loss_as_the_formula_says():
     targets = [{"labels": torch.tensor([1]), "boxes": GT}]
     indices = [(torch.tensor([0]), torch.tensor([0]))]
     for alpha, gamma in [(0.0, 1.0), (0.5, 3.0)]:
-        c = AlignDETRCriterion(2, OneToManyMatcher(), WEIGHTS, [1, 1], alpha=alpha, gamma=gamma)
+        c = AlignDETRCriterion(2, OneToManyMatcher(), *sets(1), [1, 1], alpha=alpha, gamma=gamma)
         value = c.set_losses(out, targets, indices, num_boxes=1.0)["loss_ce"].item()
         assert value == pytest.approx(naive_ia_bce(logits[0], {(0, 1): (1 / 3, 1.0)}, alpha, gamma), rel=1e-5)
 
@@ -173,10 +180,12 @@ def test_k_per_set_and_the_last_layer_one_to_one():
     c = criterion(o2m_k=(2, 3, 1))
     preds = random_preds(20)
     targets = [{"labels": torch.tensor([0, 1]), "boxes": torch.rand(2, 4) * 0.4 + 0.3}]
-    assert [c.k_of_set(s) for s in ("_interm", "_0", "")] == [2, 3, 1]
-    assert len(c.match("_interm", preds, targets)[0][0]) == 4
-    assert len(c.match("_0", preds, targets)[0][0]) == 6
-    (src, tgt), = c.match("", preds, targets)
+    encoder, layer0 = SetSpec(SetKind.ENCODER), SetSpec(SetKind.DECODER_LAYER, 0, 2)
+    final = SetSpec(SetKind.FINAL, 1, 2)
+    assert [c.k_of_set(s) for s in (encoder, layer0, final)] == [2, 3, 1]
+    assert len(c.match(PredictionSet(encoder, preds), targets)[0][0]) == 4
+    assert len(c.match(PredictionSet(layer0, preds), targets)[0][0]) == 6
+    (src, tgt), = c.match(PredictionSet(final, preds), targets)
     assert len(src) == 2 and sorted(tgt.tolist()) == [0, 1]
 
 
@@ -204,7 +213,7 @@ def denoising_outputs():
 def test_denoising_keeps_its_assignment_and_gets_no_rank_weights():
     c = criterion(o2m_k=(1,))
     c.train()
-    dino = SetCriterion(3, HungarianMatcher(), WEIGHTS)
+    dino = SetCriterion(3, HungarianMatcher(), *sets(1))
     dino.train()
     targets = [{"labels": torch.tensor([0]), "boxes": GT}]
     ours, ref = c(denoising_outputs(), targets), dino(denoising_outputs(), targets)

@@ -4,7 +4,7 @@ import torch
 
 from models import build_model
 from models.dino.augdetr.emca import EncoderMixingAttention
-from models.dino.augdetr.hae import HybridEncoderLayer
+from models.dino.augdetr.hae import HybridAttentionEncoderLayer
 
 from emca_reference import paper_loop
 from tiny_configs import MODEL, tiny_args, tiny_batch
@@ -78,7 +78,7 @@ def test_emca_gates_start_summing_to_one():
 
 def test_dense_branch_ignores_padded_tokens():
     torch.manual_seed(0)
-    layer = HybridEncoderLayer(D, FFN, 0.0, "relu", n_levels=2, n_heads=HEADS, n_points=2).eval()
+    layer = HybridAttentionEncoderLayer(D, FFN, 0.0, "relu", n_levels=2, n_heads=HEADS, n_points=2).eval()
     spatial = torch.tensor([[4, 4], [2, 3]])
     start = torch.tensor([0, 16])
     src = torch.randn(1, 22, D)

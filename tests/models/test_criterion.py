@@ -3,15 +3,20 @@ import math
 import pytest
 import torch
 
-from models.common.criterion import SetCriterion
+from models.common.criterion import SetCriterion, SetKind, decoder_set_specs
 from models.common.matcher import HungarianMatcher
 
 BOXES = torch.tensor([[0.3, 0.4, 0.2, 0.2], [0.6, 0.6, 0.4, 0.2]])
 LABELS = torch.tensor([1, 2])
 
 
+WEIGHTS = {"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2}
+
+
 def criterion():
-    c = SetCriterion(3, HungarianMatcher(), {"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2})
+    """A one-layer decoder's sets (final, its denoising set, the encoder proposals), each kind weighted alike."""
+    specs = decoder_set_specs(1, aux_loss=True, encoder=True, denoising=True)
+    c = SetCriterion(3, HungarianMatcher(), specs, {kind: WEIGHTS for kind in SetKind})
     c.eval()
     return c
 

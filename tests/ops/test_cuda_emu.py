@@ -220,7 +220,7 @@ def test_emu_runs_emcas_calls(emu, monkeypatch, formulation):
     """AugDETR's EMCA as it calls the op (the K maps on the batch axis with stride-0 locations,
     gated weights, the one-channel beta call, heads folded into the queries): the CUDA device
     code gives the reference backend's output and gradients."""
-    from models.dino import emca as emca_mod
+    from models.dino.augdetr import emca as emca_mod
     torch.manual_seed(5)
     k, c = 3, 16
     m = emca_mod.EncoderMixingAttention(d_model=c, n_levels=2, n_heads=2, n_points=2, num_mixed=k).double()

@@ -7,6 +7,7 @@ from PIL import Image
 
 from tools.common import tool_args
 
+from name_keyed_weights import init_by_name
 from tiny_configs import RUN, options
 
 CONFIG = "config/DINO/DINO_synthetic.py"
@@ -17,12 +18,12 @@ TINY = options(RUN, hidden_dim=32)
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """A randomly initialised tiny model saved as {'model': state_dict} (this project's format)."""
+    """The tiny model with name-keyed random weights (independent of how the model is built) saved as
+    {'model': state_dict} (this project's format)."""
     from models import build_model
     from util.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
-    model, _, _ = build_model(tool_args(CONFIG, TINY))
+    model = init_by_name(build_model(tool_args(CONFIG, TINY))[0])
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     save_checkpoint({"model": model.state_dict(), "epoch": 0}, str(path))
     return str(path)

@@ -60,7 +60,7 @@ def test_fake_count_equals_real_count(case, tiny_cfg, tiny_timm_specs):
     80x112 is not a multiple of the Swin window or of the strides, so padding paths run too."""
     config, opts = tiny_cfg
     extra, hae, emca = CASES[case]
-    args = tool_args(config, [*opts, *extra], hae, emca)
+    args = tool_args(config, [*opts, *extra], flags={"use_hae": hae, "use_emca": emca})
     per_op, total, params = real_count(args, 80, 112)
     assert any("msda" in k or "grid_sampler" in k for k in per_op), per_op  # the attention is in the count
     limit = torch._subclasses.fake_tensor.CONSTANT_NUMEL_LIMIT

@@ -62,9 +62,13 @@ def test_display_selection_threshold_and_class_aware_nms():
     assert draw.select_for_display(boxes, scores, labels, 0.0).tolist() == [0, 2, 3]
 
 
-def test_prediction_grid_of_a_dataset(tiny_cfg, tiny_checkpoint, tmp_path):
-    from tools.common import build_eval_model, tool_args
-    model, post = build_eval_model(tool_args(*tiny_cfg), tiny_checkpoint)
+def test_prediction_grid_of_a_dataset(tmp_path):
+    from models import build_model
+
+    from name_keyed_weights import init_by_name
+    from tiny_configs import tiny_args
+    model, _, post = build_model(tiny_args())
+    model = init_by_name(model).eval()
     g = torch.Generator().manual_seed(0)
     dataset = [(torch.randn(3, 64, 96, generator=g), {}) for _ in range(3)]
     path = tmp_path / "pred.png"

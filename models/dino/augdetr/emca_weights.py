@@ -25,7 +25,7 @@ class EmcaWeightRecorder:
             raise ValueError("--save_emca_weights needs an EMCA model: add --use_emca (and the flags it was "
                              "trained with)")
         self.attn = attn
-        self.enc_layers: List[int] = list(model.transformer.emca_enc_layers)
+        self.enc_layers: List[int] = list(model.transformer.decoder_memory.layers)
         self.matcher = matcher
         self.attn.record_mix_weights = True
         k = len(self.enc_layers)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..transformer_layers import DeformableEncoderLayer, with_pos
 
 
-class HybridEncoderLayer(DeformableEncoderLayer):
+class HybridAttentionEncoderLayer(DeformableEncoderLayer):
     """Dense attention on one level, then DINO's deformable encoder layer on all levels.
 
     The deformable part keeps DINO's parameter names, so DINO weights load into it; the dense
