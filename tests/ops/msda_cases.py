@@ -17,9 +17,18 @@ D_VALUES = [1, 2, 5, 8, 16, 30, 32, 33, 64, 71, 256]
 DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 5e-2), (torch.float16, 2e-2)]
 
 
+def moved(t, device=None, dtype=None):
+    """t on `device` in `dtype` (floating tensors only) with its expanded (stride-0) axes still
+    expanded: Tensor.to copies an expanded tensor into full storage."""
+    dtype = dtype if t.is_floating_point() and dtype is not None else t.dtype
+    base = t[tuple(slice(0, 1) if st == 0 and n > 1 else slice(None) for st, n in zip(t.stride(), t.shape))]
+    return base.to(device=device, dtype=dtype).expand(t.shape)
+
+
 def grads_of(fwd, args, grad_out):
-    """Output and (value, location, weight) gradients of fwd through autograd."""
-    value, shapes, starts, loc, attn = [a.detach().clone().requires_grad_(a.is_floating_point()) for a in args]
+    """Output and (value, location, weight) gradients of fwd through autograd; the leaves are detached
+    aliases of args, so strides (stride-0 expansions included) reach the op unchanged."""
+    value, shapes, starts, loc, attn = [a.detach().requires_grad_(a.is_floating_point()) for a in args]
     out = fwd(value, shapes, starts, loc, attn)
     return out, torch.autograd.grad(out, (value, loc, attn), grad_out)
 
@@ -27,7 +36,7 @@ def grads_of(fwd, args, grad_out):
 def grads_of_views(fwd, args, grad_out, transform):
     """grads_of, with the op fed `transform(value, loc, attn)`: views of the leaves (the gradients
     flow back through the view to the leaves)."""
-    value, shapes, starts, loc, attn = [a.detach().clone().requires_grad_(a.is_floating_point()) for a in args]
+    value, shapes, starts, loc, attn = [a.detach().requires_grad_(a.is_floating_point()) for a in args]
     v, lo, at = transform(value, loc, attn)
     out = fwd(v, shapes, starts, lo, at)
     return out, torch.autograd.grad(out, (value, loc, attn), grad_out)
@@ -38,8 +47,8 @@ def check_against_reference(fwd, problem, dtype, tol, device="cpu", transform=No
     (value and grad_output rounded to dtype first, so only the kernel's own rounding remains)."""
     (value, shapes, starts, loc, attn), grad_out = problem
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    args = [value.to(dtype), shapes, starts, loc.to(acc), attn.to(acc)]
-    args = [a.to(device) for a in args]
+    args = [moved(value, device, dtype), moved(shapes, device), moved(starts, device), moved(loc, device, acc),
+            moved(attn, device, acc)]
     go = grad_out.to(dtype).to(device)
     out, grads = grads_of_views(fwd, args, go, transform or (lambda v, lo, at: (v, lo, at)))
     ref_args = (value.to(dtype).double(), shapes, starts, loc.to(acc).double(), attn.to(acc).double())
@@ -141,7 +150,7 @@ def check_nan_and_far_points(fwd, device="cpu"):
     """The bad points of nan_and_far_points behave as points with zero weight: same output and
     value gradient, zero location / weight gradients for them, the rest unchanged."""
     (value, shapes, starts, bad, attn), grad_out, hit, good = nan_and_far_points()
-    args = [t.to(device) for t in (value, shapes, starts, bad, attn)]
+    args = [moved(t, device) for t in (value, shapes, starts, bad, attn)]
     out, grads = grads_of(fwd, args, grad_out.to(device))
     zeroed = attn.masked_fill(hit, 0.0)
     ref, ref_grads = grads_of(ms_deform_attn_pytorch, (value, shapes, starts, good, zeroed), grad_out)
@@ -150,3 +159,10 @@ def check_nan_and_far_points(fwd, device="cpu"):
     assert (grads[1].cpu()[hit] == 0).all() and (grads[2].cpu()[hit] == 0).all()
     torch.testing.assert_close(grads[1].cpu()[~hit], ref_grads[1][~hit])
     torch.testing.assert_close(grads[2].cpu()[~hit], ref_grads[2][~hit])
+
+
+def cuda_test_problem(d, dtype=torch.float32):
+    """The larger problem of the CUDA tests: 198 (n, query, head) tasks on a 17x23 map, 4 points."""
+    args = make_inputs(n=3, lq=33, m=2, d=d, dtype=dtype, shapes=((17, 23), (5, 3), (1, 1)), p=4)
+    grad_out = torch.randn(3, 33, 2 * d, generator=torch.Generator().manual_seed(d), dtype=dtype)
+    return args, grad_out

@@ -180,11 +180,10 @@ def test_emu_nan_and_far_points_read_nothing(emu, variant):
     cases.check_nan_and_far_points(emu.ms_deform_attn_forward)
 
 
-@pytest.mark.parametrize("d", [32, 71])
+@pytest.mark.parametrize("d", [32, 71, 256])
 def test_emu_runs_the_cuda_test_case(emu, d):
-    """tests/ops/test_cuda.py's problem, fp32: 198 full warps, 3 lanes' worth of channels for D=71."""
-    args = make_inputs(n=3, lq=33, m=2, d=d, dtype=torch.float32, shapes=((17, 23), (5, 3), (1, 1)), p=4)
-    grad_out = torch.randn(3, 33, 2 * d, generator=torch.Generator().manual_seed(d))
+    """tests/ops/test_cuda.py's larger problem, fp32: 198 tasks; D = 71 and 256 take several passes."""
+    args, grad_out = cases.cuda_test_problem(d)
     out, grads = cases.grads_of(emu.ms_deform_attn_forward, args, grad_out)
     ref, ref_grads = cases.grads_of(ms_deform_attn_pytorch, args, grad_out)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -215,7 +214,8 @@ def test_emu_emca_layout(emu, d, dtype):
     stride-0 expansion); D = 256 is the sample-first call."""
     k = 3
     (value, shapes, starts, loc, attn), grad_out = cases.emca_problem(d, k=k)
-    args = (value.to(dtype), shapes, starts, loc.to(dtype), attn.to(dtype))
+    args = [cases.moved(t, dtype=dtype) for t in (value, shapes, starts, loc, attn)]
+    assert args[4].stride(2) == 0  # the weights are read in place
     out, grads = cases.grads_of(emu.ms_deform_attn_forward, args, grad_out.to(dtype))
     ref, ref_grads = cases.emca_reference((value, shapes, starts, loc, attn), grad_out, k)
     tol = 1e-12 if dtype == torch.float64 else 1e-4
