@@ -32,12 +32,13 @@ constexpr int kThreads = 256;  // threads per block, a multiple of the warp size
 // Sizes and strides as the kernels read them, in the index type of the launch.
 template <typename index_t>
 struct Geometry {
-  index_t tasks;        // N * Lq * Mv
-  index_t Lq, Mv, Ml, L, P, D, S;
-  index_t row;          // Mv * D: elements between two tokens of value
-  index_t sl[5];        // sampling_loc strides over (N, Lq, Ml, L, P), in (x, y) pairs
-  index_t sa[5];        // attention_weights strides over (N, Lq, Ml, L, P)
-  int log2G;            // lanes per task: G = 1 << log2G
+  index_t tasks;  // N * Lq * Mv
+  index_t Lq, Mv, Ml, D, S;
+  index_t row;    // Mv * D: elements between two tokens of value
+  index_t sl[5];  // sampling_loc strides over (N, Lq, Ml, L, P), in (x, y) pairs
+  index_t sa[5];  // attention_weights strides over (N, Lq, Ml, L, P)
+  int L, P;       // levels, points per level (int: the loop counters stay 32-bit on the int64 path)
+  int G, log2G;   // lanes per task, a power of two
 };
 
 // The (n, query, value head) task t: where its value head, locations and weights start.
@@ -65,7 +66,7 @@ struct Level {
 
 // live = false: the lane has no channels here (or no task); all its corners count as outside.
 template <typename acc_t, typename index_t>
-MSDA_DEV Level<acc_t, index_t> level_of(const int64_t* shapes, const int64_t* starts, index_t l, index_t head,
+MSDA_DEV Level<acc_t, index_t> level_of(const int64_t* shapes, const int64_t* starts, int l, index_t head,
                                         bool live, const Geometry<index_t>& g) {
   const int H = static_cast<int>(shapes[2 * l]), W = static_cast<int>(shapes[2 * l + 1]);
   return {live ? H : 0, W, static_cast<acc_t>(H), static_cast<acc_t>(W), static_cast<index_t>(W) * g.row,
@@ -141,12 +142,12 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t
   const Task<index_t> task = task_of(t, g);
   for (index_t j = lane * V; j < g.D; j += index_t(V) << g.log2G) {
     acc_t acc[V] = {};
-    for (index_t l = 0; l < g.L; ++l) {
+    for (int l = 0; l < g.L; ++l) {
       const Level<acc_t, index_t> lv = level_of<acc_t>(shapes, starts, l, task.value + j, true, g);
       const Pair* xy = reinterpret_cast<const Pair*>(loc) + task.loc + l * g.sl[3];
       const acc_t* a = attn + task.attn + l * g.sa[3];
 #pragma unroll 1
-      for (index_t p = 0; p < g.P; ++p, xy += g.sl[4], a += g.sa[4]) {
+      for (int p = 0; p < g.P; ++p, xy += g.sl[4], a += g.sa[4]) {
         const Pair c = *xy;
         const Sample<acc_t, index_t> s = sample_at(c.x, c.y, lv, g.row);
         const acc_t ay0 = *a * s.wy[0], ay1 = *a * s.wy[1];
@@ -164,12 +165,12 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t
   }
 }
 
-// Sum of x[0..2] over the G = 1 << log2G lanes of a group (groups aligned to G lanes). The xor
-// offsets stay below G, so a butterfly never leaves the group and the shuffles can use the full
+// Sum of x[0..2] over the G lanes of a group (G a power of two, groups aligned to G lanes). The
+// xor offsets stay below G, so a butterfly never leaves the group and the shuffles can use the full
 // warp width (a constant operand, where width G would be recomputed in every iteration).
 template <typename acc_t>
-MSDA_DEV void group_sum3(acc_t (&x)[3], int log2G) {
-  for (int off = (1 << log2G) >> 1; off > 0; off >>= 1) {
+MSDA_DEV void group_sum3(acc_t (&x)[3], int G) {
+  for (int off = G >> 1; off > 0; off >>= 1) {
     x[0] += __shfl_xor_sync(0xffffffffu, x[0], off);
     x[1] += __shfl_xor_sync(0xffffffffu, x[1], off);
     x[2] += __shfl_xor_sync(0xffffffffu, x[2], off);
@@ -214,12 +215,12 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value, const int64_
     acc_t gd[V];
     Chunk<scalar_t, acc_t, V>::load_if(live, grad_out, t * g.D + j, gd);
     index_t o = t * g.L * g.P;  // this task's (level, point) entries of grad_loc / grad_attn
-    for (index_t l = 0; l < g.L; ++l) {
+    for (int l = 0; l < g.L; ++l) {
       const Level<acc_t, index_t> lv = level_of<acc_t>(shapes, starts, l, task.value + j, live, g);
       const Pair* xy = reinterpret_cast<const Pair*>(loc) + task.loc + l * g.sl[3];
       const acc_t* a = attn + task.attn + l * g.sa[3];
 #pragma unroll 1
-      for (index_t p = 0; p < g.P; ++p, xy += g.sl[4], a += g.sa[4], ++o) {
+      for (int p = 0; p < g.P; ++p, xy += g.sl[4], a += g.sa[4], ++o) {
         const Pair c = *xy;
         const acc_t wa = *a;
         const Sample<acc_t, index_t> s = sample_at(c.x, c.y, lv, g.row);
@@ -235,7 +236,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value, const int64_
         }
         acc_t sums[3];
         point_grads(s, dot, sums);
-        group_sum3(sums, g.log2G);
+        group_sum3(sums, g.G);
         const Pair dxy{wa * lv.Wf * sums[1], wa * lv.Hf * sums[2]};
         if (writer && j0 == 0) {
           grad_attn[o] = sums[0];
@@ -312,6 +313,7 @@ inline Plan plan_launch(const Inputs& in, const at::Tensor& loc, const at::Tenso
   const int64_t threads = s.N * s.Lq * s.Mv << p.log2G;
   p.blocks = (threads + kThreads - 1) / kThreads;
   TORCH_CHECK(p.blocks < (int64_t(1) << 31), "msda: ", threads, " threads exceed the CUDA grid limit");
+  TORCH_CHECK(s.L < (int64_t(1) << 31) && s.P < (int64_t(1) << 31), "msda: too many levels or points");
   p.loc = s.N * s.Lq > 0 ? pairable_locations(loc) : loc;
   p.attn = attn;
   const int64_t largest = std::max({in.value.numel(), s.N * s.Lq * s.Mv * s.D, extent(p.loc), extent(attn),
@@ -328,10 +330,11 @@ Geometry<index_t> geometry(const Plan& p) {
   };
   Geometry<index_t> g;
   g.tasks = static_cast<index_t>(s.N * s.Lq * s.Mv);
-  g.Lq = s.Lq, g.Mv = s.Mv, g.Ml = s.Ml, g.L = s.L, g.P = s.P, g.D = s.D, g.S = s.S;
+  g.Lq = s.Lq, g.Mv = s.Mv, g.Ml = s.Ml, g.D = s.D, g.S = s.S;
+  g.L = static_cast<int>(s.L), g.P = static_cast<int>(s.P);
   g.row = static_cast<index_t>(s.Mv * s.D);
   for (int i = 0; i < 5; ++i) g.sl[i] = stride(p.loc, i, 2), g.sa[i] = stride(p.attn, i, 1);
-  g.log2G = p.log2G;
+  g.G = 1 << p.log2G, g.log2G = p.log2G;
   return g;
 }
 
