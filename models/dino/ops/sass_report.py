@@ -230,9 +230,12 @@ def nvcc_command(src_dir, obj, archs):
     except TypeError:  # older torch: include_paths(cuda=True)
         includes = cpp_extension.include_paths(cuda=True)
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    # the C++ standard torch builds extensions with: C++20 where ATen requires it (torch 2.14), else C++17
+    aten = next((Path(p) / "ATen" / "ATen.h" for p in includes if (Path(p) / "ATen" / "ATen.h").exists()), None)
+    std = "-std=c++20" if aten and "C++20 or later" in aten.read_text() else "-std=c++17"
     return ([str(cuda_home() / "bin" / "nvcc"), "-c", str(Path(src_dir) / "msda_cuda.cu"), "-o", str(obj),
              f"-I{src_dir}"] + [f"-I{p}" for p in includes] + list(cpp_extension.COMMON_NVCC_FLAGS)
-            + list(build_config.NVCC_FLAGS) + ["-std=c++20", "-Xcompiler", "-fPIC", "-Xptxas", "-v"] + gencode)
+            + list(build_config.NVCC_FLAGS) + [std, "-Xcompiler", "-fPIC", "-Xptxas", "-v"] + gencode)
 
 
 def compile_kernels(src_dir, archs, workdir):
