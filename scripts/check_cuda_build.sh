@@ -3,6 +3,8 @@
 # into a temporary folder with setup.py build_ext and checks the CUDA object got linked.
 # ptxas runs verbose (-Xptxas -v): every msda kernel's registers are printed per
 # architecture, and a register spill or a nonzero local-memory stack frame fails the check.
+# Then the static SASS report (models/dino/ops/sass_report.py) disassembles the library and
+# fails on an instruction count per (point, channel) above models/dino/ops/sass_ceilings.json.
 # Exits non-zero on failure; prints its duration.
 set -euo pipefail
 start=$(date +%s)
@@ -42,6 +44,10 @@ fi
 #   ptxas info    : Used 40 registers, used 0 barriers, 416 bytes cmem[0]
 if ! python "$repo/models/dino/ops/ptxas_report.py" "$tmp/log"; then
   echo "check_cuda_build: FAILED (register spills or local-memory stack frames, see above)" >&2
+  exit 1
+fi
+if ! python "$repo/models/dino/ops/sass_report.py" --binary "$so" --ptxas-log "$tmp/log" --check; then
+  echo "check_cuda_build: FAILED (SASS report: spills, stack frames or counts above the ceilings, see above)" >&2
   exit 1
 fi
 if [ -x "$CUDA_HOME/bin/cuobjdump" ]; then

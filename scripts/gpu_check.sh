@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# What a lent GPU machine should prove, in one run (under 8 minutes on one GPU):
+# What a lent GPU machine should prove, in one run (under 10 minutes on one GPU):
 #   env        python/torch/GPU, the wheels of ./.whl (or $WHEEL_DIR) installed, imports main.py needs
 #   build      JIT build of the msda op; FAILS when the loaded library has no CUDA kernel
 #   check      `python -m models.dino.ops --check` (compiled CUDA vs PyTorch), when that mode exists
 #   ops-tests  python -m pytest -q tests/ops; a skipped CUDA test counts as a failure
 #   opcheck    torch.library.opcheck of msda forward and backward on CUDA (fp32, fp64)
 #   bench-fp32 / bench-bf16   tools/benchmark_msda.py --device cuda --dtype ...
+#   side-by-side  the msda CUDA kernel vs the one before issue 24 (built from git, or $MSDA_PREV_SRC) vs the
+#              PyTorch reference: fwd and fwd+bwd, fp32 and bf16, issue 24's anchor shape and DINO's encoder at
+#              800x1333, times and ratios in one table (python -m models.dino.ops.side_by_side)
 #   nccl       util/dist's collectives in a 1-process NCCL group, fed CPU tensors as the code does
 #   train      2 epochs of the synthetic default config on CUDA with --amp
 # Prints one line per part, `gpu_check: PART PASS|FAIL|SKIP figure [seconds]`, then a total;
@@ -161,6 +164,15 @@ bench_figure() {
 }
 run_part bench-fp32 150 bench_figure "$PY" tools/benchmark_msda.py --device cuda --dtype fp32
 run_part bench-bf16 150 bench_figure "$PY" tools/benchmark_msda.py --device cuda --dtype bf16
+
+# ---- side-by-side ----------------------------------------------------------------------------
+# Without .git in the checkout, export the previous kernel where git is and carry the folder:
+#   python -m models.dino.ops.side_by_side --export-prev .msda_prev   then   MSDA_PREV_SRC=.msda_prev
+sbs_figure() {
+  if [ "$2" -ne 0 ]; then last_line "$1"; return 1; fi
+  grep -m1 "^side-by-side:" "$1" | cut -c1-160 || { last_line "$1"; return 1; }
+}
+run_part side-by-side 420 sbs_figure "$PY" -m models.dino.ops.side_by_side
 
 # ---- nccl -----------------------------------------------------------------------------------
 nccl_part() {

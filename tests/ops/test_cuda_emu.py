@@ -3,17 +3,32 @@
 torch.ops.msda_emu (the `emu` fixture) is the CUDA op's device code built by the host compiler
 (models/dino/ops/_emu.py):
 warps run as 32 lanes that meet at every __shfl_xor_sync, blocks in a seeded shuffled order. The cases
-are those of the CUDA tests and more: every group width (channels per head 1..71), warps and blocks
-left partly filled, the EMCA head layout, strided and zero-sized inputs, points on and off the borders.
+are those of the CUDA tests (tests/ops/msda_cases.py) and more: every group width (channels per head
+1..256), the vector and scalar paths, both index widths (int32, int64) and both architectures' atomics
+(sm_80 scalar, sm_90 float4), warps and blocks left partly filled, the EMCA head layout, padded, strided,
+misaligned and zero-sized inputs, points on and off the borders, NaN and far-away points.
 The first tests check the emulator's own rules.
 """
 import pytest
 import torch
 
 from models.dino.ops import ms_deform_attn_pytorch
+from tests.ops import msda_cases as cases
 from tests.ops.conftest import make_inputs
 
-D_VALUES = [1, 2, 5, 8, 16, 30, 32, 33, 71]
+D_VALUES = cases.D_VALUES
+# (architecture of the backward's device code, index width): the default is (900, 32)
+VARIANTS = [(800, 32), (800, 64), (900, 64)]
+
+
+@pytest.fixture
+def variant(request, emu, monkeypatch):
+    """Runs a test with the backward compiled for `arch` and the index arithmetic in `bits` bits."""
+    arch, bits = request.param
+    emu.set_arch(arch)
+    monkeypatch.setenv("MSDA_FORCE_INDEX64", "1" if bits == 64 else "0")
+    yield arch, bits
+    emu.set_arch(900)
 
 
 # ---- the emulator's rules ----
@@ -64,13 +79,36 @@ def test_emu_blocks_run_in_seeded_shuffled_order(emu):
     assert orders[0][16:17].view(torch.float64).item() == 16 * 96  # atomicAdd from every thread
 
 
+def test_emu_float4_atomic_adds_and_faults_when_misaligned(emu):
+    got = emu.shim_selftest("float4_atomic", 0)[:4].view(torch.float32)  # 8 floats; the atomic hits 4..7
+    assert got.tolist() == [0, 0, 0, 0, 1, 2, 3, 4]
+    with pytest.raises(RuntimeError, match=r"atomicAdd\(float4\*\) at .* not 16-byte aligned"):
+        emu.shim_selftest("float4_atomic_misaligned", 0)
+
+
 # ---- the msda kernels ----
 
-def _run(fwd, args, grad_out):
-    """Output and (value, location, weight) gradients of fwd through autograd."""
-    value, shapes, starts, loc, attn = [a.detach().clone().requires_grad_(a.is_floating_point()) for a in args]
-    out = fwd(value, shapes, starts, loc, attn)
-    return out, torch.autograd.grad(out, (value, loc, attn), grad_out)
+def test_emu_plan_picks_vector_path_index_width_and_group(emu, monkeypatch):
+    """The host's choice of kernel variant: 16-byte vectors when D allows and pointers are aligned,
+    int32 unless forced, G = lanes per (query, head), locations copied only when not in (x, y) pairs."""
+    def plan(d, dtype=torch.float32, transform=None):
+        (value, shapes, starts, loc, attn), _ = cases.odd_problem(d)
+        value, loc, attn = value.to(dtype), loc.float(), attn.float()
+        if transform:
+            value, loc, attn = transform(value, loc, attn)
+        return emu.plan_of(value, shapes, starts, loc, attn)
+
+    monkeypatch.delenv("MSDA_FORCE_INDEX64", raising=False)
+    assert plan(32) == "int32 V=4 G=8 loc in place"
+    assert plan(32, torch.bfloat16) == "int32 V=8 G=4 loc in place"
+    assert plan(256) == "int32 V=4 G=32 loc in place"  # two passes of 128 channels
+    assert plan(8, torch.float16) == "int32 V=8 G=1 loc in place"
+    assert plan(5) == "int32 V=1 G=8 loc in place"
+    assert plan(32, transform=cases.misaligned_value) == "int32 V=1 G=32 loc in place"
+    assert plan(32, transform=cases.split_locations) == "int32 V=4 G=8 loc copied"
+    assert plan(32, transform=cases.strided_everything) == "int32 V=4 G=8 loc in place"
+    monkeypatch.setenv("MSDA_FORCE_INDEX64", "1")
+    assert plan(32) == "int64 V=4 G=8 loc in place"
 
 
 @pytest.mark.parametrize("d", D_VALUES)
@@ -83,30 +121,71 @@ def test_emu_gradcheck_fp64(emu, d):
                                     fast_mode=d > 2)
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-2), (torch.float16, 2e-2)])
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+@pytest.mark.parametrize("d", [2, 8, 256])
+def test_emu_gradcheck_fp64_variants(emu, variant, d):
+    """The full Jacobian (2 channels) or random projections of it, on the other architectures' and
+    the int64 device code; D = 8 and 256 run the fp64 vector path (2 channels per access)."""
+    value, shapes, starts, loc, attn = make_inputs(n=2, lq=3, m=2, d=d, shapes=((3, 4), (2, 2)), p=2, seed=d)
+    inputs = (value.requires_grad_(), shapes, starts, loc.requires_grad_(), attn.requires_grad_())
+    assert torch.autograd.gradcheck(emu.ms_deform_attn_forward, inputs, eps=1e-6, atol=1e-5, nondet_tol=1e-12,
+                                    fast_mode=d > 2)
+
+
+@pytest.mark.parametrize("dtype,tol", cases.DTYPES)
 @pytest.mark.parametrize("d", D_VALUES)
 def test_emu_matches_reference(emu, d, dtype, tol):
-    # 27 (n, query, head) tasks: warps of 1, 2, 8 and 16-lane groups end part-filled (27 * G lanes),
+    # 27 (n, query, head) tasks: warps of 1, 2, 4, 8 and 16-lane groups end part-filled (27 * G lanes),
     # and the last block of 256 threads is partly idle (replay lanes) for every G
-    value, shapes, starts, loc, attn = make_inputs(n=3, lq=3, m=3, d=d, dtype=torch.float32,
-                                                   shapes=((5, 7), (2, 3), (1, 1)), p=2, seed=d)
-    grad_out = torch.randn(3, 3, 3 * d, generator=torch.Generator().manual_seed(d)).to(dtype)
-    out, grads = _run(emu.ms_deform_attn_forward, (value.to(dtype), shapes, starts, loc, attn), grad_out)
-    ref, ref_grads = _run(ms_deform_attn_pytorch, (value.to(dtype).float(), shapes, starts, loc, attn),
-                          grad_out.float())
-    assert out.dtype == dtype and grads[0].dtype == dtype and grads[1].dtype == torch.float32
-    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g.float(), r, rtol=tol, atol=tol * 10)
+    cases.check_against_reference(emu.ms_deform_attn_forward, cases.odd_problem(d), dtype, tol)
 
 
-@pytest.mark.parametrize("d", [32, 71])
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+@pytest.mark.parametrize("dtype,tol", cases.DTYPES)
+@pytest.mark.parametrize("d", [5, 32, 256])
+def test_emu_variants_match_reference(emu, variant, d, dtype, tol):
+    cases.check_against_reference(emu.ms_deform_attn_forward, cases.odd_problem(d), dtype, tol)
+
+
+@pytest.mark.parametrize("transform", sorted(cases.TRANSFORMS))
+@pytest.mark.parametrize("dtype,tol", cases.DTYPES[:2])
+@pytest.mark.parametrize("d", [8, 32])
+def test_emu_views_match_reference(emu, d, dtype, tol, transform):
+    """Misaligned value (scalar path), x / y in separate planes (copied to pairs), strided views."""
+    cases.check_against_reference(emu.ms_deform_attn_forward, cases.odd_problem(d), dtype, tol,
+                                  transform=cases.TRANSFORMS[transform])
+
+
+@pytest.mark.parametrize("dtype,tol", cases.DTYPES)
+@pytest.mark.parametrize("d", [8, 32, 256])
+def test_emu_padded_value(emu, d, dtype, tol):
+    cases.check_against_reference(emu.ms_deform_attn_forward, cases.padded_problem(d), dtype, tol)
+
+
+@pytest.mark.parametrize("variant", [(900, 32)] + VARIANTS, indirect=True)
+def test_emu_index_widths_and_architectures_agree(emu, variant):
+    """fp64: the int32 / int64 and sm_80 / sm_90 device code give the default's results to 1e-12."""
+    problem = cases.odd_problem(32)
+    got = cases.grads_of(emu.ms_deform_attn_forward, *problem)
+    emu.set_arch(900)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSDA_FORCE_INDEX64", "0")
+        want = cases.grads_of(emu.ms_deform_attn_forward, *problem)
+    for a, b in zip([got[0], *got[1]], [want[0], *want[1]]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", [(900, 32)] + VARIANTS, indirect=True)
+def test_emu_nan_and_far_points_read_nothing(emu, variant):
+    cases.check_nan_and_far_points(emu.ms_deform_attn_forward)
+
+
+@pytest.mark.parametrize("d", [32, 71, 256])
 def test_emu_runs_the_cuda_test_case(emu, d):
-    """tests/ops/test_cuda.py's problem, fp32: 198 full warps, 3 lanes' worth of channels for D=71."""
-    args = make_inputs(n=3, lq=33, m=2, d=d, dtype=torch.float32, shapes=((17, 23), (5, 3), (1, 1)), p=4)
-    grad_out = torch.randn(3, 33, 2 * d, generator=torch.Generator().manual_seed(d))
-    out, grads = _run(emu.ms_deform_attn_forward, args, grad_out)
-    ref, ref_grads = _run(ms_deform_attn_pytorch, args, grad_out)
+    """tests/ops/test_cuda.py's larger problem, fp32: 198 tasks; D = 71 and 256 take several passes."""
+    args, grad_out = cases.cuda_test_problem(d)
+    out, grads = cases.grads_of(emu.ms_deform_attn_forward, args, grad_out)
+    ref, ref_grads = cases.grads_of(ms_deform_attn_pytorch, args, grad_out)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     # the location gradient sums D value differences scaled by the map width (23): fp32 rounding
     # reaches 1e-4 of it, and the emulator's shuffled atomicAdd order moves the last bits per run
@@ -117,43 +196,45 @@ def test_emu_runs_the_cuda_test_case(emu, d):
 def test_emu_agrees_with_the_cpu_kernel_and_across_schedules(emu, compiled):
     args = make_inputs(n=2, lq=5, m=2, d=16, shapes=((6, 4), (3, 2)), p=3, dtype=torch.float64, seed=3)
     grad_out = torch.randn(2, 5, 32, dtype=torch.float64)
-    cpu = _run(compiled.ms_deform_attn_forward, args, grad_out)
+    cpu = cases.grads_of(compiled.ms_deform_attn_forward, args, grad_out)
     emu.set_seed(1)
-    first = _run(emu.ms_deform_attn_forward, args, grad_out)
+    first = cases.grads_of(emu.ms_deform_attn_forward, args, grad_out)
     emu.set_seed(2)  # other block / warp / lane orders: the atomicAdds land in another order
-    second = _run(emu.ms_deform_attn_forward, args, grad_out)
+    second = cases.grads_of(emu.ms_deform_attn_forward, args, grad_out)
     emu.set_seed(0)
     for a, b, c in zip([cpu[0], *cpu[1]], [first[0], *first[1]], [second[0], *second[1]]):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(c, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("d", [5, 32])
-def test_emu_emca_layout(emu, d):
-    """EMCA: K value maps stacked k-major on the head axis share the locations of M heads."""
-    k, m = 3, 2
-    value, shapes, starts, loc, attn = make_inputs(n=2, lq=3, m=k * m, d=d, loc_heads=m, seed=7)
-    grad_out = torch.randn(2, 3, k * m * d, dtype=torch.float64)
-    out, grads = _run(emu.ms_deform_attn_forward, (value, shapes, starts, loc, attn), grad_out)
-    rep = (loc.repeat(1, 1, k, 1, 1, 1), attn.repeat(1, 1, k, 1, 1))
-    ref, ref_grads = _run(ms_deform_attn_pytorch, (value, shapes, starts) + rep, grad_out)
-    torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(grads[0], ref_grads[0])
-    torch.testing.assert_close(grads[1], ref_grads[1].view(2, 3, k, m, 3, 2, 2).sum(2))
-    torch.testing.assert_close(grads[2], ref_grads[2].view(2, 3, k, m, 3, 2).sum(2))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("d", [5, 32, 256])
+def test_emu_emca_layout(emu, d, dtype):
+    """EMCA: K value maps stacked k-major on the head axis share the locations of M heads (weights a
+    stride-0 expansion); D = 256 is the sample-first call."""
+    k = 3
+    (value, shapes, starts, loc, attn), grad_out = cases.emca_problem(d, k=k)
+    args = [cases.moved(t, dtype=dtype) for t in (value, shapes, starts, loc, attn)]
+    assert args[4].stride(2) == 0  # the weights are read in place
+    out, grads = cases.grads_of(emu.ms_deform_attn_forward, args, grad_out.to(dtype))
+    ref, ref_grads = cases.emca_reference((value, shapes, starts, loc, attn), grad_out, k)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.double(), r, rtol=tol, atol=tol)
 
 
 def test_emu_stride0_and_noncontiguous_inputs(emu):
     value, shapes, starts, loc, attn = make_inputs(n=2, lq=4, m=3, d=6, seed=11)
     grad_out = torch.randn(2, 4, 18, dtype=torch.float64)
-    ref, ref_grads = _run(ms_deform_attn_pytorch, (value, shapes, starts, loc, attn), grad_out)
+    ref, ref_grads = cases.grads_of(ms_deform_attn_pytorch, (value, shapes, starts, loc, attn), grad_out)
     # value a strided slice, locations / weights views of transposed storage, grad_out transposed
     value_nc = torch.stack([value, torch.zeros_like(value)], -1)[..., 0]
     loc_nc = loc.transpose(0, 1).contiguous().transpose(0, 1)
     attn_nc = attn.permute(4, 0, 1, 2, 3).contiguous().permute(1, 2, 3, 4, 0)
     go_nc = grad_out.transpose(0, 1).contiguous().transpose(0, 1)
     assert not any(t.is_contiguous() for t in (value_nc, loc_nc, attn_nc, go_nc))
-    out, grads = _run(emu.ms_deform_attn_forward, (value_nc, shapes, starts, loc_nc, attn_nc), go_nc)
+    out, grads = cases.grads_of(emu.ms_deform_attn_forward, (value_nc, shapes, starts, loc_nc, attn_nc), go_nc)
     torch.testing.assert_close(out, ref)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r)
@@ -164,7 +245,7 @@ def test_emu_stride0_and_noncontiguous_inputs(emu):
     torch.testing.assert_close(out_x, ms_deform_attn_pytorch(value, shapes, starts, loc_x.contiguous(),
                                                              attn_x.contiguous()))
     grads_x = emu.ms_deform_attn_backward(value, shapes, starts, loc_x, attn_x, grad_out)
-    _, ref_x = _run(ms_deform_attn_pytorch, (value, shapes, starts, loc_x.contiguous(), attn_x.contiguous()),
+    _, ref_x = cases.grads_of(ms_deform_attn_pytorch, (value, shapes, starts, loc_x.contiguous(), attn_x.contiguous()),
                     grad_out)
     for g, r in zip(grads_x, ref_x):
         torch.testing.assert_close(g, r)
@@ -187,8 +268,8 @@ def test_emu_points_on_and_outside_borders(emu):
     loc.view(-1)[: 8 * 8] = special.repeat(8)
     loc[0, 1] = 5.0  # entirely outside: contributes nothing, gets zero gradients
     grad_out = torch.randn(1, 4, 5, dtype=torch.float64)
-    out, grads = _run(emu.ms_deform_attn_forward, (value, shapes, starts, loc, attn), grad_out)
-    ref, ref_grads = _run(ms_deform_attn_pytorch, (value, shapes, starts, loc, attn), grad_out)
+    out, grads = cases.grads_of(emu.ms_deform_attn_forward, (value, shapes, starts, loc, attn), grad_out)
+    ref, ref_grads = cases.grads_of(ms_deform_attn_pytorch, (value, shapes, starts, loc, attn), grad_out)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     assert out[0, 1].abs().max() == 0 and (grads[1][0, 1] == 0).all() and (grads[2][0, 1] == 0).all()
     torch.testing.assert_close(grads[0], ref_grads[0], rtol=1e-10, atol=1e-10)

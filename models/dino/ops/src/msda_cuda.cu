@@ -21,13 +21,17 @@ at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes_in,
   const Sizes& s = in.s;
   at::Tensor out = at::empty({s.N, s.Lq, s.Mv * s.D}, in.value.options());
   if (out.numel() == 0) return out;
-  const int G = group_size(s.D);
+  const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), out.data_ptr()});
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t, acc_t><<<num_blocks(s, G), kThreads, 0, stream>>>(
-        in.value.data_ptr<scalar_t>(), in.shapes.data_ptr<int64_t>(), in.starts.data_ptr<int64_t>(),
-        loc.data_ptr<acc_t>(), attn.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), s, strides_of(loc, attn), G);
+    with_variant<scalar_t>(plan, [&](auto index, auto vec) {
+      using index_t = decltype(index);
+      forward_kernel<scalar_t, acc_t, index_t, decltype(vec)::value><<<plan.blocks, kThreads, 0, stream>>>(
+          in.value.data_ptr<scalar_t>(), in.shapes.data_ptr<int64_t>(), in.starts.data_ptr<int64_t>(),
+          plan.loc.data_ptr<acc_t>(), plan.attn.data_ptr<acc_t>(), out.data_ptr<scalar_t>(),
+          geometry<index_t>(plan));
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -38,17 +42,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& v
                                                              const at::Tensor& attn, const at::Tensor& grad_out_in) {
   const c10::cuda::CUDAGuard guard(value_in.device());
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
-  const Sizes& s = in.s;
   Grads g = backward_buffers(in, loc, grad_out_in);
   if (g.grad_out.numel() > 0) {
-    const int G = group_size(s.D);
+    const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), g.grad_out.data_ptr(), g.value.data_ptr()});
     const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      backward_kernel<scalar_t, acc_t><<<num_blocks(s, G), kThreads, 0, stream>>>(
-          in.value.data_ptr<scalar_t>(), in.shapes.data_ptr<int64_t>(), in.starts.data_ptr<int64_t>(),
-          loc.data_ptr<acc_t>(), attn.data_ptr<acc_t>(), g.grad_out.data_ptr<scalar_t>(), g.value.data_ptr<acc_t>(),
-          g.loc.data_ptr<acc_t>(), g.attn.data_ptr<acc_t>(), s, strides_of(loc, attn), G);
+      with_variant<scalar_t>(plan, [&](auto index, auto vec) {
+        using index_t = decltype(index);
+        backward_kernel<scalar_t, acc_t, index_t, decltype(vec)::value><<<plan.blocks, kThreads, 0, stream>>>(
+            in.value.data_ptr<scalar_t>(), in.shapes.data_ptr<int64_t>(), in.starts.data_ptr<int64_t>(),
+            plan.loc.data_ptr<acc_t>(), plan.attn.data_ptr<acc_t>(), g.grad_out.data_ptr<scalar_t>(),
+            g.value.data_ptr<acc_t>(), g.loc.data_ptr<acc_t>(), g.attn.data_ptr<acc_t>(), geometry<index_t>(plan));
+      });
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

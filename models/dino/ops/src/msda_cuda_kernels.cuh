@@ -1,139 +1,353 @@
-// Device code of the msda CUDA kernels, and the launch geometry they assume.
+// Device code of the msda CUDA kernels, and the launch plan they assume.
 //
 // Included unchanged by msda_cuda.cu (nvcc, the GPU build) and by emu/msda_emu.cpp (the
-// host C++ compiler, test-only): there a small shim (emu/simt_shim.h, included first)
-// supplies __global__, threadIdx, __shfl_xor_sync, atomicAdd, ... and runs every warp
-// as 32 lanes on the CPU. So this file may use only what that shim provides: no shared
-// memory, no __syncthreads, no other intrinsics.
+// host C++ compiler, test-only): there the shim (emu/simt_shim.h, emu/simt_vector_types.h,
+// included first) supplies __global__, threadIdx, __shfl_xor_sync, atomicAdd, float4, the
+// half / bfloat16 pair intrinsics, ... and runs every warp as 32 lanes on the CPU. So these
+// files may use only what that shim provides: no shared memory, no __syncthreads.
 //
-// Work split: a group of G lanes (G = next power of two of D, at most 32) handles one
-// (n, query, value head) task; lane i handles channels i, i+G, ... . All index maths is
-// int64, there is no batch chunking (im2col_step), any batch size works.
-// Backward: grad_value is scattered with fp32/fp64 atomicAdd into an accumulation buffer;
-// grad_loc / grad_attn are reduced over the group's lanes with warp shuffles and written
-// once by lane 0 (no atomics, no shared memory).
+// Work split: a group of G lanes (a power of two <= 32) handles one (n, query, value head) task;
+// each lane owns V channels of the head at a time (one 16-byte vector: 4 fp32, 8 fp16 / bf16,
+// 2 fp64; V = 1 when D is not a multiple of that or a pointer is misaligned) and steps by G * V
+// channels. Per sampling point a lane computes the corners, bilinear weights and validity once
+// and uses them for its V channels. Corners outside the map are not read (they count as zeros,
+// as in grid_sample's zero padding) and not written.
+// Index arithmetic is int32 when every offset fits (index_t, decided on the host), else int64;
+// locations and weights are read through their strides, which the point loop adds to its
+// pointers (no multiplications there). There is no batch chunking (im2col_step).
+// Backward: grad_value is scattered with atomics into an fp32 / fp64 buffer (vector atomics on
+// sm_90, see scatter_add); each lane forms its channels' share of grad_attn and grad_loc for a
+// point, the group sums the three numbers with warp shuffles, and lane 0 writes them.
 #pragma once
 
+#include <cstdlib>
+
 #include "msda_common.h"
+#include "msda_cuda_vec.cuh"
 
 namespace msda {
 
 constexpr int kThreads = 256;  // threads per block, a multiple of the warp size
 
-struct Strides {
-  int64_t l[6];
-  int64_t a[5];
+// Sizes and strides as the kernels read them, in the index type of the launch.
+template <typename index_t>
+struct Geometry {
+  index_t tasks;  // N * Lq * Mv
+  index_t Lq, Mv, Ml, D, S;
+  index_t row;    // Mv * D: elements between two tokens of value
+  index_t sl[5];  // sampling_loc strides over (N, Lq, Ml, L, P), in (x, y) pairs
+  index_t sa[5];  // attention_weights strides over (N, Lq, Ml, L, P)
+  int L, P;       // levels, points per level (int: the loop counters stay 32-bit on the int64 path)
+  int G, log2G;   // lanes per task, a power of two
 };
 
-template <typename scalar_t, typename acc_t>
-__global__ void forward_kernel(const scalar_t* __restrict__ v, const int64_t* __restrict__ shapes,
-                               const int64_t* __restrict__ starts, const acc_t* __restrict__ lp,
-                               const acc_t* __restrict__ ap, scalar_t* __restrict__ out, Sizes s, Strides st, int G) {
-  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t t = gid / G;
-  const int lane = static_cast<int>(gid % G);
-  if (t >= s.N * s.Lq * s.Mv) return;  // no shuffles in the forward, early exit is safe
-  const int64_t m = t % s.Mv, q = (t / s.Mv) % s.Lq, n = t / (s.Mv * s.Lq);
-  const int64_t ml = m % s.Ml, row = s.Mv * s.D;
-  const acc_t* lb = lp + n * st.l[0] + q * st.l[1] + ml * st.l[2];
-  const acc_t* ab = ap + n * st.a[0] + q * st.a[1] + ml * st.a[2];
-  const scalar_t* vb = v + n * s.S * row + m * s.D;
-  for (int64_t d = lane; d < s.D; d += G) {
-    acc_t acc = 0;
-    for (int64_t l = 0; l < s.L; ++l) {
-      const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-      const scalar_t* vl = vb + starts[l] * row + d;
-      for (int64_t p = 0; p < s.P; ++p) {
-        const acc_t* xy = lb + l * st.l[3] + p * st.l[4];
-        const auto c = bilinear_corners<acc_t>(xy[0], xy[st.l[5]], H, W);
-        if (!c.any) continue;
-        const acc_t a = ab[l * st.a[3] + p * st.a[4]];
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-          if (c.idx[k] >= 0) acc += a * c.w[k] * static_cast<acc_t>(vl[c.idx[k] * row]);
-      }
-    }
-    out[t * s.D + d] = static_cast<scalar_t>(acc);
-  }
+// The (n, query, value head) task t: where its value head, locations and weights start.
+template <typename index_t>
+struct Task {
+  index_t value, loc, attn;
+};
+
+template <typename index_t>
+MSDA_DEV Task<index_t> task_of(index_t t, const Geometry<index_t>& g) {
+  const index_t m = t % g.Mv, nq = t / g.Mv;
+  const index_t q = nq % g.Lq, n = nq / g.Lq, ml = m % g.Ml;
+  return {(n * g.S * g.Mv + m) * g.D, n * g.sl[0] + q * g.sl[1] + ml * g.sl[2],
+          n * g.sa[0] + q * g.sa[1] + ml * g.sa[2]};
 }
 
-// Sum over the G lanes of a group (G a power of two <= 32, groups aligned to G lanes).
+// One level of the value pyramid as seen by one lane.
+template <typename acc_t, typename index_t>
+struct Level {
+  int H, W;      // rows and columns for the bounds checks (H = 0: nothing is read or written)
+  acc_t Hf, Wf;  // the true size, as a float
+  index_t Wrow;  // W * row: elements between two rows of the map
+  index_t base;  // element offset of the lane's first channel at the level's first token
+};
+
+// live = false: the lane has no channels here (or no task); all its corners count as outside.
+template <typename acc_t, typename index_t>
+MSDA_DEV Level<acc_t, index_t> level_of(const int64_t* shapes, const int64_t* starts, int l, index_t head,
+                                        bool live, const Geometry<index_t>& g) {
+  const int H = static_cast<int>(shapes[2 * l]), W = static_cast<int>(shapes[2 * l + 1]);
+  return {live ? H : 0, W, static_cast<acc_t>(H), static_cast<acc_t>(W), static_cast<index_t>(W) * g.row,
+          head + static_cast<index_t>(starts[l]) * g.row};
+}
+
+// One sampling point on one level: its four corners (h0,w0), (h0,w0+1), (h0+1,w0), (h0+1,w0+1) as
+// element offsets of the lane's first channel (base included), whether each lies inside the map,
+// and the bilinear factors of the rows (1 - lh, lh) and columns (1 - lw, lw). The corner weights
+// are wy[k >> 1] * wx[k & 1].
+template <typename acc_t, typename index_t>
+struct Sample {
+  index_t off[4];
+  bool ok[4];
+  acc_t wy[2], wx[2];
+};
+
+MSDA_DEV float max_(float a, float b) { return fmaxf(a, b); }
+MSDA_DEV double max_(double a, double b) { return fmax(a, b); }
+MSDA_DEV float min_(float a, float b) { return fminf(a, b); }
+MSDA_DEV double min_(double a, double b) { return fmin(a, b); }
+
+// Pixel coordinate kept in [-2, hi]: the conversion to int stays defined (fmax turns NaN into -2)
+// and the corners of a clamped point all lie outside the map, as those of the unclamped point do.
 template <typename acc_t>
-__device__ __forceinline__ acc_t group_sum(acc_t x, int G) {
-  for (int off = G / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off, G);
-  return x;
+MSDA_DEV acc_t clamp_pixel(acc_t v, acc_t hi) {
+  return min_(max_(v, acc_t(-2)), hi);
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void backward_kernel(const scalar_t* __restrict__ v, const int64_t* __restrict__ shapes,
-                                const int64_t* __restrict__ starts, const acc_t* __restrict__ lp,
-                                const acc_t* __restrict__ ap, const scalar_t* __restrict__ g, acc_t* gv,
-                                acc_t* __restrict__ gl, acc_t* __restrict__ ga, Sizes s, Strides st, int G) {
-  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t tasks = s.N * s.Lq * s.Mv;
-  const bool active = gid / G < tasks;
-  // Inactive lanes replay the last task without writing, so every lane of a warp takes
-  // part in the shuffles.
-  const int64_t t = active ? gid / G : tasks - 1;
-  const int lane = static_cast<int>(gid % G);
-  const int64_t m = t % s.Mv, q = (t / s.Mv) % s.Lq, n = t / (s.Mv * s.Lq);
-  const int64_t ml = m % s.Ml, row = s.Mv * s.D;
-  const acc_t* lb = lp + n * st.l[0] + q * st.l[1] + ml * st.l[2];
-  const acc_t* ab = ap + n * st.a[0] + q * st.a[1] + ml * st.a[2];
-  const int64_t vofs = n * s.S * row + m * s.D;
-  const scalar_t* gp = g + t * s.D;
-  for (int64_t l = 0; l < s.L; ++l) {
-    const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-    const int64_t lofs = vofs + starts[l] * row;
-    for (int64_t p = 0; p < s.P; ++p) {
-      const acc_t* xy = lb + l * st.l[3] + p * st.l[4];
-      const auto c = bilinear_corners<acc_t>(xy[0], xy[st.l[5]], H, W);
-      const acc_t a = ab[l * st.a[3] + p * st.a[4]];
-      acc_t dots[4] = {0, 0, 0, 0};
-      if (c.any) {
-        for (int64_t d = lane; d < s.D; d += G) {
-          const acc_t gd = static_cast<acc_t>(gp[d]);
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            if (c.idx[k] < 0) continue;
-            const int64_t off = lofs + c.idx[k] * row + d;
-            dots[k] += gd * static_cast<acc_t>(v[off]);
-            if (active) atomicAdd(gv + off, a * c.w[k] * gd);
-          }
+// (x, y) in [0, 1], pixel centres at (i + 0.5) / W (grid_sample, align_corners=False).
+template <typename acc_t, typename index_t>
+MSDA_DEV Sample<acc_t, index_t> sample_at(acc_t x, acc_t y, const Level<acc_t, index_t>& lv, index_t row) {
+  const acc_t w_im = clamp_pixel(x * lv.Wf - acc_t(0.5), lv.Wf);
+  const acc_t h_im = clamp_pixel(y * lv.Hf - acc_t(0.5), lv.Hf);
+  const acc_t fw = floor(w_im), fh = floor(h_im);
+  const int w0 = static_cast<int>(fw), h0 = static_cast<int>(fh);
+  Sample<acc_t, index_t> s;
+  s.wx[1] = w_im - fw, s.wx[0] = acc_t(1) - s.wx[1];
+  s.wy[1] = h_im - fh, s.wy[0] = acc_t(1) - s.wy[1];
+  // unsigned compares: -1 and -2 become huge, so one compare checks both bounds
+  const bool c0 = static_cast<unsigned>(w0) < static_cast<unsigned>(lv.W);
+  const bool c1 = static_cast<unsigned>(w0 + 1) < static_cast<unsigned>(lv.W);
+  const bool r0 = static_cast<unsigned>(h0) < static_cast<unsigned>(lv.H);
+  const bool r1 = static_cast<unsigned>(h0 + 1) < static_cast<unsigned>(lv.H);
+  const index_t o = static_cast<index_t>(h0) * lv.Wrow + static_cast<index_t>(w0) * row + lv.base;
+  s.off[0] = o, s.off[1] = o + row, s.off[2] = o + lv.Wrow, s.off[3] = o + lv.Wrow + row;
+  s.ok[0] = r0 && c0, s.ok[1] = r0 && c1, s.ok[2] = r1 && c0, s.ok[3] = r1 && c1;
+  return s;
+}
+
+template <typename acc_t>
+struct PairOf;
+template <>
+struct PairOf<float> {
+  using type = float2;
+};
+template <>
+struct PairOf<double> {
+  using type = double2;
+};
+
+// out[t, j : j + V] for the lane's channel chunks j; the point loop is kept rolled (unroll 1):
+// one iteration is one point, which is what the static SASS report counts (sass_report.py).
+template <typename scalar_t, typename acc_t, typename index_t, int V>
+__global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
+                               const int64_t* __restrict__ starts, const acc_t* __restrict__ loc,
+                               const acc_t* __restrict__ attn, scalar_t* __restrict__ out, Geometry<index_t> g) {
+  using Pair = typename PairOf<acc_t>::type;
+  const index_t gid = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const index_t t = gid >> g.log2G;
+  if (t >= g.tasks) return;  // no shuffles in the forward, early exit is safe
+  const index_t lane = gid & ((index_t(1) << g.log2G) - 1);
+  const Task<index_t> task = task_of(t, g);
+  for (index_t j = lane * V; j < g.D; j += index_t(V) << g.log2G) {
+    acc_t acc[V] = {};
+    for (int l = 0; l < g.L; ++l) {
+      const Level<acc_t, index_t> lv = level_of<acc_t>(shapes, starts, l, task.value + j, true, g);
+      const Pair* xy = reinterpret_cast<const Pair*>(loc) + task.loc + l * g.sl[3];
+      const acc_t* a = attn + task.attn + l * g.sa[3];
+#pragma unroll 1
+      for (int p = 0; p < g.P; ++p, xy += g.sl[4], a += g.sa[4]) {
+        const Pair c = *xy;
+        const Sample<acc_t, index_t> s = sample_at(c.x, c.y, lv, g.row);
+        const acc_t ay0 = *a * s.wy[0], ay1 = *a * s.wy[1];
+        const acc_t w[4] = {ay0 * s.wx[0], ay0 * s.wx[1], ay1 * s.wx[0], ay1 * s.wx[1]};
+        MSDA_UNROLL
+        for (int k = 0; k < 4; ++k) {
+          acc_t x[V];
+          Chunk<scalar_t, acc_t, V>::load_if(s.ok[k], value, s.off[k], x);
+          MSDA_UNROLL
+          for (int i = 0; i < V; ++i) acc[i] += w[k] * x[i];
         }
       }
-#pragma unroll
-      for (int k = 0; k < 4; ++k) dots[k] = group_sum(dots[k], G);
-      if (active && lane == 0 && c.any) {
-        const int64_t o = ((t * s.L) + l) * s.P + p;
-        const acc_t hh = acc_t(1) - c.lh, hw = acc_t(1) - c.lw;
-        ga[o] = c.w[0] * dots[0] + c.w[1] * dots[1] + c.w[2] * dots[2] + c.w[3] * dots[3];
-        const acc_t dw = hh * (dots[1] - dots[0]) + c.lh * (dots[3] - dots[2]);
-        const acc_t dh = hw * (dots[2] - dots[0]) + c.lw * (dots[3] - dots[1]);
-        gl[2 * o] = a * dw * static_cast<acc_t>(W);
-        gl[2 * o + 1] = a * dh * static_cast<acc_t>(H);
+    }
+    Chunk<scalar_t, acc_t, V>::store(out + t * g.D + j, acc);
+  }
+}
+
+// Sum of x[0..2] over the G lanes of a group (G a power of two, groups aligned to G lanes). The
+// xor offsets stay below G, so a butterfly never leaves the group and the shuffles can use the full
+// warp width (a constant operand, where width G would be recomputed in every iteration).
+template <typename acc_t>
+MSDA_DEV void group_sum3(acc_t (&x)[3], int G) {
+  for (int off = G >> 1; off > 0; off >>= 1) {
+    x[0] += __shfl_xor_sync(0xffffffffu, x[0], off);
+    x[1] += __shfl_xor_sync(0xffffffffu, x[1], off);
+    x[2] += __shfl_xor_sync(0xffffffffu, x[2], off);
+  }
+}
+
+// One point's share of the lane's channels in grad_attn and grad_loc, from the dot products
+// dot[k] = sum_c grad_out[c] * value[corner k, c] (0 for corners outside the map):
+//   grad_attn = sum_k w_k dot_k; d sample / d lw = sum over rows of wy * (dot_right - dot_left);
+//   d sample / d lh = (row 1 - row 0) of the column-weighted dots. Linear in the dots, so the
+// lanes' shares add up to the totals.
+template <typename acc_t, typename index_t>
+MSDA_DEV void point_grads(const Sample<acc_t, index_t>& s, const acc_t (&dot)[4], acc_t (&out)[3]) {
+  const acc_t row0 = s.wx[0] * dot[0] + s.wx[1] * dot[1], row1 = s.wx[0] * dot[2] + s.wx[1] * dot[3];
+  out[0] = s.wy[0] * row0 + s.wy[1] * row1;
+  out[1] = s.wy[0] * (dot[1] - dot[0]) + s.wy[1] * (dot[3] - dot[2]);
+  out[2] = row1 - row0;
+}
+
+// One pass over the points per chunk of G * V channels (one pass when D <= G * V, as for DINO's
+// D = 32): the grad_output chunk is loaded once per pass, and every lane of the group runs the
+// same passes (uniform shuffles). Lanes with no channels in a pass (j >= D) and lanes past the
+// last task (inactive: they replay the last task) read and scatter nothing (level_of's live).
+// Lane 0 of the group owns the task's grad_loc / grad_attn: later passes add to the first's.
+template <typename scalar_t, typename acc_t, typename index_t, int V, int kArch = 0>
+__global__ void backward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
+                                const int64_t* __restrict__ starts, const acc_t* __restrict__ loc,
+                                const acc_t* __restrict__ attn, const scalar_t* __restrict__ grad_out,
+                                acc_t* grad_value, acc_t* __restrict__ grad_loc, acc_t* __restrict__ grad_attn,
+                                Geometry<index_t> g) {
+  using Pair = typename PairOf<acc_t>::type;
+  const index_t gid = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool active = (gid >> g.log2G) < g.tasks;
+  const index_t t = active ? gid >> g.log2G : g.tasks - 1;
+  const index_t lane = gid & ((index_t(1) << g.log2G) - 1);
+  const bool writer = active && lane == 0;
+  const Task<index_t> task = task_of(t, g);
+  Pair* gl = reinterpret_cast<Pair*>(grad_loc);  // (N, Lq, Mv, L, P) of (x, y), contiguous
+  for (index_t j0 = 0; j0 < g.D; j0 += index_t(V) << g.log2G) {
+    const index_t j = j0 + lane * V;
+    const bool live = active && j < g.D;
+    acc_t gd[V];
+    Chunk<scalar_t, acc_t, V>::load_if(live, grad_out, t * g.D + j, gd);
+    index_t o = t * g.L * g.P;  // this task's (level, point) entries of grad_loc / grad_attn
+    for (int l = 0; l < g.L; ++l) {
+      const Level<acc_t, index_t> lv = level_of<acc_t>(shapes, starts, l, task.value + j, live, g);
+      const Pair* xy = reinterpret_cast<const Pair*>(loc) + task.loc + l * g.sl[3];
+      const acc_t* a = attn + task.attn + l * g.sa[3];
+#pragma unroll 1
+      for (int p = 0; p < g.P; ++p, xy += g.sl[4], a += g.sa[4], ++o) {
+        const Pair c = *xy;
+        const acc_t wa = *a;
+        const Sample<acc_t, index_t> s = sample_at(c.x, c.y, lv, g.row);
+        const acc_t ay[2] = {wa * s.wy[0], wa * s.wy[1]};
+        acc_t dot[4] = {0, 0, 0, 0};
+        MSDA_UNROLL
+        for (int k = 0; k < 4; ++k) {
+          acc_t x[V];
+          Chunk<scalar_t, acc_t, V>::load_if(s.ok[k], value, s.off[k], x);
+          MSDA_UNROLL
+          for (int i = 0; i < V; ++i) dot[k] += gd[i] * x[i];
+          if (s.ok[k]) scatter_add<kArch>(grad_value + s.off[k], ay[k >> 1] * s.wx[k & 1], gd);
+        }
+        acc_t sums[3];
+        point_grads(s, dot, sums);
+        group_sum3(sums, g.G);
+        const Pair dxy{wa * lv.Wf * sums[1], wa * lv.Hf * sums[2]};
+        if (writer && j0 == 0) {
+          grad_attn[o] = sums[0];
+          gl[o] = dxy;
+        } else if (writer) {
+          grad_attn[o] += sums[0];
+          gl[o] = Pair{gl[o].x + dxy.x, gl[o].y + dxy.y};
+        }
       }
     }
   }
 }
 
-// ---- host side: the launch geometry both launchers (CUDA and emulator) use ----
+// ---- host side: the launch plan both launchers (CUDA and emulator) use ----
 
-inline int group_size(int64_t D) {
-  int G = 1;
-  while (G < D && G < 32) G *= 2;
-  return G;
+// Every offset of an int32 launch stays below 2^29: the corner offsets of points just outside a
+// map reach about three times a level's size past its start, so a quarter of int32's range is kept.
+constexpr int64_t kInt32Limit = int64_t(1) << 29;
+
+// Largest element offset + 1 that a strided view reaches (0 when empty).
+inline int64_t extent(const at::Tensor& t) {
+  if (t.numel() == 0) return 0;
+  int64_t e = 1;
+  for (int64_t i = 0; i < t.dim(); ++i) e += (t.size(i) - 1) * std::abs(t.stride(i));
+  return e;
 }
 
-inline Strides strides_of(const at::Tensor& loc, const at::Tensor& attn) {
-  Strides st;
-  for (int i = 0; i < 6; ++i) st.l[i] = loc.stride(i);
-  for (int i = 0; i < 5; ++i) st.a[i] = attn.stride(i);
-  return st;
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// MSDA_FORCE_INDEX64=1 picks the int64 path for any size (tests; the int32 path is the default).
+inline bool index64_forced() {
+  const char* e = std::getenv("MSDA_FORCE_INDEX64");
+  return e != nullptr && e[0] == '1';
 }
 
-inline int64_t num_blocks(const Sizes& s, int G) {
-  return (s.N * s.Lq * s.Mv * G + kThreads - 1) / kThreads;
+// How one call runs: which kernel variant, how many blocks, and the locations / weights as read.
+struct Plan {
+  Sizes s;
+  bool wide = false;  // int64 index arithmetic
+  bool vec = false;   // V = 16 / sizeof(value element) channels per access, else 1
+  int log2G = 0;
+  int64_t blocks = 0;
+  at::Tensor loc, attn;
+};
+
+// The kernels read each (x, y) location as one 8-byte (fp64: 16-byte) pair: x and y adjacent,
+// the pair aligned. Views that break this (x and y in separate planes, an odd storage offset) are
+// copied, which costs one pass over the small location tensor; all others, stride-0 expanded
+// heads included, are read in place.
+inline at::Tensor pairable_locations(const at::Tensor& loc) {
+  bool ok = loc.stride(5) == 1 && reinterpret_cast<uintptr_t>(loc.data_ptr()) % (2 * loc.element_size()) == 0;
+  for (int64_t i = 0; i < 5; ++i) ok = ok && (loc.size(i) <= 1 || loc.stride(i) % 2 == 0);
+  return ok ? loc : at::empty(loc.sizes(), loc.options()).copy_(loc);
+}
+
+inline int ceil_log2(int64_t n) {
+  int k = 0;
+  while ((int64_t(1) << k) < n) ++k;
+  return k;
+}
+
+// vector_ptrs: every pointer the kernel reads or writes in V-channel vectors (value, output or
+// grad_output, grad_value), which must be 16-byte aligned for the vector path.
+inline Plan plan_launch(const Inputs& in, const at::Tensor& loc, const at::Tensor& attn,
+                        std::initializer_list<const void*> vector_ptrs) {
+  Plan p;
+  p.s = in.s;
+  const Sizes& s = in.s;
+  const int64_t width = 16 / in.value.element_size();
+  p.vec = s.D % width == 0;
+  for (const void* ptr : vector_ptrs) p.vec = p.vec && aligned16(ptr);
+  const int64_t chunks = s.D / (p.vec ? width : 1);
+  p.log2G = ceil_log2(std::min<int64_t>(std::max<int64_t>(chunks, 1), 32));
+  const int64_t threads = s.N * s.Lq * s.Mv << p.log2G;
+  p.blocks = (threads + kThreads - 1) / kThreads;
+  TORCH_CHECK(p.blocks < (int64_t(1) << 31), "msda: ", threads, " threads exceed the CUDA grid limit");
+  TORCH_CHECK(s.L < (int64_t(1) << 31) && s.P < (int64_t(1) << 31), "msda: too many levels or points");
+  p.loc = s.N * s.Lq > 0 ? pairable_locations(loc) : loc;
+  p.attn = attn;
+  const int64_t largest = std::max({in.value.numel(), s.N * s.Lq * s.Mv * s.D, extent(p.loc), extent(attn),
+                                    s.N * s.Lq * s.Mv * s.L * s.P * 2, p.blocks * kThreads});
+  p.wide = index64_forced() || largest > kInt32Limit;
+  return p;
+}
+
+template <typename index_t>
+Geometry<index_t> geometry(const Plan& p) {
+  const Sizes& s = p.s;
+  auto stride = [](const at::Tensor& t, int64_t i, int64_t unit) {
+    return static_cast<index_t>(t.size(i) <= 1 ? 0 : t.stride(i) / unit);  // a size-1 axis is never stepped
+  };
+  Geometry<index_t> g;
+  g.tasks = static_cast<index_t>(s.N * s.Lq * s.Mv);
+  g.Lq = s.Lq, g.Mv = s.Mv, g.Ml = s.Ml, g.D = s.D, g.S = s.S;
+  g.L = static_cast<int>(s.L), g.P = static_cast<int>(s.P);
+  g.row = static_cast<index_t>(s.Mv * s.D);
+  for (int i = 0; i < 5; ++i) g.sl[i] = stride(p.loc, i, 2), g.sa[i] = stride(p.attn, i, 1);
+  g.G = 1 << p.log2G, g.log2G = p.log2G;
+  return g;
+}
+
+// Calls f(index_t{}, std::integral_constant<int, V>{}) for the plan's kernel variant.
+template <typename scalar_t, typename F>
+void with_variant(const Plan& p, F&& f) {
+  constexpr int kVec = Vec16<scalar_t>::width;
+  if (p.wide) {
+    if (p.vec) return f(int64_t{}, std::integral_constant<int, kVec>{});
+    return f(int64_t{}, std::integral_constant<int, 1>{});
+  }
+  if (p.vec) return f(int32_t{}, std::integral_constant<int, kVec>{});
+  f(int32_t{}, std::integral_constant<int, 1>{});
 }
 
 }  // namespace msda

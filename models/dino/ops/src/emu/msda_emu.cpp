@@ -1,9 +1,10 @@
 // Test-only: the msda CUDA kernels (msda_cuda_kernels.cuh, unchanged) built for the CPU
 // and run under the SIMT emulator, as torch.ops.msda_emu.{ms_deform_attn_forward,
 // ms_deform_attn_backward} (same schema as torch.ops.msda, CPU tensors).
-// The launchers mirror msda_cuda.cu's: same input preparation, grid, block and arguments.
-// Also: set_seed (block / warp / lane orders) and shim_selftest (small kernels that check
-// the emulator's own rules).
+// The launchers mirror msda_cuda.cu's: same input preparation, launch plan (kernel variant,
+// grid, block) and arguments. Also: set_seed (block / warp / lane orders), set_arch (which
+// architecture's device code the backward runs: 800 = scalar fp32 atomics, 900 = float4
+// atomics), and shim_selftest (small kernels that check the emulator's own rules).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -17,6 +18,7 @@
 #include "msda_common.h"
 // after every torch header: the shim defines __global__, threadIdx, ... as macros
 #include "emu/simt_shim.h"
+#include "emu/simt_vector_types.h"
 #include "msda_cuda_kernels.cuh"
 
 namespace msda {
@@ -24,6 +26,7 @@ namespace {
 
 std::atomic<uint64_t> g_seed{0};
 std::atomic<uint64_t> g_launches{0};
+std::atomic<int64_t> g_arch{900};
 
 uint64_t next_seed() {  // a different order for every launch, reproducible from set_seed
   return g_seed.load() * 0x9E3779B97F4A7C15ull + g_launches.fetch_add(1);
@@ -33,6 +36,13 @@ void set_seed(int64_t seed) {
   g_seed = static_cast<uint64_t>(seed);
   g_launches = 0;
 }
+
+void set_arch(int64_t arch) {
+  TORCH_CHECK(arch == 800 || arch == 900, "msda_emu.set_arch: 800 or 900, got ", arch);
+  g_arch = arch;
+}
+
+int64_t get_arch() { return g_arch.load(); }
 
 void check_cpu(const at::Tensor& value) {
   TORCH_CHECK(value.device().is_cpu(), "msda_emu: the emulator runs on CPU tensors, value is on ", value.device());
@@ -45,20 +55,48 @@ at::Tensor forward_emu(const at::Tensor& value_in, const at::Tensor& shapes_in, 
   const Sizes& s = in.s;
   at::Tensor out = at::empty({s.N, s.Lq, s.Mv * s.D}, in.value.options());
   if (out.numel() == 0) return out;
-  const int G = group_size(s.D);
+  const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), out.data_ptr()});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_forward_emu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* v = in.value.data_ptr<scalar_t>();
-    const int64_t* shapes = in.shapes.data_ptr<int64_t>();
-    const int64_t* starts = in.starts.data_ptr<int64_t>();
-    const acc_t* lp = loc.data_ptr<acc_t>();
-    const acc_t* ap = attn.data_ptr<acc_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    const Strides st = strides_of(loc, attn);
-    simt::launch(num_blocks(s, G), kThreads, next_seed(),
-                 [=] { forward_kernel<scalar_t, acc_t>(v, shapes, starts, lp, ap, o, s, st, G); });
+    with_variant<scalar_t>(plan, [&](auto index, auto vec) {
+      using index_t = decltype(index);
+      const scalar_t* v = in.value.data_ptr<scalar_t>();
+      const int64_t* shapes = in.shapes.data_ptr<int64_t>();
+      const int64_t* starts = in.starts.data_ptr<int64_t>();
+      const acc_t* lp = plan.loc.data_ptr<acc_t>();
+      const acc_t* ap = plan.attn.data_ptr<acc_t>();
+      scalar_t* o = out.data_ptr<scalar_t>();
+      const Geometry<index_t> g = geometry<index_t>(plan);
+      simt::launch(plan.blocks, kThreads, next_seed(), [=] {
+        forward_kernel<scalar_t, acc_t, index_t, decltype(vec)::value>(v, shapes, starts, lp, ap, o, g);
+      });
+    });
   });
   return out;
+}
+
+// The backward as compiled for `arch` (scatter_add's atomics differ).
+template <typename scalar_t, typename acc_t, typename index_t, int V>
+void launch_backward(const Plan& plan, const Inputs& in, const Grads& gr) {
+  const scalar_t* v = in.value.data_ptr<scalar_t>();
+  const int64_t* shapes = in.shapes.data_ptr<int64_t>();
+  const int64_t* starts = in.starts.data_ptr<int64_t>();
+  const acc_t* lp = plan.loc.data_ptr<acc_t>();
+  const acc_t* ap = plan.attn.data_ptr<acc_t>();
+  const scalar_t* go = gr.grad_out.data_ptr<scalar_t>();
+  acc_t* gv = gr.value.data_ptr<acc_t>();
+  acc_t* gl = gr.loc.data_ptr<acc_t>();
+  acc_t* ga = gr.attn.data_ptr<acc_t>();
+  const Geometry<index_t> g = geometry<index_t>(plan);
+  if (g_arch.load() >= 900) {
+    simt::launch(plan.blocks, kThreads, next_seed(), [=] {
+      backward_kernel<scalar_t, acc_t, index_t, V, 900>(v, shapes, starts, lp, ap, go, gv, gl, ga, g);
+    });
+  } else {
+    simt::launch(plan.blocks, kThreads, next_seed(), [=] {
+      backward_kernel<scalar_t, acc_t, index_t, V, 800>(v, shapes, starts, lp, ap, go, gv, gl, ga, g);
+    });
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_emu(const at::Tensor& value_in, const at::Tensor& shapes_in,
@@ -66,27 +104,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_emu(const at::Tensor& va
                                                             const at::Tensor& attn, const at::Tensor& grad_out_in) {
   check_cpu(value_in);
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
-  const Sizes& s = in.s;
   Grads g = backward_buffers(in, loc, grad_out_in);
   if (g.grad_out.numel() > 0) {
-    const int G = group_size(s.D);
+    const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), g.grad_out.data_ptr(), g.value.data_ptr()});
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_backward_emu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* v = in.value.data_ptr<scalar_t>();
-      const int64_t* shapes = in.shapes.data_ptr<int64_t>();
-      const int64_t* starts = in.starts.data_ptr<int64_t>();
-      const acc_t* lp = loc.data_ptr<acc_t>();
-      const acc_t* ap = attn.data_ptr<acc_t>();
-      const scalar_t* go = g.grad_out.data_ptr<scalar_t>();
-      acc_t* gv = g.value.data_ptr<acc_t>();
-      acc_t* gl = g.loc.data_ptr<acc_t>();
-      acc_t* ga = g.attn.data_ptr<acc_t>();
-      const Strides st = strides_of(loc, attn);
-      simt::launch(num_blocks(s, G), kThreads, next_seed(),
-                   [=] { backward_kernel<scalar_t, acc_t>(v, shapes, starts, lp, ap, go, gv, gl, ga, s, st, G); });
+      with_variant<scalar_t>(plan, [&](auto index, auto vec) {
+        launch_backward<scalar_t, acc_t, decltype(index), decltype(vec)::value>(plan, in, g);
+      });
     });
   }
   return finish_backward(in, std::move(g));
+}
+
+// Which kernel variant a call would run (tests): "int32|int64 V=<channels per access> G=<lanes>".
+std::string plan_of(const at::Tensor& value_in, const at::Tensor& shapes_in, const at::Tensor& starts_in,
+                    const at::Tensor& loc, const at::Tensor& attn) {
+  const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
+  const at::Tensor out = at::empty({in.s.N, in.s.Lq, in.s.Mv * in.s.D}, in.value.options());
+  const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), out.data_ptr()});
+  std::string v;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_plan_emu", [&] {
+    v = std::to_string(plan.vec ? Vec16<scalar_t>::width : 1);
+  });
+  return std::string(plan.wide ? "int64" : "int32") + " V=" + v + " G=" + std::to_string(1 << plan.log2G) +
+         (plan.loc.data_ptr() == loc.data_ptr() ? " loc in place" : " loc copied");
 }
 
 // ---- the emulator's own checks: tiny kernels, each breaking (or keeping) one rule ----
@@ -119,6 +161,11 @@ void early_exit_kernel(int64_t* out) {
   const int lane = threadIdx.x % warpSize;
   if (lane == 5) return;  // lane 5 returns; the others wait for it at the shuffle
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, static_cast<int64_t>(lane), 1);
+}
+
+// sm_90's float4 atomicAdd at `float_offset` floats into a 16-byte aligned buffer of 8 floats
+void vector_atomic_kernel(float* buf, int float_offset) {
+  atomicAdd(reinterpret_cast<float4*>(buf + float_offset), float4{1.0f, 2.0f, 3.0f, 4.0f});
 }
 
 void order_kernel(int64_t* out, int64_t* counter) {  // records the order the blocks ran in
@@ -157,6 +204,11 @@ at::Tensor shim_selftest(const std::string& name, int64_t seed) {
     simt::launch(1, 64, seed, [=] { early_exit_kernel(o); });
   } else if (name == "partial_block") {  // 40 threads: the second warp has 8 lanes
     simt::launch(1, 40, seed, [=] { bfly_kernel(o, 0xffffffffu, 1, 32); });
+  } else if (name == "float4_atomic" || name == "float4_atomic_misaligned") {  // out[:8] as floats
+    out.zero_();
+    float* buf = reinterpret_cast<float*>(o);  // 16-byte aligned (torch's allocator)
+    const int offset = name == "float4_atomic" ? 4 : 1;
+    simt::launch(1, 1, seed, [=] { vector_atomic_kernel(buf, offset); });
   } else if (name == "order") {  // out[:16] = block order, out[16] (as double) = thread count
     int64_t counter = 0;
     int64_t* c = &counter;
@@ -176,6 +228,10 @@ TORCH_LIBRARY(msda_emu, m) {
   m.def("ms_deform_attn_backward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
         "Tensor sampling_loc, Tensor attn_weight, Tensor grad_output) -> (Tensor, Tensor, Tensor)");
   m.def("set_seed(int seed) -> ()", &set_seed);
+  m.def("set_arch(int arch) -> ()", &set_arch);
+  m.def("get_arch() -> int", &get_arch);
+  m.def("plan_of(Tensor value, Tensor spatial_shapes, Tensor level_start_index, Tensor sampling_loc, "
+        "Tensor attn_weight) -> str", &plan_of);
   m.def("shim_selftest(str name, int seed) -> Tensor", &shim_selftest);
 }
 

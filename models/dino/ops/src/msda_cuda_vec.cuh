@@ -1,0 +1,164 @@
+// Channel chunks for the msda CUDA kernels: V channels of one head read, written or
+// scattered with one memory access, converted to / from the accumulation type.
+//
+// Vector paths move 16 bytes per access: 4 fp32, 2 fp64, or 8 fp16 / bf16 (as 4 half / bfloat16
+// pairs, converted with the pair intrinsics). V == 1 is the scalar fallback, used when D is not
+// a multiple of the vector width or a pointer is not 16-byte aligned (decided on the host).
+// Like msda_cuda_kernels.cuh, this file is compiled by nvcc and, for the SIMT emulator, by the host
+// compiler; the emulator's emu/simt_vector_types.h supplies the CUDA types and intrinsics used here.
+#pragma once
+
+#include <cstring>
+#include <type_traits>
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+#define MSDA_DEV __device__ __forceinline__
+
+// The architecture this device code is compiled for (e.g. 800, 900); 0 in the host pass.
+#ifdef __CUDA_ARCH__
+#define MSDA_CUDA_ARCH __CUDA_ARCH__
+#else
+#define MSDA_CUDA_ARCH 0
+#endif
+
+namespace msda {
+
+// Bits of a 32-bit word as a half / bfloat16 pair and back (memcpy: no aliasing assumptions).
+template <typename T, typename U>
+MSDA_DEV T bits_as(const U& u) {
+  static_assert(sizeof(T) == sizeof(U), "bits_as: sizes differ");
+  T t;
+  memcpy(&t, &u, sizeof(T));
+  return t;
+}
+
+// One 16-byte access of scalar_t: its raw register type, width and conversions.
+template <typename scalar_t>
+struct Vec16;
+
+template <>
+struct Vec16<float> {
+  using raw_t = float4;
+  static constexpr int width = 4;
+  static MSDA_DEV void unpack(const raw_t& r, float (&x)[4]) {
+    x[0] = r.x, x[1] = r.y, x[2] = r.z, x[3] = r.w;
+  }
+  static MSDA_DEV raw_t pack(const float (&x)[4]) {
+    raw_t r;
+    r.x = x[0], r.y = x[1], r.z = x[2], r.w = x[3];
+    return r;
+  }
+};
+
+template <>
+struct Vec16<double> {
+  using raw_t = double2;
+  static constexpr int width = 2;
+  static MSDA_DEV void unpack(const raw_t& r, double (&x)[2]) { x[0] = r.x, x[1] = r.y; }
+  static MSDA_DEV raw_t pack(const double (&x)[2]) {
+    raw_t r;
+    r.x = x[0], r.y = x[1];
+    return r;
+  }
+};
+
+// fp16 / bf16: 8 values as 4 words, each a pair (pair_t) converted to / from float2 at once.
+template <typename pair_t>
+struct Vec16Pairs {
+  using raw_t = uint4;
+  static constexpr int width = 8;
+  static MSDA_DEV float2 to_float2(pair_t h);
+  static MSDA_DEV pair_t from_floats(float a, float b);
+  static MSDA_DEV void unpack(const raw_t& r, float (&x)[8]) {
+    const unsigned w[4] = {r.x, r.y, r.z, r.w};
+    MSDA_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = to_float2(bits_as<pair_t>(w[i]));
+      x[2 * i] = f.x, x[2 * i + 1] = f.y;
+    }
+  }
+  static MSDA_DEV raw_t pack(const float (&x)[8]) {
+    unsigned w[4];
+    MSDA_UNROLL
+    for (int i = 0; i < 4; ++i) w[i] = bits_as<unsigned>(from_floats(x[2 * i], x[2 * i + 1]));
+    raw_t r;
+    r.x = w[0], r.y = w[1], r.z = w[2], r.w = w[3];
+    return r;
+  }
+};
+
+template <>
+MSDA_DEV float2 Vec16Pairs<__half2>::to_float2(__half2 h) { return __half22float2(h); }
+template <>
+MSDA_DEV __half2 Vec16Pairs<__half2>::from_floats(float a, float b) { return __floats2half2_rn(a, b); }
+template <>
+MSDA_DEV float2 Vec16Pairs<__nv_bfloat162>::to_float2(__nv_bfloat162 h) { return __bfloat1622float2(h); }
+template <>
+MSDA_DEV __nv_bfloat162 Vec16Pairs<__nv_bfloat162>::from_floats(float a, float b) {
+  return __floats2bfloat162_rn(a, b);
+}
+
+template <>
+struct Vec16<at::Half> : Vec16Pairs<__half2> {};
+template <>
+struct Vec16<at::BFloat16> : Vec16Pairs<__nv_bfloat162> {};
+
+// V channels of scalar_t starting at an element offset: one vector access (V > 1) or one element.
+template <typename scalar_t, typename acc_t, int V>
+struct Chunk {
+  using T = Vec16<scalar_t>;
+  using raw_t = typename T::raw_t;
+  static_assert(V == T::width, "a chunk is one 16-byte vector or one element");
+
+  static MSDA_DEV void load(const scalar_t* p, acc_t (&x)[V]) { T::unpack(*reinterpret_cast<const raw_t*>(p), x); }
+  // Zeros when !ok, without touching memory: the pointer to a corner outside the map is never formed.
+  template <typename index_t>
+  static MSDA_DEV void load_if(bool ok, const scalar_t* base, index_t off, acc_t (&x)[V]) {
+    raw_t r{};
+    if (ok) r = *reinterpret_cast<const raw_t*>(base + off);
+    T::unpack(r, x);
+  }
+  static MSDA_DEV void store(scalar_t* p, const acc_t (&x)[V]) { *reinterpret_cast<raw_t*>(p) = T::pack(x); }
+};
+
+template <typename scalar_t, typename acc_t>
+struct Chunk<scalar_t, acc_t, 1> {
+  static MSDA_DEV void load(const scalar_t* p, acc_t (&x)[1]) { x[0] = static_cast<acc_t>(*p); }
+  template <typename index_t>
+  static MSDA_DEV void load_if(bool ok, const scalar_t* base, index_t off, acc_t (&x)[1]) {
+    x[0] = ok ? static_cast<acc_t>(base[off]) : acc_t(0);
+  }
+  static MSDA_DEV void store(scalar_t* p, const acc_t (&x)[1]) { *p = static_cast<scalar_t>(x[0]); }
+};
+
+// float4 for float; a template so that the name is looked up only where the sm_90 branch is kept.
+template <typename acc_t>
+struct Float4Of {
+  using type = float4;
+};
+
+// grad_value[p + i] += w * g[i], i < V, atomically (other queries scatter into the same pixels).
+// fp32 on sm_90 and later: one 16-byte vector atomic (RED.E.ADD.F32x4) per 4 channels; before sm_90
+// and for fp64 the architecture has no vector float atomics, so one atomic per channel. fp16 / bf16
+// values also scatter into fp32: a pixel collects hundreds of contributions per image, which an
+// 8-bit (bf16) or 11-bit (fp16) mantissa would round away, so the pair atomics of those types are
+// not used. kArch: the emulator's choice (800, 900); 0 = the architecture being compiled.
+template <int kArch, typename acc_t, int V>
+MSDA_DEV void scatter_add(acc_t* p, acc_t w, const acc_t (&g)[V]) {
+  constexpr int arch = kArch ? kArch : MSDA_CUDA_ARCH;
+  if constexpr (arch >= 900 && std::is_same<acc_t, float>::value && V % 4 == 0) {
+    using F4 = typename Float4Of<acc_t>::type;
+    MSDA_UNROLL
+    for (int i = 0; i < V; i += 4) atomicAdd(reinterpret_cast<F4*>(p + i), F4{w * g[i], w * g[i + 1], w * g[i + 2],
+                                                                               w * g[i + 3]});
+  } else {
+    MSDA_UNROLL
+    for (int i = 0; i < V; ++i) atomicAdd(p + i, w * g[i]);
+  }
+}
+
+}  // namespace msda
