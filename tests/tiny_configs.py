@@ -10,7 +10,7 @@ A test states only what it changes (e.g. `options(RUN, epochs=2)`); the sizes li
 """
 import argparse
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -40,20 +40,29 @@ def options(base: Dict[str, Any] = RUN, **overrides) -> List[str]:
     return [f"{k}={_format(v)}" for k, v in dict(base, **overrides).items()]
 
 
-def config_args(config: str = "DINO_4scale.py", **overrides) -> argparse.Namespace:
-    """Every key of config/DINO/<config> as a namespace, with `overrides` applied."""
+# every registered detector's tiny model: (its config file under config/, the sizes); tests/models/
+# test_golden.py checks that each detector of models/registry.py has one
+TINY_MODELS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "dino": ("DINO/DINO_4scale.py", MODEL),
+}
+
+
+def config_args(config: str = "DINO/DINO_4scale.py", **overrides) -> argparse.Namespace:
+    """Every key of config/<config> as a namespace, with `overrides` applied."""
     from engine.config import load_config
-    from models import select_msda_backend
+    from models import apply_runtime_config
 
     # checked like main.build_args does; no model test reaches torch.hub (tests/models/test_backbone.py fakes it)
-    cfg = load_config(os.path.join(ROOT, "config", "DINO", config), dict({"backbone_weights": None}, **overrides))
-    select_msda_backend(cfg["msda_backend"])  # what main.py and the tools do with the key
-    return argparse.Namespace(**cfg)
+    cfg = load_config(os.path.join(ROOT, "config", config), dict({"backbone_weights": None}, **overrides))
+    args = argparse.Namespace(**cfg)
+    apply_runtime_config(args)  # what main.py and the tools do with msda_backend
+    return args
 
 
-def tiny_args(**overrides) -> argparse.Namespace:
-    """DINO_4scale.py with MODEL's sizes (and `overrides`), as build_model reads it."""
-    return config_args(**dict(MODEL, **overrides))
+def tiny_args(detector: str = "dino", **overrides) -> argparse.Namespace:
+    """The tiny model of `detector` (TINY_MODELS) with `overrides`, as build_model reads it."""
+    config, sizes = TINY_MODELS[detector]
+    return config_args(config, **dict(sizes, **overrides))
 
 
 def tiny_batch(seed: int = 0):

@@ -21,6 +21,8 @@ from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal
 
 from util import dist as dist_utils
 
+from .layers import at_least_fp32
+
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
 
 
@@ -101,9 +103,10 @@ class SetCriterion(nn.Module):
         """Focal, L1 and GIoU losses of one prediction set for given (query, target) indices."""
         logits = outputs["pred_logits"]  # (B, Q, K)
         batch_idx, src_idx, tgt_labels, src_boxes, tgt_boxes = self.matched_pairs(outputs, targets, indices)
-        onehot = torch.zeros_like(logits, dtype=torch.float32)
+        logits = at_least_fp32(logits)
+        onehot = torch.zeros_like(logits)
         onehot[batch_idx, src_idx, tgt_labels] = 1.0
-        loss_ce = sigmoid_focal_loss(logits.float(), onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
+        loss_ce = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
                                      reduction="sum") / num_boxes
         l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none")
         losses = {
@@ -126,7 +129,7 @@ class SetCriterion(nn.Module):
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(logits.device)
         src_idx = torch.cat([src for src, _ in indices]).to(logits.device)
         tgt_labels = torch.cat([t["labels"][j.to(t["labels"].device)] for t, (_, j) in zip(targets, indices)])
-        src_boxes = outputs["pred_boxes"][batch_idx, src_idx].float()
+        src_boxes = at_least_fp32(outputs["pred_boxes"][batch_idx, src_idx])
         tgt_boxes = torch.cat([t["boxes"][j.to(t["boxes"].device)]
                                for t, (_, j) in zip(targets, indices)]).to(src_boxes)
         return batch_idx, src_idx, tgt_labels.to(logits.device), src_boxes, tgt_boxes

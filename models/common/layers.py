@@ -43,7 +43,7 @@ def gen_sineembed_for_position(pos_tensor: Tensor, d_model: int = 256) -> Tensor
     """
     half = d_model // 2
     scale = 2 * math.pi
-    dim_t = torch.arange(half, dtype=torch.float32, device=pos_tensor.device)
+    dim_t = torch.arange(half, dtype=coordinate_dtype(pos_tensor), device=pos_tensor.device)
     dim_t = 10000 ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / half)
 
     def embed(coord: Tensor) -> Tensor:
@@ -64,3 +64,14 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
     x1 = x.clamp(min=eps)
     x2 = (1 - x).clamp(min=eps)
     return torch.log(x1 / x2)
+
+
+def at_least_fp32(t: Tensor) -> Tensor:
+    """t in float32, or float64 if it already is (losses and coordinates under AMP are computed in fp32;
+    a float64 model, e.g. the golden-value tests', keeps its precision)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def coordinate_dtype(t: Tensor) -> torch.dtype:
+    """The dtype to compute positions and grids in next to tensor t: float64 for a float64 t, else float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32

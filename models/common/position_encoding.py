@@ -6,6 +6,8 @@ from torch import nn
 
 from util.misc import NestedTensor
 
+from .layers import coordinate_dtype
+
 
 class PositionEmbeddingSineHW(nn.Module):
     """2-D sine encoding with separate temperatures for y and x.
@@ -25,7 +27,7 @@ class PositionEmbeddingSineHW(nn.Module):
         self.scale = scale
 
     def _embed(self, coord, temperature):
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=coord.device)
+        dim_t = torch.arange(self.num_pos_feats, dtype=coord.dtype, device=coord.device)
         dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
         v = coord[:, :, :, None] / dim_t
         return torch.stack((v[:, :, :, 0::2].sin(), v[:, :, :, 1::2].cos()), dim=4).flatten(3)
@@ -33,8 +35,9 @@ class PositionEmbeddingSineHW(nn.Module):
     def forward(self, tensor_list: NestedTensor):
         mask = tensor_list.mask
         not_mask = ~mask
-        y_embed = not_mask.cumsum(1, dtype=torch.float32)
-        x_embed = not_mask.cumsum(2, dtype=torch.float32)
+        dtype = coordinate_dtype(tensor_list.tensors)
+        y_embed = not_mask.cumsum(1, dtype=dtype)
+        x_embed = not_mask.cumsum(2, dtype=dtype)
         if self.normalize:
             eps = 1e-6
             y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale

@@ -25,7 +25,7 @@ def _dilation_fits(cfg):
 def model_keys(detectors: Sequence[str]) -> KeyGroup:
     """The common model group; `detectors` are the registered names `modelname` may take."""
     return KeyGroup("model", "model (every detector)", {
-        "modelname": choice_key("detector (models/registry.py)", *detectors),
+        "modelname": choice_key("detector (models/registry.py)", *detectors, model=True),
         "num_classes": int_key("classification outputs: max category id + 1 (labels are raw category ids)", 1,
                                model=True),
         "backbone": choice_key("torchvision ResNet, or Swin / ConvNeXt built with timm (DINO's names)", *BACKBONES,
@@ -44,7 +44,8 @@ def model_keys(detectors: Sequence[str]) -> KeyGroup:
         "dilation": bool_key("dilate the last ResNet stage (DC5)", model=True),
         "return_interm_indices": Key("list[int]", "backbone stages fed to the encoder (0 = stride 4 ... 3 = stride "
                                      "32)", 0, 3, length=(1, 4), model=True),
-        "position_embedding": choice_key("position encoding", "sine", "SineHW", model=True),
+        "position_embedding": choice_key("position encoding: DINO's two names of its sine encoding (the same "
+                                         "one)", "sine", "SineHW"),
         "pe_temperatureH": float_key("sine position-encoding temperature along y", 0, low_open=True, model=True),
         "pe_temperatureW": float_key("sine position-encoding temperature along x", 0, low_open=True, model=True),
         "enc_layers": int_key("encoder layers", 1, model=True),

@@ -23,6 +23,7 @@ from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
 from util.config_schema import Key, KeyGroup, choice_key, float_key, prob_key
 
 from ..common.criterion import PredictionSet, SetCriterion, SetKind, SetSpec
+from ..common.layers import at_least_fp32
 from ..common.matcher import HungarianMatcher
 
 # positives of one image in a one-to-k set never exceed this fraction of the queries
@@ -83,7 +84,7 @@ def ia_bce_loss(logits: Tensor, pos: Tuple[Tensor, Tensor, Tensor], target: Tens
     pos: (batch, query, class) index tensors of the P positives, target (P,) their soft targets.
     Positives: BCE(p, target); every other element: p^gamma * BCE(p, 0) (the factor keeps its
     gradient, as in focal loss)."""
-    logits = logits.float()
+    logits = at_least_fp32(logits)
     prob = logits.sigmoid()
     soft = torch.zeros_like(logits)
     soft[pos] = target.to(soft.dtype)

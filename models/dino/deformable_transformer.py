@@ -11,6 +11,7 @@ from typing import List, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from ..common.layers import coordinate_dtype
 from .ops import MSDeformAttn
 from .query_selection import Queries, QuerySelection
 from .transformer_layers import DeformableDecoder, DeformableEncoder, MaskUpdate
@@ -84,12 +85,12 @@ class DeformableTransformer(nn.Module):
         return self
 
     @staticmethod
-    def valid_ratio(mask: Tensor) -> Tensor:
+    def valid_ratio(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """mask (B, H, W) True = padding -> (B, 2) fraction of valid width and height."""
         _, h, w = mask.shape
         valid_h = (~mask[:, :, 0]).sum(1)
         valid_w = (~mask[:, 0, :]).sum(1)
-        return torch.stack([valid_w.float() / w, valid_h.float() / h], -1)
+        return torch.stack([valid_w.to(dtype) / w, valid_h.to(dtype) / h], -1)
 
     def flatten_levels(self, srcs: List[Tensor], masks: List[Tensor], pos_embeds: List[Tensor]):
         """Lists of (B, C, H_l, W_l) maps -> tokens (B, S, C), masks (B, S), pos + level embedding (B, S, C)."""
@@ -102,21 +103,22 @@ class DeformableTransformer(nn.Module):
 
     def forward(self, srcs: List[Tensor], masks: List[Tensor], pos_embeds: List[Tensor],
                 dn_anchors: Optional[Tensor] = None, dn_content: Optional[Tensor] = None,
-                self_attn_mask: Optional[Tensor] = None, mask_update: Optional[MaskUpdate] = None
-                ) -> TransformerOutput:
+                self_attn_mask: Optional[Tensor] = None, mask_update: Optional[MaskUpdate] = None,
+                query_embed: Optional[Tensor] = None) -> TransformerOutput:
         """srcs/pos_embeds: per level (B, C, H_l, W_l); masks (B, H_l, W_l) True = padding.
         dn_anchors (B, D, 4) logits and dn_content (B, D, C): denoising queries put before the selected
         ones (D = 0 when None); self_attn_mask (D+Q, D+Q) or per image and head (B * heads, D+Q, D+Q) bool,
-        True = blocked; mask_update: the decoder's hook to change it between layers."""
+        True = blocked; mask_update: the decoder's hook to change it between layers; query_embed: the
+        detector's learned query embeddings, for the query selection."""
         src_flatten, mask_flatten, pos_flatten, shapes = self.flatten_levels(srcs, masks, pos_embeds)
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([self.valid_ratio(m) for m in masks], 1)  # (B, L, 2)
+        valid_ratios = torch.stack([self.valid_ratio(m, coordinate_dtype(src_flatten)) for m in masks], 1)  # (B, L, 2)
 
         memory, layer_outputs = self.encoder(src_flatten, pos_flatten, spatial_shapes, shapes, level_start_index,
                                              valid_ratios, mask_flatten,
                                              keep_layer_outputs=self.decoder_memory.needs_layer_outputs)
-        queries = self.query_selection(memory, mask_flatten, shapes)
+        queries = self.query_selection(memory, mask_flatten, shapes, query_embed)
         content, anchors, position = queries.content, queries.anchors, queries.position
         if dn_anchors is not None:
             anchors = torch.cat([dn_anchors, anchors], dim=1)

@@ -9,6 +9,8 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..common.layers import coordinate_dtype
+
 
 class Queries(NamedTuple):
     """The decoder's first queries (Q of them) and what the encoder predicted for them.
@@ -27,10 +29,13 @@ class Queries(NamedTuple):
 
 class QuerySelection(nn.Module):
     """Base of the query selections: forward(memory (B, S, C), padding mask (B, S) True = padding,
-    spatial_shapes [(H_l, W_l)]) -> Queries. Holds no parameters itself, only submodules (registered
-    on the transformer under their own names)."""
+    spatial_shapes [(H_l, W_l)], query_embed) -> Queries. query_embed: learned query embeddings the
+    detector owns and hands in (None for selections that learn none). Holds no parameters itself, only
+    submodules (registered on the transformer under their own names); its training mode follows the
+    transformer's."""
 
-    def forward(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: List[Tuple[int, int]]) -> Queries:
+    def forward(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: List[Tuple[int, int]],
+                query_embed: Optional[Tensor] = None) -> Queries:
         raise NotImplementedError
 
 
@@ -50,8 +55,9 @@ def gen_encoder_output_proposals(memory: Tensor, memory_padding_mask: Tensor, sp
         valid_h = (~mask[:, :, 0]).sum(1)
         valid_w = (~mask[:, 0, :]).sum(1)
         # arange, not linspace: linspace's ONNX export gives NaN for a one-pixel-high or -wide map
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=memory.device),
-                                torch.arange(w, dtype=torch.float32, device=memory.device), indexing="ij")
+        dtype = coordinate_dtype(memory)
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=dtype, device=memory.device),
+                                torch.arange(w, dtype=dtype, device=memory.device), indexing="ij")
         grid = torch.stack([xs, ys], -1)  # (H, W, 2) as (x, y)
         scale = torch.stack([valid_w, valid_h], 1).view(bs, 1, 1, 2)
         grid = (grid.unsqueeze(0).expand(bs, -1, -1, -1) + 0.5) / scale
@@ -96,7 +102,8 @@ class MixedQuerySelection(QuerySelection):
         boxes = self.enc_out_bbox_embed(output_memory) + output_proposals  # (B, S, 4) logits
         return output_memory, logits, boxes, output_proposals
 
-    def forward(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: List[Tuple[int, int]]) -> Queries:
+    def forward(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: List[Tuple[int, int]],
+                query_embed: Optional[Tensor] = None) -> Queries:
         if memory.shape[1] < self.num_queries:
             raise ValueError(f"num_queries={self.num_queries} exceeds the {memory.shape[1]} encoder tokens of this "
                              f"batch: use larger images or --options num_queries=N with N <= {memory.shape[1]}")

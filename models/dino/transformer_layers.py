@@ -67,8 +67,8 @@ class DeformableEncoder(nn.Module):
         for lvl, (h, w) in enumerate(spatial_shapes):
             # pixel centres 0.5, 1.5, ...: arange, not linspace, whose ONNX export divides by (steps - 1) and
             # gives NaN on a one-pixel-high or -wide map
-            ref_y, ref_x = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device) + 0.5,
-                                          torch.arange(w, dtype=torch.float32, device=device) + 0.5,
+            ref_y, ref_x = torch.meshgrid(torch.arange(h, dtype=valid_ratios.dtype, device=device) + 0.5,
+                                          torch.arange(w, dtype=valid_ratios.dtype, device=device) + 0.5,
                                           indexing="ij")
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
             ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * w)
