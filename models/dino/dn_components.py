@@ -42,6 +42,31 @@ def build_cdn_attn_mask(single_pad: int, num_groups: int, num_queries: int, devi
     return mask
 
 
+def noised_labels(labels: Tensor, noise_ratio: float, num_classes: int) -> Tensor:
+    """labels (N,) with a random fraction replaced by random classes. DINO flips half the requested ratio:
+    the other half would draw the same label anyway."""
+    labels = labels.clone()
+    if noise_ratio > 0:
+        flip = torch.rand(labels.shape, device=labels.device) < noise_ratio * 0.5
+        labels[flip] = torch.randint(0, num_classes, (int(flip.sum()),), device=labels.device)
+    return labels
+
+
+def noised_boxes(boxes: Tensor, negative_idx: Tensor, noise_scale: float) -> Tensor:
+    """boxes (N, 4) cxcywh with each corner moved by up to noise_scale x half the box size (positives), or
+    by between 1 and 2 times that (the copies at negative_idx: the contrastive negatives), clamped to the
+    image."""
+    if noise_scale <= 0 or len(boxes) == 0:
+        return boxes.clone()
+    xyxy = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
+    half_wh = torch.cat([boxes[:, 2:] / 2, boxes[:, 2:] / 2], 1)
+    sign = torch.randint(0, 2, boxes.shape, device=boxes.device, dtype=torch.float32) * 2.0 - 1.0
+    part = torch.rand(boxes.shape, device=boxes.device)
+    part[negative_idx] += 1.0
+    xyxy = (xyxy + part * sign * half_wh * noise_scale).clamp(min=0.0, max=1.0)
+    return torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
+
+
 def prepare_for_cdn(targets: List[Dict[str, Tensor]], dn_number: int, label_noise_ratio: float,
                     box_noise_scale: float, num_queries: int, num_classes: int, hidden_dim: int,
                     label_enc: nn.Embedding) -> Tuple[Tensor, Tensor, Tensor, Dict]:
@@ -55,7 +80,6 @@ def prepare_for_cdn(targets: List[Dict[str, Tensor]], dn_number: int, label_nois
     counts = [len(t["labels"]) for t in targets]
     max_gt = max(counts) if counts else 0
     groups = cdn_group_count(dn_number, max_gt)
-    batch_size = len(targets)
     labels = torch.cat([t["labels"] for t in targets]).to(device)
     boxes = torch.cat([t["boxes"] for t in targets]).to(device)
     batch_idx = torch.cat([torch.full((n,), i, dtype=torch.long, device=device) for i, n in enumerate(counts)])
@@ -63,39 +87,22 @@ def prepare_for_cdn(targets: List[Dict[str, Tensor]], dn_number: int, label_nois
 
     # every box is repeated 2 * groups times: group g holds copies [2g*n_total, (2g+1)*n_total)
     # as positives and the next n_total as negatives
-    known_labels = labels.repeat(2 * groups)
     known_bid = batch_idx.repeat(2 * groups)
-    known_boxes = boxes.repeat(2 * groups, 1)
-    noised_labels = known_labels.clone()
-    noised_boxes = known_boxes.clone()
-
-    if label_noise_ratio > 0:
-        # DINO flips half the requested ratio: the other half would draw the same label anyway
-        flip = torch.rand(noised_labels.shape, device=device) < label_noise_ratio * 0.5
-        noised_labels[flip] = torch.randint(0, num_classes, (int(flip.sum()),), device=device)
-
+    dn_labels = noised_labels(labels.repeat(2 * groups), label_noise_ratio, num_classes)
     positive_idx = (torch.arange(n_total, device=device)[None]
                     + torch.arange(groups, device=device)[:, None] * n_total * 2).flatten()
-    negative_idx = positive_idx + n_total
-    if box_noise_scale > 0 and n_total > 0:
-        xyxy = torch.cat([known_boxes[:, :2] - known_boxes[:, 2:] / 2, known_boxes[:, :2] + known_boxes[:, 2:] / 2], 1)
-        half_wh = torch.cat([known_boxes[:, 2:] / 2, known_boxes[:, 2:] / 2], 1)
-        sign = torch.randint(0, 2, known_boxes.shape, device=device, dtype=torch.float32) * 2.0 - 1.0
-        part = torch.rand(known_boxes.shape, device=device)
-        part[negative_idx] += 1.0
-        xyxy = (xyxy + part * sign * half_wh * box_noise_scale).clamp(min=0.0, max=1.0)
-        noised_boxes = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
+    dn_boxes = noised_boxes(boxes.repeat(2 * groups, 1), positive_idx + n_total, box_noise_scale)
 
     single_pad = max_gt
     pad_size = single_pad * 2 * groups
-    input_query_label = torch.zeros(batch_size, pad_size, hidden_dim, device=device)
-    input_query_bbox = torch.zeros(batch_size, pad_size, 4, device=device)
+    input_query_label = torch.zeros(len(targets), pad_size, hidden_dim, device=device)
+    input_query_bbox = torch.zeros(len(targets), pad_size, 4, device=device)
     if n_total:
         # slot of each copy inside its image's part: index within the image + group offset
         within = torch.cat([torch.arange(n, device=device) for n in counts])
         slots = torch.cat([within + single_pad * i for i in range(2 * groups)])
-        input_query_label[known_bid, slots] = label_enc(noised_labels.long())
-        input_query_bbox[known_bid, slots] = inverse_sigmoid(noised_boxes)
+        input_query_label[known_bid, slots] = label_enc(dn_labels.long())
+        input_query_bbox[known_bid, slots] = inverse_sigmoid(dn_boxes)
     attn_mask = build_cdn_attn_mask(single_pad, groups, num_queries, device)
     return input_query_label, input_query_bbox, attn_mask, {"pad_size": pad_size, "num_dn_group": groups}
 
