@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from util import dist as dist_utils
+from util.disk import atomic_file
 from util.logger import LOGGER_NAME, MetricLogger
 
 DEBUG_ITERATIONS = 15  # --debug: stop each loop after this many iterations (DINO's value)
@@ -185,11 +186,16 @@ def write_coco_results(detections: Dict[int, np.ndarray], path: str,
     Each entry is {image_id, category_id, bbox [x, y, w, h], score}, rounded to BBOX_DECIMALS /
     SCORE_DECIMALS, plus fields(image_id, label) if given (e.g. a file name and class name).
     Written one detection at a time (no second copy of all results in memory), to a temp
-    file renamed into place. Returns the number of detections written.
+    file renamed into place (util/disk.atomic_file: a failed write, e.g. a full disk, leaves the old
+    file and no temp file, and raises DiskWriteError). Returns the number of detections written.
     """
-    tmp = path + ".tmp"
-    n = 0
-    with open(tmp, "w") as f:
+    total = sum(len(d) for d in detections.values())
+    n = chars = 0
+
+    def needed():  # what the whole file takes, from the characters per detection written so far
+        return int(chars / n * total) if n else None
+
+    with atomic_file(path, "w", needed=needed) as f:
         f.write("[")
         for image_id in sorted(detections):
             for x, y, w, h, score, label in detections[image_id].tolist():
@@ -198,10 +204,10 @@ def write_coco_results(detections: Dict[int, np.ndarray], path: str,
                          "score": round(score, SCORE_DECIMALS)}
                 if fields is not None:
                     entry.update(fields(int(image_id), int(label)))
-                f.write(("," if n else "") + json.dumps(entry))
-                n += 1
+                text = ("," if n else "") + json.dumps(entry)
+                f.write(text)
+                n, chars = n + 1, chars + len(text)
         f.write("]")
-    os.replace(tmp, path)
     return n
 
 

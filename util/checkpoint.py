@@ -2,7 +2,8 @@
 
 Files are written to a temp file in the target directory, flushed and fsynced,
 then moved over the target with os.replace and the directory fsynced, so a kill
-at any moment leaves either the old or the new complete file.
+at any moment leaves either the old or the new complete file (util/disk.py); a
+write that fails (a full disk) removes the temp file and stops with one line.
 
 Integrity: torch.load checks no checksum of tensor data (a flipped byte in a
 weight loads silently), so save_checkpoint stores a SHA-256 of every tensor's
@@ -25,13 +26,13 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from util.config_schema import same_value
+from util.disk import atomic_file
 
 logger = logging.getLogger("detr")
 
@@ -45,17 +46,6 @@ class CheckpointError(RuntimeError):
 
 class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
     """The file needs arbitrary unpickling (code execution); refused."""
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # e.g. platforms that cannot open directories
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _walk(obj: Any, prefix: str = "") -> Iterator[Tuple[str, Any]]:
@@ -139,23 +129,17 @@ def verify_integrity(obj: Dict[str, Any], record: Any, source: str) -> int:
 
 
 def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
-    """torch.save `obj` plus its '_integrity' record to `path` atomically
-    (temp file + fsync + os.replace + dir fsync). `obj` itself is not modified."""
+    """torch.save `obj` plus its '_integrity' record to `path` atomically (util/disk.atomic_file: temp file +
+    fsync + os.replace + dir fsync). `obj` itself is not modified. A failed write (a full disk) raises
+    DiskWriteError naming the file, the free space and the checkpoint's size; the old file stays."""
     obj = {**{k: v for k, v in obj.items() if k != INTEGRITY_KEY}, INTEGRITY_KEY: compute_integrity(obj)}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pth", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
+    with atomic_file(path, prefix=TMP_PREFIX, needed=lambda: checkpoint_bytes(obj)) as f:
+        torch.save(obj, f)
+
+
+def checkpoint_bytes(obj: Dict[str, Any]) -> int:
+    """About the size of `obj` saved: its tensors' bytes (the rest of a checkpoint is a few hundred KB)."""
+    return sum(leaf.nbytes for _, leaf in _walk(obj) if isinstance(leaf, torch.Tensor))
 
 
 def args_to_dict(args) -> Dict[str, Any]:
