@@ -32,11 +32,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from util.config_schema import same_value
-from util.disk import atomic_file
+from util.disk import TEMP_PREFIX, atomic_file
 
 logger = logging.getLogger("detr")
 
-TMP_PREFIX = ".tmp-ckpt-"
+TMP_PREFIX = TEMP_PREFIX + "ckpt-"  # a checkpoint's temp file (util/disk.atomic_file)
 INTEGRITY_KEY = "_integrity"
 
 
@@ -292,15 +292,16 @@ def misfit_error(err: CheckpointError, path: str, saved: Any, current: Dict[str,
 
 
 def remove_stale_temp_files(output_dir: str) -> List[str]:
-    """Delete temp files left in output_dir by a save that was killed; returns their paths.
+    """Delete the temp files of util/disk.atomic_file writes (checkpoints, results, the run lock) that a kill
+    left in output_dir; returns their paths.
 
-    Call only from the one process that writes checkpoints, before it starts saving.
+    Call only from the one process that writes into output_dir, before it starts writing.
     """
     if not output_dir or not os.path.isdir(output_dir):
         return []
     removed = []
     for name in sorted(os.listdir(output_dir)):
-        if name.startswith(TMP_PREFIX):
+        if name.startswith(TEMP_PREFIX):
             path = os.path.join(output_dir, name)
             os.remove(path)
             removed.append(path)

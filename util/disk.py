@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 _open = open  # every write of this module opens its file here (tests replace it to simulate a full disk)
 
 SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+TEMP_PREFIX = ".tmp-"  # every temp file of atomic_file starts so (util/checkpoint.remove_stale_temp_files)
 
 
 class DiskWriteError(RuntimeError):
@@ -81,13 +82,14 @@ def atomic_file(path: str, mode: str = "wb", prefix: Optional[str] = None,
                 needed: Callable[[], Optional[int]] = lambda: None) -> Iterator[_RecordingFile]:
     """Yield a temp file that replaces `path` once the block completes (see the module docstring).
 
-    prefix: the temp file's name prefix (default '.tmp-<name>-'); needed() is the size reported when
+    prefix: the temp file's name prefix, starting with TEMP_PREFIX (default '.tmp-<name>-'); needed() is the
+    size reported when
     the write fails. Any exception removes the temp file; an OSError (also one torch.save hid behind a
     RuntimeError) is raised as DiskWriteError."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=prefix or f".tmp-{os.path.basename(path)}-", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=prefix or f"{TEMP_PREFIX}{os.path.basename(path)}-", dir=directory)
         os.close(fd)  # opened again by name below, through _open
     except OSError as e:
         raise write_error(e, path, needed()) from None
