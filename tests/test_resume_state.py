@@ -63,3 +63,11 @@ def test_epoch_tally_round_trip_keeps_averages_and_window():
 
 def test_any_rank_without_a_process_group_is_the_flags():
     assert any_rank([True, False, 1]) == [True, False, True]
+
+
+def test_verify_names_a_mid_epoch_checkpoint(tmp_path, capsys):
+    from util.checkpoint import verify_files
+    path = str(tmp_path / "checkpoint.pth")
+    save_checkpoint({"model": {"w": torch.ones(1)}, "epoch": 1, "position": {"epoch": 2, "iteration": 5}}, path)
+    assert verify_files([path]) == 0
+    assert capsys.readouterr().out.strip().endswith("epoch 1, mid-epoch: epoch 2 after 5 iterations")

@@ -365,6 +365,9 @@ def verify_files(paths: List[str], require_digest: bool = False) -> int:
             status = 1 if require_digest else status
         else:
             epoch = f", epoch {obj['epoch']}" if "epoch" in obj else ""
+            at = obj.get("position")
+            if isinstance(at, dict):  # a mid-epoch checkpoint (engine/resume_state.py)
+                epoch += f", mid-epoch: epoch {at['epoch']} after {at['iteration']} iterations"
             print(f"ok {path}: {verified} tensors match their SHA-256{epoch}")
     return status
 

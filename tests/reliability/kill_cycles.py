@@ -1,0 +1,85 @@
+"""Many whole-job SIGKILLs at random moments of a tiny 2-process run, then the final weights vs an
+uninterrupted 2-process run (the suite's test_distributed_resume.py does one such kill).
+
+    python tests/reliability/kill_cycles.py [--cycles 20] [--seed 0] [--max_delay 25] [--workdir DIR]
+
+Ranks are launched directly (as srun does), gloo on the CPU, single-threaded; the tiny synthetic run of
+reliability_helpers with batch 1 on 8 images (4 iterations per rank and epoch), 3 epochs, a mid-epoch
+checkpoint every iteration. Each cycle starts the same command and SIGKILLs both ranks after a random
+delay (startup included, so some kills land before training or during a checkpoint write); once the
+cycles are spent, the command runs to the end. Prints one line per cycle and the verdict; exit status
+0 when the final weights equal the reference's bit for bit.
+"""
+import argparse
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE), HERE]
+
+from reliability_helpers import (  # noqa: E402
+    differing_tensors,
+    make_synthetic,
+    popen_ranks,
+    read_log,
+    tiny_argv,
+    weights,
+)
+
+OPTIONS = ["batch_size=1", "checkpoint_every_iters=1"]
+EPOCHS = 3
+
+
+def wait_all(procs, timeout_s=600):
+    return [p.wait(timeout=timeout_s) for p in procs]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cycles", type=int, default=20, help="kills to try")
+    p.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
+    p.add_argument("--min_delay", type=float, default=2.0, help="seconds after the start, at least")
+    p.add_argument("--max_delay", type=float, default=25.0, help="seconds after the start, at most")
+    p.add_argument("--workdir", default=None, help="where the runs go (default: a new temp folder, kept)")
+    a = p.parse_args(argv)
+    rng = random.Random(a.seed)
+    work = a.workdir or tempfile.mkdtemp(prefix="kill-cycles-")
+    syn = make_synthetic(os.path.join(work, "syn"))
+    ref_out, out = os.path.join(work, "reference"), os.path.join(work, "killed")
+    reference = popen_ranks(tiny_argv(ref_out, syn, epochs=EPOCHS, options=OPTIONS))
+    assert wait_all(reference) == [0, 0], f"the reference run failed: see {ref_out}/run.rank*.log"
+    argv = tiny_argv(out, syn, epochs=EPOCHS, options=OPTIONS)
+    kills = 0
+    for cycle in range(a.cycles):
+        ranks = popen_ranks(argv)
+        delay = rng.uniform(a.min_delay, a.max_delay)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and all(r.poll() is None for r in ranks):
+            time.sleep(0.05)
+        if any(r.poll() is not None for r in ranks):  # finished (or failed) before the kill
+            codes = wait_all(ranks)
+            print(f"cycle {cycle}: the run ended by itself after {delay:.1f} s with {codes}", flush=True)
+            break
+        for r in ranks:
+            r.send_signal(signal.SIGKILL)
+        wait_all(ranks)
+        kills += 1
+        epochs_logged = [e["epoch"] for e in read_log(out)]
+        print(f"cycle {cycle}: SIGKILL of both ranks {delay:.1f} s after the start; log.txt epochs {epochs_logged}",
+              flush=True)
+    codes = wait_all(popen_ranks(argv))
+    assert codes == [0, 0], f"the final run failed with {codes}: see {out}/run.rank*.log"
+    differ = differing_tensors(weights(os.path.join(out, "checkpoint.pth")),
+                               weights(os.path.join(ref_out, "checkpoint.pth")))
+    print(f"{kills} whole-job SIGKILLs at random moments, then a full run: final weights "
+          f"{'identical to' if not differ else f'DIFFERENT ({len(differ)} tensors) from'} the uninterrupted "
+          f"2-process run's; runs in {work}")
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
