@@ -63,11 +63,12 @@ class Position:
 
 
 def rng_state() -> dict:
-    """This process's python, NumPy, torch and CUDA RNG states, as tensors and plain values (a checkpoint is
-    loaded with weights_only=True, which refuses NumPy arrays)."""
+    """This process's python, NumPy, torch and (current device's) CUDA RNG states, as tensors and plain values
+    (a checkpoint is loaded with weights_only=True, which refuses NumPy arrays)."""
     version, mt, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    # the current device only (each process trains on one): get_rng_state_all would touch every visible GPU
+    cuda = [torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     return {"python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                       "has_gauss": int(has_gauss), "cached": float(cached)},
@@ -75,15 +76,15 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() returned (CUDA states only when this process sees as many devices)."""
+    """Restore what rng_state() returned (the CUDA state onto this process's current device)."""
     py = state["python"]
     random.setstate((int(py["version"]), tuple(int(v) for v in py["mt"].tolist()), py["gauss"]))
     npy = state["numpy"]
     np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
                          npy["cached"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"][0])  # this process's device
 
 
 class CheckpointClock:

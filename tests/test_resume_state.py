@@ -3,6 +3,7 @@ starts, RNG states that survive a checkpoint file, and the epoch's running sums 
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from engine.loops import EpochTally
@@ -71,3 +72,15 @@ def test_verify_names_a_mid_epoch_checkpoint(tmp_path, capsys):
     save_checkpoint({"model": {"w": torch.ones(1)}, "epoch": 1, "position": {"epoch": 2, "iteration": 5}}, path)
     assert verify_files([path]) == 0
     assert capsys.readouterr().out.strip().endswith("epoch 1, mid-epoch: epoch 2 after 5 iterations")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rng_state_of_the_current_device_is_restored():
+    torch.cuda.manual_seed(4)
+    torch.rand(1, device="cuda")
+    state = rng_state()
+    assert len(state["cuda"]) == 1
+    expected = torch.rand(3, device="cuda")
+    torch.cuda.manual_seed(5)
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3, device="cuda"), expected)

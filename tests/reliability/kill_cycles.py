@@ -21,17 +21,29 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE), HERE]
 
+from util.checkpoint import load_resume_checkpoint  # noqa: E402
+
 from reliability_helpers import (  # noqa: E402
     differing_tensors,
     make_synthetic,
     popen_ranks,
-    read_log,
     tiny_argv,
     weights,
 )
 
 OPTIONS = ["batch_size=1", "checkpoint_every_iters=1"]
 EPOCHS = 3
+
+
+def newest_checkpoint(out: str) -> str:
+    """Where auto-resume will continue from, in words."""
+    found = load_resume_checkpoint(out)
+    if found is None:
+        return "no checkpoint yet: the next run starts from scratch"
+    path, ckpt = found
+    at = ckpt.get("position")
+    where = f"epoch {at['epoch']} after iteration {at['iteration']}" if at else f"after epoch {ckpt['epoch']}"
+    return f"resumes from {os.path.basename(path)} ({where})"
 
 
 def wait_all(procs, timeout_s=600):
@@ -68,8 +80,7 @@ def main(argv=None) -> int:
             r.send_signal(signal.SIGKILL)
         wait_all(ranks)
         kills += 1
-        epochs_logged = [e["epoch"] for e in read_log(out)]
-        print(f"cycle {cycle}: SIGKILL of both ranks {delay:.1f} s after the start; log.txt epochs {epochs_logged}",
+        print(f"cycle {cycle}: SIGKILL of both ranks {delay:.1f} s after the start; {newest_checkpoint(out)}",
               flush=True)
     codes = wait_all(popen_ranks(argv))
     assert codes == [0, 0], f"the final run failed with {codes}: see {out}/run.rank*.log"
