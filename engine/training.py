@@ -81,7 +81,6 @@ def train(run: Run) -> dict:
                  run.best["regular"], (last.get("test_coco_eval_bbox") or [-1.0])[0])
         return last
     _recover_missing_epoch(run, previous)
-    run.clock = CheckpointClock(args.checkpoint_every_iters, args.checkpoint_every_minutes)
     tb_writer = None
     if args.tensorboard and run.main_proc:
         from torch.utils.tensorboard import SummaryWriter  # optional: only with --tensorboard
@@ -178,6 +177,8 @@ def _start_epoch(run: Run, epoch: int):
     every rank's RNG state and the epoch's running sums. Returns (first iteration, EpochTally)."""
     args, position = run.args, run.position
     run.position = None
+    if run.clock is None:  # counts from the first epoch this process trains
+        run.clock = CheckpointClock(args.checkpoint_every_iters, args.checkpoint_every_minutes)
     if position is None or position.epoch != epoch:
         seed_epoch(run.loaders, args.seed, args.rank, epoch)
         return 0, EpochTally()
