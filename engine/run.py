@@ -29,6 +29,7 @@ from util.checkpoint import (
     misfit_error,
     remove_stale_temp_files,
 )
+from util.disk import atomic_file
 from util.logger import FILE_ONLY, LOGGER_NAME, setup_logger
 from util.optim import ModelEMA, build_lr_scheduler, build_optimizer
 from util.preemption import WATCH
@@ -135,7 +136,7 @@ def prepare_output_dir(args) -> logging.Logger:
     if dist_utils.is_main_process():
         SLConfig({k: getattr(args, k) for k in args.config_keys}, filename=args.config_file).dump(
             os.path.join(args.output_dir, "config_cfg.py"))
-        with open(os.path.join(args.output_dir, "config_args_all.json"), "w") as f:
+        with atomic_file(os.path.join(args.output_dir, "config_args_all.json"), "w") as f:
             json.dump(args_to_dict(args), f, indent=2)
     return logger
 

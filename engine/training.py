@@ -14,6 +14,7 @@ import models
 from datasets.loaders import seed_epoch
 from util import dist as dist_utils
 from util.checkpoint import args_to_dict, save_checkpoint
+from util.disk import atomic_file
 from util.log_records import append_log_record, read_log_records, training_epochs
 from util.logger import LOGGER_NAME
 from util.preemption import WATCH
@@ -44,7 +45,7 @@ def evaluate_once(run: Run) -> dict:
         summary = recorder.summary()
         if run.main_proc:
             path = os.path.join(args.output_dir, spec.output_file)
-            with open(path, "w") as f:
+            with atomic_file(path, "w") as f:
                 json.dump(summary, f, indent=2)
             log.info("%s (%s)", spec.describe(summary), path)
     if run.main_proc:  # marked, so tools that read training epochs skip it

@@ -49,6 +49,20 @@ def free_bytes(path: str) -> Optional[int]:
         return None
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux tells (/proc), else by setting it back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_error(err: OSError, path: str, needed: Optional[int]) -> DiskWriteError:
     """The one-line DiskWriteError of a failed write of `path` that needed about `needed` bytes."""
     reason = os.strerror(err.errno) if err.errno else (str(err) or type(err).__name__)
@@ -90,6 +104,7 @@ def atomic_file(path: str, mode: str = "wb", prefix: Optional[str] = None,
     try:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=prefix or f"{TEMP_PREFIX}{os.path.basename(path)}-", dir=directory)
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would create it (mkstemp makes 0600: unreadable to the group)
         os.close(fd)  # opened again by name below, through _open
     except OSError as e:
         raise write_error(e, path, needed()) from None

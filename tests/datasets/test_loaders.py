@@ -43,3 +43,16 @@ def test_epoch_batches_start_anywhere_with_the_same_batches_after():
     assert list(batches) == whole[2:] and len(batches) == 3
     assert whole[0][0] == (whole[0][0][0], sample_seed(42, 2, whole[0][0][0]))
     assert sample_seed(42, 3, 1) != sample_seed(42, 2, 1) != sample_seed(42, 2, 2)
+
+
+def test_workers_read_the_same_draws_as_the_main_process():
+    from torch.utils.data import DataLoader
+
+    def epoch(workers):
+        gen = torch.Generator().manual_seed(5)
+        batches = EpochBatches(BatchSampler(RandomSampler(range(10), generator=gen), 2, drop_last=True))
+        batches.set_epoch(seed=42, epoch=1, start=1)
+        return [b for b in DataLoader(SeededSamples(Draws()), batch_sampler=batches, num_workers=workers,
+                                      collate_fn=lambda items: items)]
+
+    assert epoch(0) == epoch(2)  # so --num_workers does not change a run, and a resume may change it

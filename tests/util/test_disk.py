@@ -86,3 +86,14 @@ def test_other_os_errors_name_the_file_too(tmp_path, monkeypatch):
     with pytest.raises(DiskWriteError, match="checkpoint.pth: Permission denied"):
         save_checkpoint({"model": {"w": torch.zeros(1)}}, str(tmp_path / "checkpoint.pth"))
     assert [n for n in os.listdir(tmp_path) if n.startswith(TMP_PREFIX)] == []
+
+
+def test_atomic_files_get_the_mode_open_would_give(tmp_path):
+    old = os.umask(0o027)
+    try:
+        save_checkpoint({"model": {"w": torch.zeros(1)}}, str(tmp_path / "checkpoint.pth"))
+        write_coco_results({}, str(tmp_path / "results.json"))
+    finally:
+        os.umask(old)
+    for name in ("checkpoint.pth", "results.json"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o640  # group-readable on a shared cluster
