@@ -43,12 +43,12 @@ class RankWatch:
         self.silence_s = silence_s
         self.interval = silence_s / BEATS
         self.prefix = prefix
-        self.lost: Optional[str] = None  # the one-line reason, once a rank is named gone
+        self.lost: Optional[str] = None  # which rank is gone and why, once one is named
         self._found = threading.Event()
         self._stop = threading.Event()
-        self._watched = list(range(world_size)) if rank == 0 else [0]
         self._last: Dict[int, int] = {}
-        self._silent: Dict[int, int] = {r: 0 for r in self._watched if r != rank}
+        watched = range(1, world_size) if rank == 0 else [0]
+        self._silent: Dict[int, int] = {r: 0 for r in watched}
         self._thread = threading.Thread(target=self._run, name=f"rank-watch-{rank}", daemon=True)
 
     def start(self) -> "RankWatch":
@@ -96,14 +96,19 @@ class RankWatch:
         return [(e["rank"], e["reason"]) for e in entries]
 
     def _describe(self, rank: int, reason: Optional[str]) -> str:
-        here = f"this rank ({self.rank}) stops too; rerun the same command to resume from the newest checkpoint"
+        """Which rank is gone and why, as the first part of the line (rank 0 publishes this part)."""
         if rank == STORE_FAILED:
             return (f"the run's rendezvous store (MASTER_ADDR:MASTER_PORT, hosted by rank 0 or the launcher) stopped "
-                    f"answering ({reason}): rank 0 or the launcher is gone; {here}")
+                    f"answering ({reason}): rank 0 or the launcher is gone")
         if reason is not None:
-            return f"rank {rank} stopped: {reason}; {here}"
+            return f"rank {rank} stopped: {reason}"
         return (f"rank {rank} stopped responding (no heartbeat for {self.silence_s:g} s: killed, crashed, "
-                f"or its node is down); {here}")
+                f"or its node is down)")
+
+    def line(self) -> str:
+        """This rank's one-line message once a rank is named gone."""
+        return (f"{self.lost}; this rank ({self.rank}) stops too; rerun the same command to resume from the newest "
+                f"checkpoint")
 
     def _name_lost(self, reason: str) -> None:
         self.lost = reason
@@ -116,15 +121,15 @@ class RankWatch:
         self._found.set()
         if self._stop.wait(grace_s(self.silence_s)):  # the main thread took it over (explain / leave)
             return
-        log.error(reason)
-        print(f"error: {reason}", file=sys.stderr, flush=True)
+        log.error(self.line())
+        print(f"error: {self.line()}", file=sys.stderr, flush=True)
         os._exit(EXIT_PEER_LOST)  # the main thread is stuck in a collective that will not return
 
     def explain(self, wait_s: float) -> Optional[PeerLostError]:
         """After an error came out of a collective: a PeerLostError naming the rank that is gone, waiting up
         to `wait_s` for the watch to find it; None when no rank is missing (the error is this rank's own)."""
         if self._found.wait(wait_s) and self.lost:
-            return PeerLostError(self.lost)
+            return PeerLostError(self.line())
         return None
 
     def leave(self, reason: Optional[str]) -> None:
@@ -145,5 +150,6 @@ def grace_s(silence_s: float) -> float:
 
 
 def wait_budget(silence_s: float) -> float:
-    """How long `explain` may wait: a silent rank is named after BEATS rounds, plus one round of slack."""
-    return silence_s * (BEATS + 1) / BEATS + 1.0
+    """How long `explain` may wait: a silent rank is named after BEATS rounds (rank 0), then read from
+    the store by the others in their next round; two rounds and a second of slack."""
+    return silence_s * (BEATS + 2) / BEATS + 1.0
