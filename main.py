@@ -18,12 +18,16 @@ from datasets import DataError
 from engine import NonFiniteLossError, ResourceError
 from engine.cli import DEFAULT_CONFIG, add_config_arguments, load_args_config, resolve_device
 from engine.config import describe
-from engine.run import build_run, resume, settle_output_dir
+from engine.run import build_run, hold_output_dir, resume, settle_output_dir
 from engine.training import evaluate_once, train, write_test_dev
 from util import dist as dist_utils
 from util.checkpoint import CheckpointError
+from util.disk import DiskWriteError
 from util.log_records import LogRecordError
 from util.logger import LOGGER_NAME
+from util.preemption import EXIT_PREEMPTED, WATCH, Preempted
+from util.rank_watch import PeerLostError
+from util.run_lock import RunLockError
 from util.slconfig import ConfigError
 
 EPILOG = """examples:
@@ -134,19 +138,40 @@ def _check_run_flags(args) -> None:
 
 
 def main(args: argparse.Namespace):
-    """Run training (or evaluation with --eval, test-dev with --test); returns the last stats dict."""
+    """Run training (or evaluation with --eval, test-dev with --test); returns the last stats dict.
+
+    Preemption signals (util/preemption.py) are handled while it runs: the run checkpoints and raises
+    Preempted. In a distributed run, an error that came from a peer that is gone becomes a one-line
+    PeerLostError naming that rank (util/rank_watch.py)."""
     dist_utils.init_distributed_mode(args)
-    run = None
+    run = lock = None
+    WATCH.install()
     try:
         settle_output_dir(args)
-        run = build_run(args)
+        lock = hold_output_dir(args)
+        run = build_run(args, lock)
         resume(run)
         if args.test:
-            return write_test_dev(run)
-        if args.eval:
-            return evaluate_once(run)
-        return train(run)
+            result = write_test_dev(run)
+        elif args.eval:
+            result = evaluate_once(run)
+        else:
+            result = train(run)
+        dist_utils.leave()
+        return result
+    except Preempted:
+        dist_utils.leave()  # every rank stops at the same iteration: not a failure the others must report
+        raise
+    except BaseException as err:
+        explained = dist_utils.explain_failure(err)
+        dist_utils.leave(reason=one_line(explained) if isinstance(explained, Exception) else type(err).__name__)
+        if explained is err:
+            raise
+        raise explained from err
     finally:
+        WATCH.restore()
+        if lock is not None:
+            lock.release()
         # DDP's reducer holds the process group. Freed last, its destructor joins gloo's worker
         # threads while holding the GIL, which a worker may wait for to free a gathered tensor: a
         # deadlock at exit (seen in 2 of 7 runs of tests/test_distributed.py on torch 2.11). So the
@@ -158,8 +183,10 @@ def main(args: argparse.Namespace):
 
 
 def user_error_types() -> tuple:
-    """Exceptions that are the user's input (config, data, checkpoint, numerics, memory), not bugs."""
-    return (ConfigError, CheckpointError, DataError, NonFiniteLossError, ResourceError, LogRecordError)
+    """Exceptions that are the user's input or the machine's state (config, data, checkpoint, numerics, memory,
+    a full disk, a folder in use, a lost peer), not bugs."""
+    return (ConfigError, CheckpointError, DataError, NonFiniteLossError, ResourceError, LogRecordError,
+            DiskWriteError, RunLockError, PeerLostError)
 
 
 def one_line(err: BaseException) -> str:
@@ -173,8 +200,9 @@ def one_line(err: BaseException) -> str:
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
-    """`python main.py`: known user errors print `error: <message>` to stderr and return 2;
-    anything else (a bug) keeps its traceback."""
+    """`python main.py`: known user errors print `error: <message>` to stderr and return 2; a preemption
+    signal (the run checkpointed) prints `preempted: <message>` and returns EXIT_PREEMPTED (75); anything
+    else (a bug) keeps its traceback."""
     try:
         args = build_args(argv)
         if args.print_config:
@@ -183,15 +211,22 @@ def cli(argv: Optional[List[str]] = None) -> int:
             print("\n".join(describe({k: getattr(args, k) for k in args.config_keys})))
             return 0
         main(args)
+    except Preempted as stop:
+        _report(f"{one_line(stop)} (exit status {EXIT_PREEMPTED})", "preempted", logging.WARNING)
+        return EXIT_PREEMPTED
     except user_error_types() as err:
-        message = one_line(err)
-        log = logging.getLogger(LOGGER_NAME)
-        for h in log.handlers:  # keep the reason in info.txt
-            if isinstance(h, logging.FileHandler):
-                h.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None))
-        print(f"error: {message}", file=sys.stderr)
+        _report(one_line(err), "error", logging.ERROR)
         return 2
     return 0
+
+
+def _report(message: str, prefix: str, level: int) -> None:
+    """`prefix: message` on stderr, and the message in info.txt when the run got that far."""
+    log = logging.getLogger(LOGGER_NAME)
+    for h in log.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(log.makeRecord(log.name, level, __file__, 0, message, None, None))
+    print(f"{prefix}: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,13 @@ Every main.py flag passes through. One task per GPU; each task finds its rank in
 SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (util/dist.py) and MASTER_ADDR / MASTER_PORT
 are set here from the job's first node. --output_dir defaults to the job folder, so a
 requeued job auto-resumes from its checkpoint.pth.
+
+Preemption and the time limit: submitit asks SLURM for SIGUSR2 90 s before the end
+(`--signal=USR2@90`) and requeues the job from its handler of that signal. While main.py
+trains, its own handler (util/preemption.py) takes the signal first: the run finishes the
+iteration, writes a mid-epoch checkpoint and raises Preempted; the Trainer then hands the
+signal to submitit's handler, which requeues the job (rank 0) and exits. The requeued job
+continues from that checkpoint, mid-epoch.
 """
 import argparse
 import os
@@ -43,10 +50,15 @@ class Trainer:
         os.environ.setdefault("MASTER_ADDR", env.hostnames[0])
         os.environ.setdefault("MASTER_PORT", str(self.master_port))
         import main
+        from util.preemption import Preempted
         argv = list(self.main_argv)
         if "--output_dir" not in argv:
             argv += ["--output_dir", str(env.paths.folder).replace("%j", str(env.job_id))]
-        return main.main(main.build_args(argv))
+        try:
+            return main.main(main.build_args(argv))
+        except Preempted as stop:  # the checkpoint is written: now submitit's own handler requeues the job
+            stop.hand_over()
+            raise
 
     def checkpoint(self):
         """On preemption/timeout: requeue the same command (main.py auto-resumes from output_dir)."""

@@ -1,7 +1,9 @@
 """The config of a run: the key groups of its detector gathered into one schema, then loaded and checked.
 
-Groups: data (datasets/schema.py), optimisation (util/optim.py), runtime (util/host_memory.py), and the
-model groups of the chosen detector (models.key_groups). How a key is checked: util/config_schema.py.
+Groups: data (datasets/schema.py), optimisation (util/optim.py), runtime (util/host_memory.py), mid-epoch
+checkpoints (engine/resume_state.py), distributed runs (util/dist.py), the output folder's lock
+(util/run_lock.py), and the model groups of the chosen detector (models.key_groups). How a key is
+checked: util/config_schema.py.
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -9,11 +11,16 @@ import models
 from datasets.schema import DATA_KEYS
 from util.config_schema import Key, KeyGroup, Schema
 from util.config_schema import load_config as _load_config
+from util.dist import DISTRIBUTED_KEYS
 from util.host_memory import RUNTIME_KEYS
 from util.optim import OPTIMISATION_KEYS
+from util.run_lock import RUN_LOCK_KEYS
 from util.slconfig import ConfigError
 
-COMMON_GROUPS: Tuple[KeyGroup, ...] = (DATA_KEYS, OPTIMISATION_KEYS, RUNTIME_KEYS)
+from .resume_state import MID_EPOCH_KEYS
+
+COMMON_GROUPS: Tuple[KeyGroup, ...] = (DATA_KEYS, OPTIMISATION_KEYS, RUNTIME_KEYS, MID_EPOCH_KEYS, DISTRIBUTED_KEYS,
+                                       RUN_LOCK_KEYS)
 DEFAULT_DETECTOR = "dino"
 
 

@@ -3,6 +3,7 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from util import dist as dist_utils
-from util.logger import LOGGER_NAME, MetricLogger
+from util.disk import atomic_file
+from util.logger import LOGGER_NAME, MetricLogger, SmoothedValue
 
 DEBUG_ITERATIONS = 15  # --debug: stop each loop after this many iterations (DINO's value)
 
@@ -74,58 +76,98 @@ def _logged_losses(reduced: Dict[str, torch.Tensor], weight_dict: Dict[str, floa
             **{f"{k}_unscaled": float(v) for k, v in reduced.items()}}
 
 
+@dataclass
+class EpochTally:
+    """What one epoch has summed so far for its log record: the meters, the skipped non-finite steps and
+    the ids of images skip_bad_images replaced. A mid-epoch checkpoint stores state(), so an epoch resumed
+    from it logs the same averages as one that ran through."""
+    meters: Dict[str, SmoothedValue] = field(default_factory=dict)
+    nonfinite: int = 0
+    skipped: set = field(default_factory=set)
+
+    def state(self) -> dict:
+        return {"meters": {k: {"total": m.total, "count": m.count, "window": list(m.values)}
+                           for k, m in self.meters.items()},
+                "nonfinite": self.nonfinite, "skipped": sorted(self.skipped)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "EpochTally":
+        meters = {}
+        for k, m in state["meters"].items():
+            meters[k] = SmoothedValue()
+            meters[k].values.extend(m["window"])
+            meters[k].total, meters[k].count = m["total"], m["count"]
+        return cls(meters, int(state["nonfinite"]), set(state["skipped"]))
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, *, max_norm: float = 0.0, amp: bool = False,
                     scaler: Optional[torch.amp.GradScaler] = None, lr_scheduler=None, ema=None,
                     print_freq: int = 10, debug: bool = False, skip_nonfinite: bool = False,
-                    tb_writer=None) -> Dict[str, float]:
+                    tb_writer=None, start: int = 0, tally: Optional[EpochTally] = None,
+                    after_step: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
     """Train for one pass over data_loader; returns epoch-averaged stats.
 
     Stats: 'loss' (weighted total), each weighted term, each '<term>_unscaled',
     'lr', and 'nonfinite_steps'. `lr_scheduler` (if given) is stepped every
     iteration (OneCycleLR). Raises NonFiniteLossError on a NaN/inf loss unless
     skip_nonfinite, in which case the step is skipped and counted.
+    An epoch resumed in its middle: data_loader yields the batches from iteration `start` on and
+    `tally` holds what the iterations before it summed. after_step(iterations done) runs after every
+    iteration (mid-epoch checkpoints, preemption; it may raise to stop).
     """
     model.train()
     criterion.train()
-    log = logging.getLogger(LOGGER_NAME)
-    meters = MetricLogger(log, print_freq, device)
-    weight_dict = criterion.weight_dict
-    nonfinite = 0
-    skipped = set()
+    tally = tally if tally is not None else EpochTally()
+    meters = MetricLogger(logging.getLogger(LOGGER_NAME), print_freq, device)
+    meters.meters = tally.meters
     total = len(data_loader)
-    for it, (samples, targets) in enumerate(meters.log_every(data_loader, f"Epoch: [{epoch}]", total)):
-        samples, targets = _batch_to(samples, targets, device, skipped)
-        where = f"training (epoch {epoch} iteration {it}"
-        losses, loss_dict = _guard_oom(lambda: _forward_losses(model, criterion, samples, targets, device, amp),
-                                       where + ", forward)", samples)
-        # reduce over ranks so every rank takes the same skip/stop decision
-        reduced = dist_utils.all_reduce_mean({k: v.float() for k, v in loss_dict.items()})
-        loss_terms = _logged_losses(reduced, weight_dict)
-        loss_value = loss_terms["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(loss_value):
-            _nonfinite_step(loss_terms, [k for k in reduced if k in weight_dict], epoch, it, skip_nonfinite)
-            nonfinite += 1
-            continue
-        _guard_oom(lambda: _backward_and_step(losses, model, optimizer, scaler, max_norm), where + ", backward)",
-                   samples)
-        if lr_scheduler is not None:
-            lr_scheduler.step()
-        if ema is not None:
-            ema.update(model.module if hasattr(model, "module") else model)
-        logged = {"loss": loss_value, "lr": optimizer.param_groups[0]["lr"], **loss_terms}
-        meters.update(**logged)
-        if tb_writer is not None:
-            step = epoch * total + it
-            for k in ["loss", "lr", *(k for k in reduced if k in weight_dict)]:
-                tb_writer.add_scalar(f"train/{k}", logged[k], step)
+    batches = meters.log_every(data_loader, f"Epoch: [{epoch}]", total, first=start)
+    for it, (samples, targets) in enumerate(batches, start):
+        samples, targets = _batch_to(samples, targets, device, tally.skipped)
+        logged = _train_step(model, criterion, optimizer, samples, targets, device, f"epoch {epoch} iteration {it}",
+                             amp=amp, scaler=scaler, max_norm=max_norm, skip_nonfinite=skip_nonfinite)
+        if logged is None:
+            tally.nonfinite += 1
+        else:
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+            if ema is not None:
+                ema.update(model.module if hasattr(model, "module") else model)
+            logged["lr"] = optimizer.param_groups[0]["lr"]
+            meters.update(**logged)
+            if tb_writer is not None:
+                for k in ["loss", "lr", *(k for k in logged if k in criterion.weight_dict)]:
+                    tb_writer.add_scalar(f"train/{k}", logged[k], epoch * total + it)
+        if after_step is not None:
+            after_step(it + 1)
         if debug and it + 1 >= DEBUG_ITERATIONS:
             break
     stats = meters.global_averages()
-    stats["nonfinite_steps"] = nonfinite
-    stats["skipped_images"] = _count_across_ranks(skipped)
+    stats["nonfinite_steps"] = tally.nonfinite
+    stats["skipped_images"] = _count_across_ranks(tally.skipped)
     return stats
+
+
+def _train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, samples, targets,
+                device: torch.device, at: str, *, amp: bool, scaler, max_norm: float,
+                skip_nonfinite: bool) -> Optional[Dict[str, float]]:
+    """Forward, backward and optimizer step of one batch (`at`: 'epoch E iteration I'); the logged loss
+    terms, or None when the loss was not finite and skip_nonfinite skipped the step (else
+    NonFiniteLossError)."""
+    where = f"training ({at}"
+    losses, loss_dict = _guard_oom(lambda: _forward_losses(model, criterion, samples, targets, device, amp),
+                                   where + ", forward)", samples)
+    # reduce over ranks so every rank takes the same skip/stop decision
+    reduced = dist_utils.all_reduce_mean({k: v.float() for k, v in loss_dict.items()})
+    loss_terms = _logged_losses(reduced, criterion.weight_dict)
+    optimizer.zero_grad(set_to_none=True)
+    if not math.isfinite(loss_terms["loss"]):
+        _nonfinite_step(loss_terms, [k for k in reduced if k in criterion.weight_dict], at, skip_nonfinite)
+        return None
+    _guard_oom(lambda: _backward_and_step(losses, model, optimizer, scaler, max_norm), where + ", backward)",
+               samples)
+    return loss_terms
 
 
 def _forward_losses(model: nn.Module, criterion: nn.Module, samples, targets, device: torch.device, amp: bool):
@@ -147,15 +189,15 @@ def _guard_oom(step: Callable, where: str, samples):
     raise oom
 
 
-def _nonfinite_step(loss_terms: Dict[str, float], names: List[str], epoch: int, it: int, skip: bool) -> None:
-    """A NaN/inf loss: NonFiniteLossError, or (skip) a warning naming every term."""
+def _nonfinite_step(loss_terms: Dict[str, float], names: List[str], at: str, skip: bool) -> None:
+    """A NaN/inf loss at `at` ('epoch E iteration I'): NonFiniteLossError, or (skip) a warning naming
+    every term."""
     terms = ", ".join(f"{k}={loss_terms[k]:.4g}" for k in names)
     if not skip:
         raise NonFiniteLossError(
-            f"non-finite loss {loss_terms['loss']} at epoch {epoch} iteration {it}: {terms}; no checkpoint was "
-            f"written for this epoch (lower lr / check the data, or pass --skip_nonfinite)")
-    logging.getLogger(LOGGER_NAME).warning("skipping step: non-finite loss at epoch %d iteration %d: %s",
-                                           epoch, it, terms)
+            f"non-finite loss {loss_terms['loss']} at {at}: {terms}; the checkpoints written before this step "
+            f"are untouched (lower lr / check the data, or pass --skip_nonfinite)")
+    logging.getLogger(LOGGER_NAME).warning("skipping step: non-finite loss at %s: %s", at, terms)
 
 
 def _backward_and_step(losses, model, optimizer, scaler, max_norm: float) -> None:
@@ -185,11 +227,16 @@ def write_coco_results(detections: Dict[int, np.ndarray], path: str,
     Each entry is {image_id, category_id, bbox [x, y, w, h], score}, rounded to BBOX_DECIMALS /
     SCORE_DECIMALS, plus fields(image_id, label) if given (e.g. a file name and class name).
     Written one detection at a time (no second copy of all results in memory), to a temp
-    file renamed into place. Returns the number of detections written.
+    file renamed into place (util/disk.atomic_file: a failed write, e.g. a full disk, leaves the old
+    file and no temp file, and raises DiskWriteError). Returns the number of detections written.
     """
-    tmp = path + ".tmp"
-    n = 0
-    with open(tmp, "w") as f:
+    total = sum(len(d) for d in detections.values())
+    n = chars = 0
+
+    def needed():  # what the whole file takes, from the characters per detection written so far
+        return int(chars / n * total) if n else None
+
+    with atomic_file(path, "w", needed=needed) as f:
         f.write("[")
         for image_id in sorted(detections):
             for x, y, w, h, score, label in detections[image_id].tolist():
@@ -198,10 +245,10 @@ def write_coco_results(detections: Dict[int, np.ndarray], path: str,
                          "score": round(score, SCORE_DECIMALS)}
                 if fields is not None:
                     entry.update(fields(int(image_id), int(label)))
-                f.write(("," if n else "") + json.dumps(entry))
-                n += 1
+                text = ("," if n else "") + json.dumps(entry)
+                f.write(text)
+                n, chars = n + 1, chars + len(text)
         f.write("]")
-    os.replace(tmp, path)
     return n
 
 
@@ -228,9 +275,11 @@ def _detections(outputs: Dict, targets: List[Dict], postprocessors: Dict) -> Dic
 
 @torch.no_grad()
 def predict(model: nn.Module, postprocessors: Dict, data_loader, device: torch.device, *, amp: bool = False,
-            debug: bool = False, print_freq: int = 10) -> Dict[int, np.ndarray]:
+            debug: bool = False, print_freq: int = 10,
+            after_batch: Optional[Callable[[], None]] = None) -> Dict[int, np.ndarray]:
     """Detections for every image of data_loader, gathered from all ranks, without evaluation
-    (COCO test-dev): image_id -> (K, 6) float32 [x, y, w, h, score, label], absolute COCO xywh."""
+    (COCO test-dev): image_id -> (K, 6) float32 [x, y, w, h, score, label], absolute COCO xywh.
+    after_batch() runs after every batch (a preemption check; it may raise to stop)."""
     from datasets.coco_eval import DetectionStore
 
     model.eval()
@@ -241,6 +290,8 @@ def predict(model: nn.Module, postprocessors: Dict, data_loader, device: torch.d
         samples, targets = _batch_to(samples, targets, device, set())
         outputs, _ = _eval_step(model, None, samples, targets, device, amp, it)
         store.update(_detections(outputs, targets, postprocessors))
+        if after_batch is not None:
+            after_batch()
         if debug and it + 1 >= DEBUG_ITERATIONS:
             break
     store.synchronize_between_processes()
@@ -251,13 +302,14 @@ def predict(model: nn.Module, postprocessors: Dict, data_loader, device: torch.d
 def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_loader, base_ds,
              device: torch.device, *, output_dir: Optional[str] = None, amp: bool = False,
              eval_backend: str = "pycocotools", save_results: bool = False, debug: bool = False,
-             print_freq: int = 10, recorders: Sequence = ()):
+             print_freq: int = 10, recorders: Sequence = (), after_batch: Optional[Callable[[], None]] = None):
     """Evaluate on data_loader; returns (stats, coco_evaluator).
 
     stats holds averaged losses (as in training) and 'coco_eval_bbox' (12 COCO
     numbers). With save_results, rank 0 writes output_dir/results.json (COCO
     detection format, gathered from all ranks). Each of `recorders` (see
-    models.registry.EvalRecorder) sees every batch's outputs and targets.
+    models.registry.EvalRecorder) sees every batch's outputs and targets. after_batch() runs after
+    every batch (a preemption check; it may raise to stop).
     """
     from datasets.coco_eval import CocoEvaluator  # imported late: datasets is optional for training utils
 
@@ -276,6 +328,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: Dict, data_
         for recorder in recorders:
             recorder.update(outputs, targets)
         evaluator.update(_detections(outputs, targets, postprocessors))
+        if after_batch is not None:
+            after_batch()
         if debug and it + 1 >= DEBUG_ITERATIONS:
             break
     evaluator.synchronize_between_processes()

@@ -19,6 +19,7 @@ from datasets.loaders import Loaders, build_loaders, seed_all
 from util import dist as dist_utils
 from util import host_memory
 from util.checkpoint import (
+    TMP_PREFIX,
     CheckpointError,
     args_to_dict,
     find_resume_checkpoint,
@@ -28,13 +29,17 @@ from util.checkpoint import (
     misfit_error,
     remove_stale_temp_files,
 )
+from util.disk import atomic_file
 from util.logger import FILE_ONLY, LOGGER_NAME, setup_logger
 from util.optim import ModelEMA, build_lr_scheduler, build_optimizer
+from util.preemption import WATCH
 from util.run_dir import eval_output_dir, expand_output_dir
+from util.run_lock import RunLock, RunLockError
 from util.slconfig import ConfigError, SLConfig
 
 from .config import model_keys
 from .loops import evaluate
+from .resume_state import CheckpointClock, Position
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -60,6 +65,9 @@ class Run:
     ema: Optional[ModelEMA] = None
     resumed_from: Optional[str] = None
     best: Dict[str, float] = field(default_factory=dict)
+    position: Optional[Position] = None  # where in its epoch the resumed checkpoint was written (mid-epoch)
+    clock: Optional[CheckpointClock] = None  # when the next mid-epoch checkpoint is due (engine/training.py)
+    lock: Optional[RunLock] = None  # output_dir/run.lock, held by rank 0 of a training run
 
     @property
     def main_proc(self) -> bool:
@@ -68,10 +76,19 @@ class Run:
     def evaluate(self, model=None, **overrides):
         """(stats, evaluator) of `model` (default the trained one) on the val loader."""
         kwargs = dict(output_dir=self.args.output_dir, amp=self.args.amp, eval_backend=self.args.eval_backend,
-                      save_results=self.args.save_results, debug=self.args.debug)
+                      save_results=self.args.save_results, debug=self.args.debug,
+                      after_batch=lambda: raise_if_preempted("an evaluation"))
         kwargs.update(overrides)
         return evaluate(model or self.model, self.criterion, self.postprocessors, self.loaders.val, self.base_ds,
                         self.device, **kwargs)
+
+
+def raise_if_preempted(during: str) -> None:
+    """Every rank agrees (one small collective) whether any got a preemption signal; if so, Preempted.
+    For a stop outside a training iteration, whose checkpoints are already complete."""
+    if dist_utils.any_rank([WATCH.requested])[0]:
+        raise WATCH.stop(f"during {during}; the checkpoints written so far are complete: rerun the same command to "
+                         f"continue")
 
 
 def settle_output_dir(args) -> None:
@@ -119,16 +136,37 @@ def prepare_output_dir(args) -> logging.Logger:
     if dist_utils.is_main_process():
         SLConfig({k: getattr(args, k) for k in args.config_keys}, filename=args.config_file).dump(
             os.path.join(args.output_dir, "config_cfg.py"))
-        with open(os.path.join(args.output_dir, "config_args_all.json"), "w") as f:
+        with atomic_file(os.path.join(args.output_dir, "config_args_all.json"), "w") as f:
             json.dump(args_to_dict(args), f, indent=2)
     return logger
 
 
-def build_run(args) -> Run:
+def hold_output_dir(args) -> Optional[RunLock]:
+    """A training run's rank 0 takes output_dir/run.lock (util/run_lock.py) before anything is written there;
+    when a live run holds it, every rank stops with the same line. --eval / --test write into their own
+    folder and take no lock. Returns the lock (rank 0) or None."""
+    if args.eval:
+        return None
+    lock, problem = None, None
+    if dist_utils.is_main_process():
+        lock = RunLock(args.output_dir, args.run_lock_heartbeat_s)
+        try:
+            lock.acquire()
+        except RunLockError as e:
+            lock, problem = None, str(e)
+    problem = dist_utils.all_gather_object(problem)[0]
+    if problem:
+        raise RunLockError(problem)
+    return lock
+
+
+def build_run(args, lock: Optional[RunLock] = None) -> Run:
     """Output dir and logs, data (first, so a bad dataset path fails before the model is built),
-    model, criterion, optimizer, scheduler and loss scaler."""
+    model, criterion, optimizer, scheduler and loss scaler. `lock`: hold_output_dir's."""
     check_from_scratch(args)  # random weights in a frozen stem / FrozenBatchNorm2d: refused before anything runs
     logger = prepare_output_dir(args)
+    if lock is not None and lock.took_over:
+        logger.warning("%s", lock.took_over)
     seed_all(args.seed + args.rank)
     device = torch.device(args.device)
     if not host_memory.apply_config(args):
@@ -150,12 +188,12 @@ def build_run(args) -> Run:
     # boxes dropped while reading the JSONs (no area after clipping); skipped images are counted per epoch
     data_counts = {"test_dropped_boxes": int(getattr(loaders.dataset_val, "num_degenerate_boxes", 0))}
     if loaders.train is not None:
-        data_counts["train_dropped_boxes"] = int(getattr(loaders.train.dataset, "num_degenerate_boxes", 0))
+        data_counts["train_dropped_boxes"] = int(getattr(loaders.dataset_train, "num_degenerate_boxes", 0))
     logger.info("data: %s", ", ".join(f"{k}={v}" for k, v in data_counts.items()))
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
     return Run(args, device, wrapped, model, criterion, postprocessors, loaders,
                datasets_mod.get_coco_api_from_dataset(loaders.dataset_val), optimizer, lr_scheduler, per_iter,
-               scaler, n_parameters, data_counts, os.path.join(args.output_dir, "log.txt"))
+               scaler, n_parameters, data_counts, os.path.join(args.output_dir, "log.txt"), lock=lock)
 
 
 def resume(run: Run) -> None:
@@ -164,7 +202,8 @@ def resume(run: Run) -> None:
     args = run.args
     if run.main_proc:
         for stale in remove_stale_temp_files(args.output_dir):
-            log.warning("removed %s: an unfinished checkpoint write (the run was killed while saving)", stale)
+            what = "checkpoint write" if os.path.basename(stale).startswith(TMP_PREFIX) else "write"
+            log.warning("removed %s: an unfinished %s (the run was killed while saving)", stale, what)
     path, ckpt = args.resume, None
     if path:
         ckpt = load_checkpoint(path)
@@ -183,6 +222,10 @@ def resume(run: Run) -> None:
             args.start_epoch = int(ckpt["epoch"]) + 1
             if run.scaler is not None and ckpt.get("scaler"):
                 run.scaler.load_state_dict(ckpt["scaler"])
+            if ckpt.get("position"):
+                run.position = Position.from_dict(ckpt["position"])
+                log.info("%s is a mid-epoch checkpoint: epoch %d continues after iteration %d", path,
+                         run.position.epoch, run.position.iteration)
     elif args.pretrain_model_path:
         ckpt = load_checkpoint(args.pretrain_model_path)
         load_weights(run, ckpt, args.pretrain_model_path, strict=False)

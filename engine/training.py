@@ -14,12 +14,16 @@ import models
 from datasets.loaders import seed_epoch
 from util import dist as dist_utils
 from util.checkpoint import args_to_dict, save_checkpoint
+from util.disk import atomic_file
 from util.log_records import append_log_record, read_log_records, training_epochs
 from util.logger import LOGGER_NAME
+from util.preemption import WATCH
+from util.run_lock import RunLockError
 from util.visualize import save_prediction_grid
 
-from .loops import predict, train_one_epoch, write_coco_results
-from .run import Run
+from .loops import EpochTally, predict, train_one_epoch, write_coco_results
+from .resume_state import CheckpointClock, Position, rng_state, set_rng_state
+from .run import Run, raise_if_preempted
 
 log = logging.getLogger(LOGGER_NAME)
 PREDICTION_IMAGES = 4  # val images drawn in output_dir/predictions.png after training
@@ -41,7 +45,7 @@ def evaluate_once(run: Run) -> dict:
         summary = recorder.summary()
         if run.main_proc:
             path = os.path.join(args.output_dir, spec.output_file)
-            with open(path, "w") as f:
+            with atomic_file(path, "w") as f:
                 json.dump(summary, f, indent=2)
             log.info("%s (%s)", spec.describe(summary), path)
     if run.main_proc:  # marked, so tools that read training epochs skip it
@@ -108,17 +112,20 @@ def save_predictions_png(run: Run) -> str:
 
 
 def run_epoch(run: Run, epoch: int, tb_writer=None) -> dict:
-    """Train one epoch, checkpoint, evaluate (and the EMA), append the epoch's log record."""
+    """Train one epoch (from where a mid-epoch checkpoint stopped, when one did), checkpoint, evaluate (and
+    the EMA), append the epoch's log record."""
     args, t0 = run.args, time.time()
-    seed_epoch(run.loaders, args.seed, args.rank, epoch)
+    start, tally = _start_epoch(run, epoch)
     ema = run.ema if run.ema is not None and epoch >= args.ema_epoch else None
     train_stats = train_one_epoch(
         run.model, run.criterion, run.loaders.train, run.optimizer, run.device, epoch, max_norm=args.clip_max_norm,
         amp=args.amp, scaler=run.scaler, lr_scheduler=run.lr_scheduler if run.per_iter else None, ema=ema,
-        debug=args.debug, skip_nonfinite=args.skip_nonfinite, tb_writer=tb_writer)
+        debug=args.debug, skip_nonfinite=args.skip_nonfinite, tb_writer=tb_writer, start=start, tally=tally,
+        after_step=_after_step(run, epoch, tally))
     if not run.per_iter:
         run.lr_scheduler.step()
     ckpt = save_epoch_checkpoints(run, epoch)
+    run.clock.restart()
     test_stats, _ = run.evaluate()
     record = {**{f"train_{k}": v for k, v in train_stats.items()}, **{f"test_{k}": v for k, v in test_stats.items()}}
     _keep_best(run, "regular", test_stats, {k: v for k, v in ckpt.items() if k != "ema_model"},
@@ -143,20 +150,88 @@ def run_epoch(run: Run, epoch: int, tb_writer=None) -> dict:
     return record
 
 
+def checkpoint_state(run: Run, epoch: int) -> dict:
+    """What a checkpoint holds after `epoch` (the last completed one): model, optimizer, scheduler, scaler,
+    EMA, args."""
+    ckpt = {"model": run.model_without_ddp.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "lr_scheduler": run.lr_scheduler.state_dict(), "epoch": epoch, "args": args_to_dict(run.args),
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None}
+    if run.ema is not None:
+        ckpt["ema_model"] = run.ema.state_dict()
+    return ckpt
+
+
 def save_epoch_checkpoints(run: Run, epoch: int) -> dict:
     """checkpoint.pth every epoch, checkpointNNNN.pth at lr drops and every save_checkpoint_interval
     epochs (rank 0); returns the checkpoint dict."""
     args = run.args
-    ckpt = {"model": run.model_without_ddp.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "lr_scheduler": run.lr_scheduler.state_dict(), "epoch": epoch, "args": args_to_dict(args),
-            "scaler": run.scaler.state_dict() if run.scaler is not None else None}
-    if run.ema is not None:
-        ckpt["ema_model"] = run.ema.state_dict()
+    ckpt = checkpoint_state(run, epoch)
     if run.main_proc:
         save_checkpoint(ckpt, os.path.join(args.output_dir, "checkpoint.pth"))
         if (epoch + 1) % args.lr_drop == 0 or (epoch + 1) % args.save_checkpoint_interval == 0:
             save_checkpoint(ckpt, os.path.join(args.output_dir, f"checkpoint{epoch:04}.pth"))
     return ckpt
+
+
+def _start_epoch(run: Run, epoch: int):
+    """Seed the epoch; in the epoch a mid-epoch checkpoint stopped in, also go to its iteration and restore
+    every rank's RNG state and the epoch's running sums. Returns (first iteration, EpochTally)."""
+    args, position = run.args, run.position
+    run.position = None
+    if run.clock is None:  # counts from the first epoch this process trains
+        run.clock = CheckpointClock(args.checkpoint_every_iters, args.checkpoint_every_minutes)
+    if position is None or position.epoch != epoch:
+        seed_epoch(run.loaders, args.seed, args.rank, epoch)
+        return 0, EpochTally()
+    start, same_layout = position.start_for(args.world_size, args.batch_size)
+    seed_epoch(run.loaders, args.seed, args.rank, epoch, start)
+    mine = position.ranks[args.rank if same_layout else 0]
+    if same_layout:
+        set_rng_state(mine["rng"])
+    else:
+        log.warning("the mid-epoch checkpoint was written by %d process(es) of batch %d, this run has %d of batch "
+                    "%d: epoch %d continues after the same number of images (%d iterations), but not with the same "
+                    "batches as an uninterrupted run", position.world_size, position.batch_size, args.world_size,
+                    args.batch_size, epoch, start)
+    log.info("continuing epoch %d at iteration %d of %d (mid-epoch checkpoint)", epoch, start,
+             len(run.loaders.train))
+    return start, EpochTally.from_state(mine["tally"])
+
+
+def _after_step(run: Run, epoch: int, tally: EpochTally):
+    """train_one_epoch's after_step: every rank agrees (one small collective) whether a mid-epoch checkpoint
+    is due, a preemption signal arrived or another run took the folder over; then checkpoint and/or stop."""
+    total = len(run.loaders.train)
+
+    def after_step(done: int) -> None:
+        lock_lost = run.lock is not None and run.lock.lost is not None
+        due, stop, lost = dist_utils.any_rank([done < total and run.clock.due(done), WATCH.requested, lock_lost])
+        if lost:
+            by = run.lock.lost if lock_lost else "see rank 0's info.txt"
+            raise RunLockError(f"{run.args.output_dir} was taken over by another run ({by}); this run stopped at "
+                               f"epoch {epoch} iteration {done} without writing there again")
+        if due or stop:
+            path = save_mid_epoch_checkpoint(run, epoch, done, tally)
+            run.clock.restart()
+        if stop:
+            raise WATCH.stop(f"at epoch {epoch} iteration {done} of {total}: wrote {path}; rerun the same command "
+                             f"to continue from there")
+
+    return after_step
+
+
+def save_mid_epoch_checkpoint(run: Run, epoch: int, done: int, tally: EpochTally) -> str:
+    """checkpoint.pth with the position in epoch `epoch` after `done` iterations (engine/resume_state.py);
+    every rank takes part (their RNG states and sums are gathered), rank 0 writes. Returns the path."""
+    args = run.args
+    ranks = dist_utils.all_gather_object({"rng": rng_state(), "tally": tally.state()})
+    position = Position(epoch, done, args.world_size, args.batch_size, ranks)
+    path = os.path.join(args.output_dir, "checkpoint.pth")
+    if run.main_proc:
+        save_checkpoint({**checkpoint_state(run, epoch - 1), "position": position.to_dict()}, path)
+        log.info("mid-epoch checkpoint: epoch %d, %d of %d iterations done: %s", epoch, done,
+                 len(run.loaders.train), path)
+    return path
 
 
 def _keep_best(run: Run, which: str, stats: dict, ckpt: dict, name: str) -> None:
@@ -179,7 +254,8 @@ def test_dev_file_name(args: argparse.Namespace) -> str:
 def write_test_dev(run: Run) -> dict:
     """--test: detections for every test-dev image, written by rank 0; returns what was written."""
     args = run.args
-    detections = predict(run.model, run.postprocessors, run.loaders.val, run.device, amp=args.amp, debug=args.debug)
+    detections = predict(run.model, run.postprocessors, run.loaders.val, run.device, amp=args.amp, debug=args.debug,
+                         after_batch=lambda: raise_if_preempted("the test-dev predictions"))
     stats = {"test_dev_images": len(detections), "test_dev_results": test_dev_file_name(args)}
     if run.main_proc:
         stats["test_dev_detections"] = write_coco_results(

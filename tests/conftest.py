@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from small_disk import small_disk_at, unmount
 from tiny_configs import TINY_SWIN
 
 
@@ -18,3 +19,12 @@ def tiny_swin_spec(monkeypatch):
     fixture's backbone."""
     from models.common.backbones.table import BACKBONES
     monkeypatch.setitem(BACKBONES, "swin_T_224_1k", BACKBONES["swin_T_224_1k"].resized(**TINY_SWIN))
+
+
+@pytest.fixture(params=["tmpfs", "hook"])
+def small_disk(tmp_path, monkeypatch, request):
+    """A folder with 512 KiB of room (tests/small_disk.py): a real tmpfs where the machine lets the test
+    mount one, else (and always for the 'hook' variant) a write hook modelling the same capacity."""
+    small = small_disk_at(str(tmp_path / "small_disk"), request.param, monkeypatch)
+    yield small
+    unmount(small)

@@ -2,7 +2,8 @@
 
 Files are written to a temp file in the target directory, flushed and fsynced,
 then moved over the target with os.replace and the directory fsynced, so a kill
-at any moment leaves either the old or the new complete file.
+at any moment leaves either the old or the new complete file (util/disk.py); a
+write that fails (a full disk) removes the temp file and stops with one line.
 
 Integrity: torch.load checks no checksum of tensor data (a flipped byte in a
 weight loads silently), so save_checkpoint stores a SHA-256 of every tensor's
@@ -25,17 +26,17 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from util.config_schema import same_value
+from util.disk import TEMP_PREFIX, atomic_file
 
 logger = logging.getLogger("detr")
 
-TMP_PREFIX = ".tmp-ckpt-"
+TMP_PREFIX = TEMP_PREFIX + "ckpt-"  # a checkpoint's temp file (util/disk.atomic_file)
 INTEGRITY_KEY = "_integrity"
 
 
@@ -45,17 +46,6 @@ class CheckpointError(RuntimeError):
 
 class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
     """The file needs arbitrary unpickling (code execution); refused."""
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # e.g. platforms that cannot open directories
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _walk(obj: Any, prefix: str = "") -> Iterator[Tuple[str, Any]]:
@@ -139,23 +129,17 @@ def verify_integrity(obj: Dict[str, Any], record: Any, source: str) -> int:
 
 
 def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
-    """torch.save `obj` plus its '_integrity' record to `path` atomically
-    (temp file + fsync + os.replace + dir fsync). `obj` itself is not modified."""
+    """torch.save `obj` plus its '_integrity' record to `path` atomically (util/disk.atomic_file: temp file +
+    fsync + os.replace + dir fsync). `obj` itself is not modified. A failed write (a full disk) raises
+    DiskWriteError naming the file, the free space and the checkpoint's size; the old file stays."""
     obj = {**{k: v for k, v in obj.items() if k != INTEGRITY_KEY}, INTEGRITY_KEY: compute_integrity(obj)}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pth", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
+    with atomic_file(path, prefix=TMP_PREFIX, needed=lambda: checkpoint_bytes(obj)) as f:
+        torch.save(obj, f)
+
+
+def checkpoint_bytes(obj: Dict[str, Any]) -> int:
+    """About the size of `obj` saved: its tensors' bytes (the rest of a checkpoint is a few hundred KB)."""
+    return sum(leaf.nbytes for _, leaf in _walk(obj) if isinstance(leaf, torch.Tensor))
 
 
 def args_to_dict(args) -> Dict[str, Any]:
@@ -308,15 +292,16 @@ def misfit_error(err: CheckpointError, path: str, saved: Any, current: Dict[str,
 
 
 def remove_stale_temp_files(output_dir: str) -> List[str]:
-    """Delete temp files left in output_dir by a save that was killed; returns their paths.
+    """Delete the temp files of util/disk.atomic_file writes (checkpoints, results, the run lock) that a kill
+    left in output_dir; returns their paths.
 
-    Call only from the one process that writes checkpoints, before it starts saving.
+    Call only from the one process that writes into output_dir, before it starts writing.
     """
     if not output_dir or not os.path.isdir(output_dir):
         return []
     removed = []
     for name in sorted(os.listdir(output_dir)):
-        if name.startswith(TMP_PREFIX):
+        if name.startswith(TEMP_PREFIX):
             path = os.path.join(output_dir, name)
             os.remove(path)
             removed.append(path)
@@ -380,6 +365,9 @@ def verify_files(paths: List[str], require_digest: bool = False) -> int:
             status = 1 if require_digest else status
         else:
             epoch = f", epoch {obj['epoch']}" if "epoch" in obj else ""
+            at = obj.get("position")
+            if isinstance(at, dict):  # a mid-epoch checkpoint (engine/resume_state.py)
+                epoch += f", mid-epoch: epoch {at['epoch']} after {at['iteration']} iterations"
             print(f"ok {path}: {verified} tensors match their SHA-256{epoch}")
     return status
 

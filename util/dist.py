@@ -10,12 +10,32 @@ Every collective of the project goes through this module (tests/test_collectives
 checks the source tree): a collective's tensors must live on the process group's
 device, the current CUDA device under NCCL (which rejects CPU tensors) and the CPU
 under gloo. The helpers move their inputs there and the results back.
+
+A rank that dies alone: the collectives wait at most collective_timeout_minutes, and a RankWatch
+(util/rank_watch.py) names the gone rank within about rank_silence_s, so the others stop with one
+line instead of waiting forever (`leave`, `explain_failure`).
 """
+import datetime
 import os
-from typing import Any, Dict, List
+import uuid
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+
+from util.config_schema import KeyGroup, float_key
+from util.rank_watch import RankWatch, wait_budget
+
+DISTRIBUTED_KEYS = KeyGroup("distributed", "distributed runs: a rank that dies or hangs", {
+    "collective_timeout_minutes": float_key(
+        "a collective that waits longer than this for a peer fails (torch's process-group timeout; under NCCL its "
+        "watchdog then ends the process)", 0, low_open=True),
+    "rank_silence_s": float_key(
+        "a rank whose heartbeat has been silent this long is named gone and every other rank stops with a line "
+        "naming it (util/rank_watch.py)", 0, low_open=True),
+})
+
+_watch: Optional[RankWatch] = None
 
 
 def is_dist() -> bool:
@@ -95,14 +115,61 @@ def init_distributed_mode(args) -> None:
         torch.cuda.set_device(args.local_rank)
         args.device = f"cuda:{args.local_rank}"
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=args.dist_url,
-                            world_size=args.world_size, rank=args.rank)
+                            world_size=args.world_size, rank=args.rank,
+                            timeout=datetime.timedelta(minutes=args.collective_timeout_minutes))
     barrier()
+    _start_watch(args.rank_silence_s)
+
+
+def _start_watch(silence_s: float) -> None:
+    """A RankWatch on the process group's store, its keys under a prefix of this launch (see rank_watch)."""
+    global _watch
+    default_store = getattr(dist.distributed_c10d, "_get_default_store", None)
+    if default_store is None:  # a torch without it: rely on the collective timeout alone
+        return
+    prefix = "rank_watch/" + all_gather_object(uuid.uuid4().hex)[0]
+    _watch = RankWatch(default_store(), get_rank(), get_world_size(), silence_s, prefix).start()
+
+
+# words of the errors a collective raises when a peer is gone (gloo: "Connection reset/closed by peer",
+# "Timed out waiting ... for recv"; NCCL: "NCCL error", DistBackendError)
+_COLLECTIVE_FAILURE_WORDS = ("peer", "connection", "timed out", "broken pipe", "nccl", "gloo", "socket")
+
+
+def explain_failure(err: BaseException) -> BaseException:
+    """The exception to raise for `err` on this rank: a one-line PeerLostError naming the rank that is gone
+    (waiting up to about rank_silence_s when `err` looks like a collective that lost its peer), else `err`."""
+    if _watch is None:
+        return err
+    text = f"{type(err).__name__} {err}".lower()
+    collective = isinstance(err, getattr(dist, "DistError", ())) or any(w in text for w in _COLLECTIVE_FAILURE_WORDS)
+    lost = _watch.explain(wait_budget(_watch.silence_s) if collective else 0.0)
+    return lost or err
+
+
+def leave(reason: Optional[str] = None) -> None:
+    """Tell the other ranks this one stops (`reason`: its one-line error; None: it finished) and stop the watch."""
+    global _watch
+    if _watch is not None:
+        _watch.leave(reason)
+        _watch = None
 
 
 def cleanup() -> None:
-    """Destroy the process group if one exists (call in a finally block)."""
+    """Stop the rank watch and destroy the process group if one exists (call in a finally block)."""
+    leave()
     if is_dist():
         dist.destroy_process_group()
+
+
+def any_rank(flags: Sequence[bool]) -> List[bool]:
+    """Element-wise OR of `flags` over ranks (the same length on every rank), so every rank takes the same
+    decision (one small collective; none without a process group)."""
+    if not is_dist():
+        return [bool(f) for f in flags]
+    buf = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=collective_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in buf.tolist()]
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

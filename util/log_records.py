@@ -20,6 +20,7 @@ import logging
 import os
 from typing import List
 
+from util.disk import append_text
 from util.logger import LOGGER_NAME
 
 
@@ -66,18 +67,19 @@ def read_log_records(path: str, missing_ok: bool = False) -> List[dict]:
 
 def append_log_record(path: str, record: dict) -> None:
     """Append `record` as one JSON line. A last line without its newline is completed if it
-    is a whole record, else (half-written) cut off, so the new record starts its own line."""
+    is a whole record, else (half-written) cut off, so the new record starts its own line.
+    A failed write (a full disk) cuts the file back and raises util.disk.DiskWriteError."""
+    newline = ""
     if os.path.isfile(path) and os.path.getsize(path) > 0:
         with open(path, "rb+") as f:
             data = f.read()
             if not data.endswith(b"\n"):
                 start = data.rfind(b"\n") + 1  # 0 when the file is one line
                 if _parse(data[start:].decode("utf-8", errors="replace"))[0] is not None:
-                    f.write(b"\n")
+                    newline = "\n"
                 else:
                     f.truncate(start)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    append_text(path, newline + json.dumps(record) + "\n")
 
 
 def training_epochs(records: List[dict]) -> List[dict]:

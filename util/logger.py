@@ -160,14 +160,15 @@ class MetricLogger:
         parts.append(f"mem {peak_memory_mib(self.device):.0f} MiB")
         return "  ".join(parts)
 
-    def log_every(self, iterable: Iterable, header: str, total: Optional[int] = None):
+    def log_every(self, iterable: Iterable, header: str, total: Optional[int] = None, first: int = 0):
         """Yield from iterable; at iteration 0, every print_freq-th and the last, log the full
         line (every meter's latest value and global average, iteration time) and the compact
-        line, tagged so that setup_logger's handlers pick one each."""
+        line, tagged so that setup_logger's handlers pick one each. `first`: the number of the
+        first item (an epoch resumed in its middle); `total` counts from 0."""
         total = total if total is not None else len(iterable)  # type: ignore[arg-type]
         start = last = time.time()
         it_time = SmoothedValue()
-        for i, item in enumerate(iterable):
+        for i, item in enumerate(iterable, first):
             yield item
             now = time.time()
             it_time.update(now - last)

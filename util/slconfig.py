@@ -22,6 +22,8 @@ from typing import Any, Dict, Optional, Tuple
 from addict import Dict as _AddictDict
 from yapf.yapflib.yapf_api import FormatCode
 
+from util.disk import atomic_file
+
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
 RESERVED_KEYS = ("filename", "text", "pretty_text", "get", "dump", "merge_from_dict", "merge_from_options")
@@ -291,7 +293,7 @@ class SLConfig:
     def dump(self, path: str) -> None:
         """Write the resolved config (no `_base_`) as a .py file that SLConfig.fromfile can load."""
         header = f"# Resolved config dumped from {self.filename}\n" if self.filename else ""
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_file(path, "w") as f:  # a full disk: one line naming the file (util/disk.py)
             f.write(header + self.pretty_text)
 
     def __repr__(self) -> str:

@@ -19,6 +19,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.ops import batched_nms
 
+from util.disk import atomic_file
+
 # 20 well-separated colours (the order of matplotlib's tab20: dark shades first, then the light ones)
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
@@ -140,7 +142,8 @@ def save_prediction_grid(model: torch.nn.Module, postprocessors: Dict, dataset, 
     if not tiles:
         raise ValueError("save_prediction_grid: no indices given; pass at least one dataset index")
     grid = tile(tiles, columns)
-    grid.save(path)
+    with atomic_file(path) as f:  # a full disk: one line naming the file (util/disk.py)
+        grid.save(f, format="PNG")
     return grid
 
 

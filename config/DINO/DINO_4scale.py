@@ -96,6 +96,13 @@ dn_label_coef = 1.0  # loss_ce_dn weight = cls_loss_coef * dn_label_coef
 dn_bbox_coef = 1.0  # loss_bbox_dn / loss_giou_dn weights = bbox/giou_loss_coef * dn_bbox_coef
 msda_backend = 'auto'  # multi-scale deformable attention kernel: 'auto' (CUDA op if built, else PyTorch)
 keep_freed_host_memory = True  # CPU runs: freed tensor memory stays in the process (util/host_memory.py)
+# shared clusters (docs/reliability.md): a COCO epoch takes about an hour on 8 GPUs, so checkpoint.pth is also
+# written every 15 minutes with the position in the epoch (about 1-2 s for 0.5 GB); a restart continues there
+checkpoint_every_iters = 0  # 0: off
+checkpoint_every_minutes = 15.0  # 0: off
+collective_timeout_minutes = 30.0  # a collective waiting longer for a peer fails (torch's process-group timeout)
+rank_silence_s = 120.0  # a rank silent this long is named gone and the others stop (util/rank_watch.py)
+run_lock_heartbeat_s = 30.0  # output_dir/run.lock heartbeat; another host's lock silent for 3 of these is stale
 # AugDETR: Hybrid Attention Encoder (HAE)
 use_hae = False
 num_hae_layers = 2  # the first N encoder layers are hybrid

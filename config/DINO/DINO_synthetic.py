@@ -21,6 +21,7 @@ batch_size = 4
 epochs = 14
 lr_drop = 12
 save_checkpoint_interval = 100  # a demo keeps checkpoint.pth, the best one and the lr-drop epoch's (~0.5 GB)
+checkpoint_every_minutes = 0.0  # epochs of a few seconds: no mid-epoch checkpoints
 clip_max_norm = 0.1
 
 hidden_dim = 128

@@ -3,7 +3,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 
+import pytest
 import torch
 
 from util.checkpoint import load_checkpoint
@@ -42,6 +44,27 @@ def popen_main(argv, hook=None, log_name="run.log", cwd_log_dir=None):
                             stderr=subprocess.STDOUT)
 
 
+def popen_ranks(argv, world_size=2, log_name="run"):
+    """Start `world_size` ranks of hooked_main.py directly, as SLURM's srun does (no torchrun agent), on a free
+    local port, single-threaded; rank r logs to output_dir/<log_name>.rank<r>.log. Returns the Popen list."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = argv[argv.index("--output_dir") + 1]
+    os.makedirs(out, exist_ok=True)
+    procs = []
+    for rank in range(world_size):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
+        env.pop("RELIABILITY_HOOK", None)
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RANK=str(rank), WORLD_SIZE=str(world_size),
+                   LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        log = open(os.path.join(out, f"{log_name}.rank{rank}.log"), "ab")
+        procs.append(subprocess.Popen([sys.executable, HOOKED_MAIN, *argv], cwd=ROOT, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT))
+    return procs
+
+
 def read_log(out):
     path = os.path.join(str(out), "log.txt")
     if not os.path.isfile(path):
@@ -77,3 +100,21 @@ def flip_byte_in_largest_weight(path) -> str:
 def differing_tensors(a, b):
     assert a.keys() == b.keys()
     return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def info_text(out) -> str:
+    path = os.path.join(str(out), "info.txt")
+    return open(path).read() if os.path.isfile(path) else ""
+
+
+def wait_for(proc, cond, what, timeout_s=240):
+    """Poll cond() until it holds; fail when `proc` exits first or after timeout_s."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if cond():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"run exited with {proc.returncode} before {what}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")

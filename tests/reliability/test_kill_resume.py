@@ -9,19 +9,18 @@ the same seed, run concurrently (both single-threaded on CPU).
 """
 import os
 import signal
-import time
-
-import pytest
 
 from util.checkpoint import TMP_PREFIX, load_checkpoint
 
 from reliability_helpers import (
     differing_tensors,
     flip_byte_in_largest_weight,
+    info_text,
     make_synthetic,
     popen_main,
     read_log,
     tiny_argv,
+    wait_for,
     weights,
 )
 
@@ -29,27 +28,10 @@ EPOCHS = 3
 TIMEOUT_S = 240
 
 
-def wait_for(proc, cond, what):
-    deadline = time.time() + TIMEOUT_S
-    while time.time() < deadline:
-        if cond():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"run exited with {proc.returncode} before {what}")
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def kill(proc):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-
-
-def info_text(out):
-    path = os.path.join(out, "info.txt")
-    return open(path).read() if os.path.isfile(path) else ""
 
 
 def test_sigkill_at_three_moments_then_resume_gives_identical_weights(tmp_path):
