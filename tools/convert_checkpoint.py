@@ -31,10 +31,11 @@ from tools.common import ToolError, args_from_stored, reproduced_config, tool_ar
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("input", help="official DINO checkpoint (.pth)")
+    p.add_argument("input", help="official DINO or earlier AugDETR reproduction checkpoint (.pth)")
     p.add_argument("output", help="converted checkpoint to write (.pth)")
     p.add_argument("-c", "--config", default=None,
-                   help="config the checkpoint was trained with (needed for ConvNeXt and --verify)")
+                   help="config the checkpoint was trained with (needed for ConvNeXt, and for --verify unless "
+                        "the checkpoint is the reproduction's)")
     p.add_argument("--options", nargs="+", default=[], help="config overrides KEY=VALUE, as main.py")
     p.add_argument("--verify", action="store_true", help="load OUT into the config's model with strict=True")
     return p.parse_args(argv)
