@@ -10,11 +10,12 @@ from util.config_schema import KeyGroup
 from . import dino as _dino  # noqa: F401  registers 'dino' (the first entry)
 from .common.backbones import official_dino as _official_dino  # noqa: F401  registers its state converter
 from .common.schema import model_keys
-from .registry import DETECTORS, EVAL_RECORDERS, STATE_CONVERTERS, Detector, EvalRecorder
+from .registry import CHECKPOINT_CONFIGS, DETECTORS, EVAL_RECORDERS, STATE_CONVERTERS, Detector, EvalRecorder
 
 __all__ = ["DETECTORS", "Detector", "EvalRecorder", "all_key_groups", "apply_runtime_config", "build_criterion",
-           "build_model", "convert_state", "detector", "dn_group_count", "eval_recorders", "frozen_random_layers",
-           "key_groups", "msda_backend_info", "msda_backends", "refused_keys", "select_msda_backend"]
+           "build_model", "checkpoint_config", "convert_state", "detector", "dn_group_count", "eval_recorders",
+           "frozen_random_layers", "key_groups", "msda_backend_info", "msda_backends", "refused_keys",
+           "select_msda_backend"]
 
 
 def detector(name: str) -> Detector:
@@ -74,6 +75,17 @@ def convert_state(state: Dict[str, Any], args: Optional[Any] = None) -> Tuple[Di
         state, done = convert(state, args)
         lines += done
     return state, lines
+
+
+def checkpoint_config(saved: Dict[str, Any], state: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The config keys that rebuild and reproduce a checkpoint of another codebase (e.g. the earlier AugDETR
+    reproduction's) from the args it stores (a dict) and its model state, or None when no converter knows
+    it. ValueError when its args and tensors disagree."""
+    for derive in CHECKPOINT_CONFIGS:
+        config = derive(saved, state)
+        if config is not None:
+            return config
+    return None
 
 
 def frozen_random_layers(args) -> List[str]:

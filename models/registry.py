@@ -7,7 +7,10 @@ the config key groups it reads besides the common model group (models/common/sch
 
 Options register what the entry points must do for them without naming them there:
 * `register_state_converter`: a function that turns a checkpoint of another layout into this
-  project's (official DINO Swin files, ...), applied on load and by tools/convert_checkpoint.py;
+  project's (official DINO Swin files, the earlier AugDETR reproduction's, ...), applied on load and by
+  tools/convert_checkpoint.py;
+* `register_checkpoint_config`: a function that gives the config reproducing such a checkpoint from the
+  args it stores (the AugDETR reproduction's), used by the tools;
 * `register_eval_recorder`: something to record during an evaluation, switched on by a command-line
   flag (EMCA's fusion weights: --save_emca_weights).
 """
@@ -62,6 +65,18 @@ STATE_CONVERTERS: List[StateConverter] = []
 def register_state_converter(convert: StateConverter) -> StateConverter:
     STATE_CONVERTERS.append(convert)
     return convert
+
+
+# checkpoint configs: (the args a checkpoint of another codebase stores, as a dict; its model state, not yet
+# converted) -> this project's config keys that rebuild its model and reproduce its outputs (its own args may
+# stay in: keys this project does not have are ignored), or None for a checkpoint it does not know
+CheckpointConfig = Callable[[Dict[str, Any], Dict[str, Any]], Optional[Dict[str, Any]]]
+CHECKPOINT_CONFIGS: List[CheckpointConfig] = []
+
+
+def register_checkpoint_config(derive: CheckpointConfig) -> CheckpointConfig:
+    CHECKPOINT_CONFIGS.append(derive)
+    return derive
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,27 @@ def stored_config(ckpt: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     return saved if is_stored_config(saved) else None
 
 
+def reproduced_config(ckpt: Optional[Dict[str, Any]], source: str) -> Optional[Dict[str, Any]]:
+    """For a checkpoint of another codebase that a registered converter knows (the earlier AugDETR
+    reproduction's: its stored args name its flags), the config that reproduces its outputs here, stored as
+    this project stores one (config_file and every key; backbone_weights none, as the checkpoint holds
+    the backbone); None for any other checkpoint."""
+    saved = (ckpt or {}).get("args")
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    if not isinstance(saved, dict) or "model" not in ckpt:
+        return None
+    try:
+        derived = models.checkpoint_config(saved, ckpt["model"])
+        if derived is None:
+            return None
+        derived["backbone_weights"] = None
+        resolved = resolve_stored(derived, source)
+    except (ValueError, ConfigError) as err:
+        raise ToolError(f"{source}: {err}") from None
+    config_file = derived.get("config_file") or models.detector(resolved["modelname"]).defaults_file
+    return dict(resolved, config_file=config_file)
+
+
 def args_from_stored(saved: Dict[str, Any], source: str, options: Options = None, device: str = "cpu",
                      flags: Optional[Dict[str, Any]] = None) -> argparse.Namespace:
     """tool_args for the stored config `saved` (see stored_config): its keys checked (keys it lacks take
@@ -111,11 +132,15 @@ def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: O
                     ) -> Tuple[Any, torch.nn.Module, Dict, str]:
     """(args, model in eval mode, postprocessors, a line saying which config built the model).
 
-    config None: the checkpoint's stored config (ToolError when it has none). Weights from
+    config None: the checkpoint's stored config, or the one reproducing a checkpoint of another codebase
+    that a converter knows (reproduced_config; ToolError when it has neither). Weights from
     `checkpoint` (strict). When they do not fit, the full load error is written to error_file and a
     short CheckpointError says which config the checkpoint was trained with and the fix."""
     ckpt = load_checkpoint(checkpoint) if checkpoint else None
-    saved = stored_config(ckpt)
+    # a known codebase's checkpoint first: its stored args look like a config of this project's keys
+    saved, origin_of_saved = reproduced_config(ckpt, checkpoint), "the one reproducing"
+    if saved is None:
+        saved, origin_of_saved = stored_config(ckpt), "the one stored in"
     if config is None:
         if checkpoint is None:
             raise ToolError("-c CONFIG is required without --checkpoint")
@@ -127,7 +152,7 @@ def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: O
         except ConfigError as err:  # e.g. a file from another codebase whose stored values do not resolve here
             raise ToolError(f"{err}; pass -c <the config it was trained with> to build the model from a config "
                             f"file instead") from None
-        origin = f"model config: the one stored in {checkpoint} ({saved['config_file']})"
+        origin = f"model config: {origin_of_saved} {checkpoint} ({saved['config_file']})"
     else:
         args = tool_args(config, options, device, flags)
         origin = f"model config: {config}"

@@ -112,6 +112,9 @@ hae_ffn = False  # add an FFN after the dense attention (the reproduction's vari
 use_emca = False
 emca_enc_layers = None  # None = all encoder layers; else a list of 0-based encoder layer indices
 emca_shared_value_proj = False  # True = one value projection for all encoder layers (the reproduction's variant)
+emca_gate_input = 'content_pos'  # the gates read the query as the offsets do; 'content' = content only (reproduction)
+emca_output_proj = 'mixed'  # project once after mixing; 'per_layer' = per encoder layer, bias scaled (reproduction)
+emca_gate_init = 'mean'  # every gate starts at 1/L; 'xavier' = about 0.5 each (reproduction)
 # AlignDETR: its loss and matching on this model (config/AlignDETR/)
 criterion_type = 'dino'  # 'aligndetr': IA-BCE, one-to-k matching, rank weights
 aligndetr_alpha = 0.25  # quality t = p^alpha * IoU^(1 - alpha)

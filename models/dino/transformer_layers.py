@@ -119,8 +119,10 @@ class DeformableDecoderLayer(nn.Module):
         q = k = with_pos(tgt, query_pos)
         tgt2 = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
+        # a cross-attention that also reads the content query alone (EMCA's gates, one variant) says so
+        content = {"content": tgt} if getattr(self.cross_attn, "reads_content", False) else {}
         tgt2 = self.cross_attn(with_pos(tgt, query_pos), reference_points, memory, spatial_shapes,
-                               level_start_index, memory_padding_mask)
+                               level_start_index, memory_padding_mask, **content)
         tgt = self.norm1(tgt + self.dropout1(tgt2))
         tgt2 = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout4(tgt2))

@@ -197,6 +197,8 @@ SWITCHES = {
     "use_emca": ("dino", {}, EMCA),
     "emca_enc_layers": ("dino", EMCA, dict(emca_enc_layers=[0])),
     "emca_shared_value_proj": ("dino", EMCA, dict(emca_shared_value_proj=True)),
+    "emca_gate_input": ("dino", EMCA, dict(emca_gate_input="content")),
+    "emca_output_proj": ("dino", EMCA, dict(emca_output_proj="per_layer")),
     "criterion_type": ("dino", {}, dict(criterion_type="aligndetr", o2m_k=[2, 2, 1])),
     "o2m_k": ("dino", dict(criterion_type="aligndetr", o2m_k=[2, 2, 1]), dict(o2m_k=[1, 3, 1])),
     "aligndetr_alpha": ("dino", dict(criterion_type="aligndetr", o2m_k=[2, 2, 1]), dict(aligndetr_alpha=0.5)),

@@ -10,7 +10,7 @@ from tools import convert_checkpoint
 from tools.common import ToolError
 from util.checkpoint import load_checkpoint, load_model_state
 
-from tiny_configs import MODEL, options, tiny_args
+from tiny_configs import MODEL, RUN, options, tiny_args, tiny_batch
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "dino_swin_tiny")
 
@@ -132,5 +132,86 @@ def test_convnext_imagenet_file_in_the_original_layout_loads(tmp_path):
 def test_bad_invocations_are_one_line(tmp_path):
     with pytest.raises(ToolError, match="is IN: write the converted checkpoint to another file"):
         convert_checkpoint.main([str(tmp_path / "a.pth"), str(tmp_path / "a.pth")])
+    torch.save({"model": {"transformer.level_embed": torch.zeros(4, 8)}}, tmp_path / "a.pth")
     with pytest.raises(ToolError, match="--verify needs -c CONFIG"):
         convert_checkpoint.main([str(tmp_path / "a.pth"), str(tmp_path / "b.pth"), "--verify"])
+
+
+# the earlier AugDETR reproduction's choices on the run-size tiny model (1 encoder layer: HAE on it, EMCA mixing it)
+REPRO = dict(use_hae=True, num_hae_layers=1, hae_ffn=True, use_emca=True, emca_shared_value_proj=True,
+             emca_gate_input="content", emca_output_proj="per_layer")
+TO_REPRODUCTION = {".dense_attn.": ".std_self_attn.", ".dense_norm.": ".norm_std.", ".dense_linear1.": ".linear1_std.",
+                   ".dense_linear2.": ".linear2_std.", ".dense_norm2.": ".norm2_std.",
+                   ".cross_attn.mix_weights.": ".encoder_mixing_weights."}
+
+
+@pytest.fixture(scope="module")
+def reproduction_checkpoint(tmp_path_factory):
+    """(path, model): a tiny model with the reproduction's choices and name-keyed weights, saved as the
+    reproduction's main.py saves one: its key names and an argparse namespace of official DINO's keys plus
+    its three flags."""
+    import argparse
+
+    from models import build_model
+
+    from name_keyed_weights import init_by_name
+
+    args = tiny_args(**dict(RUN, **REPRO))
+    model = init_by_name(build_model(args)[0]).eval()
+    state = {}
+    for key, value in model.state_dict().items():
+        for ours, theirs in TO_REPRODUCTION.items():
+            key = key.replace(ours, theirs)
+        state[key] = value
+    saved = {k: v for k, v in vars(args).items() if not k.startswith(("hae_", "emca_", "num_hae"))}
+    saved.update(config_file="config/DINO/DINO_4scale.py", num_hybrid_layers=1, output_dir="logs/x")
+    path = tmp_path_factory.mktemp("repro") / "checkpoint0011.pth"
+    torch.save({"model": state, "args": argparse.Namespace(**saved), "epoch": 11, "optimizer": {}}, path)
+    return str(path), model
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model.eval()(tiny_batch()[0])["pred_logits"]
+
+
+def test_reproduction_checkpoint_converts_with_the_config_that_reproduces_it(tmp_path, reproduction_checkpoint):
+    from tools.common import load_tool_model
+    raw, model = reproduction_checkpoint
+    out = str(tmp_path / "converted.pth")
+    lines = convert_checkpoint.main([raw, out, "--verify"])
+    assert lines[0].startswith("the earlier AugDETR reproduction's checkpoint (HAE in encoder layers 0..0 (with")
+    assert "main.py needs -c config/DINO/DINO_4scale.py --options" in lines[1] and "emca_gate_input=content" in lines[1]
+    assert lines[-1].startswith("verified:")
+    stored = load_checkpoint(out)["args"]
+    assert {k: stored[k] for k in REPRO} == REPRO and stored["emca_gate_init"] == "xavier"
+    assert stored["backbone_weights"] is None and stored["config_file"] == "config/DINO/DINO_4scale.py"
+    for checkpoint, origin in ((out, "the one stored in"), (raw, "the one reproducing")):  # converted, or on load
+        _, loaded, _, line = load_tool_model(None, checkpoint)
+        assert origin in line and torch.allclose(_logits(loaded), _logits(model), atol=1e-6)
+
+
+def test_reproduction_checkpoint_whose_args_disagree_is_one_line(tmp_path, reproduction_checkpoint):
+    ckpt = torch.load(reproduction_checkpoint[0], weights_only=False)
+    ckpt["args"].use_hae = False
+    torch.save(ckpt, tmp_path / "bad.pth")
+    with pytest.raises(ToolError, match=r"bad.pth: its args say use_hae=False use_emca=True but its tensors hold HAE"):
+        convert_checkpoint.main([str(tmp_path / "bad.pth"), str(tmp_path / "out.pth")])
+
+
+def test_main_evaluates_a_reproduction_checkpoint_converted_on_load(tmp_path, reproduction_checkpoint):
+    """main.py --eval --resume on the reproduction's file: converted on load, with a line naming the options
+    the run lacks (here the default gate input)."""
+    import main
+
+    from tiny_configs import options as run_options
+    opts = run_options(RUN, **dict(REPRO, emca_gate_input="content_pos"), batch_size=1, synthetic_num_train=2,
+                       synthetic_num_val=2, dataset_file="synthetic", backbone_weights=None)
+    main.main(main.build_args(["-c", "config/DINO/DINO_4scale.py", "--output_dir", str(tmp_path / "eval"), "--eval",
+                               "--resume", reproduction_checkpoint[0],
+                               "--num_workers", "0", "--device", "cpu", "--options", *opts,
+                               f"synthetic_dir={tmp_path / 'data'}"]))
+    log = "\n".join(open(os.path.join(root, f)).read() for root, _, files in os.walk(tmp_path / "eval")
+                    for f in files if f == "info.txt")
+    assert "converted on load: the earlier AugDETR reproduction's checkpoint" in log
+    assert "this config differs from the reproduction in emca_gate_input=content_pos" in log

@@ -21,7 +21,8 @@ CONFIG_DIR = os.path.join(ROOT, "config", "DINO")
 # DINO_4scale.py's keys that the official DINO_4scale.py does not have (this project's additions)
 PROJECT_KEYS = {"backbone_weights", "dn_label_coef", "dn_bbox_coef", "dn_scalar", "msda_backend", "use_hae",
                 "num_hae_layers", "hae_dense_level", "hae_ffn", "use_emca", "emca_enc_layers",
-                "emca_shared_value_proj", "eval_backend", "val_batch_size", "skip_bad_images", "synthetic_dir",
+                "emca_shared_value_proj", "emca_gate_input", "emca_output_proj", "emca_gate_init", "eval_backend",
+                "val_batch_size", "skip_bad_images", "synthetic_dir",
                 "synthetic_num_train", "synthetic_num_val", "synthetic_image_size", "synthetic_seed",
                 "backbone_freeze_stem", "dataset_file", "fix_size"}
 

@@ -28,6 +28,12 @@ maps, so their projection (without bias) is 0 as in DINO's masked value.
 Sample first costs 8x (= C/D) the sampling work but skips the projection of S tokens, so it
 wins when the maps are large against the queries (see `SAMPLE_FIRST_MIN_TOKENS_PER_POINT`).
 
+The earlier reproduction's variants (config keys, parts.py): gate_input='content' reads the
+gates from the content query alone (the decoder layer hands it in as `content`, see
+`reads_content`); output_proj='per_layer' projects each layer's sample before gating,
+sum_k w_k (W_o x_k + b_o) = W_o sum_k w_k x_k + (sum_k w_k) b_o, i.e. the bias scaled by the
+gate sum; gate_init='xavier' starts the gates near 0.5 each.
+
 Both need the raw maps zero at padded tokens. The transformer zeroes them once
 per forward (`EncoderMemories.stack`, in place on the stack) and hands the same maps to all
 decoder layers; a plain tensor is zeroed by each call (a K-map copy per layer, kept for
@@ -45,6 +51,9 @@ from ..ops import MSDeformAttn, ms_deform_attn
 # head on it (S_l >= ratio * Lq * P); see EncoderMixingAttention.sample_first_levels
 SAMPLE_FIRST_MIN_TOKENS_PER_POINT = 1.0
 FORMULATIONS = ("auto", "project_first", "sample_first")
+GATE_INPUTS = ("content_pos", "content")
+OUTPUT_PROJS = ("mixed", "per_layer")
+GATE_INITS = ("mean", "xavier")
 
 
 class EncoderMemories(NamedTuple):
@@ -87,9 +96,17 @@ class EncoderMixingAttention(MSDeformAttn):
     """
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
-                 num_mixed: int = 6, shared_value_proj: bool = False):
+                 num_mixed: int = 6, shared_value_proj: bool = False, gate_input: str = "content_pos",
+                 output_proj: str = "mixed", gate_init: str = "mean"):
+        for name, value, allowed in (("gate_input", gate_input, GATE_INPUTS), ("output_proj", output_proj,
+                                      OUTPUT_PROJS), ("gate_init", gate_init, GATE_INITS)):
+            if value not in allowed:
+                raise ValueError(f"EncoderMixingAttention {name}={value!r}: use one of {allowed}")
         self.num_mixed = num_mixed
         self.shared_value_proj = shared_value_proj or num_mixed == 1
+        self.gate_input = gate_input
+        self.output_proj_per_layer = output_proj == "per_layer"
+        self.gate_init = gate_init
         super().__init__(d_model, n_levels, n_heads, n_points)  # calls _reset_parameters
         self.record_mix_weights = False
         self.formulation = "auto"  # or one of FORMULATIONS, e.g. to compare them
@@ -105,6 +122,13 @@ class EncoderMixingAttention(MSDeformAttn):
                 self.extra_value_proj_bias = nn.Parameter(torch.empty(n_extra, self.d_model))
         super()._reset_parameters()
         self.copy_value_proj_to_extras()
+        if self.gate_init == "xavier":
+            # the earlier reproduction's: the transformer's Xavier-uniform weight and nn.Linear's default
+            # bias U(+-1/sqrt(C)), so every gate starts near sigmoid(0) = 0.5
+            nn.init.xavier_uniform_(self.mix_weights.weight)
+            bound = 1.0 / math.sqrt(self.d_model)
+            nn.init.uniform_(self.mix_weights.bias, -bound, bound)
+            return
         # Gates start at 1/K each (weight 0, bias logit(1/K)), so sum_k w_k = 1: at
         # initialisation the output is the mean of K equally projected samples and has the
         # scale of plain DINO's cross-attention, instead of K/2 times it (sigmoid(0) = 0.5 each).
@@ -112,6 +136,12 @@ class EncoderMixingAttention(MSDeformAttn):
         nn.init.constant_(self.mix_weights.weight, 0.0)
         p = 1.0 / self.num_mixed
         nn.init.constant_(self.mix_weights.bias, math.log(p / (1 - p)) if self.num_mixed > 1 else 4.6)
+
+    @property
+    def reads_content(self) -> bool:
+        """True when forward needs the content query (`content`) besides the query: the decoder layer
+        then hands it in."""
+        return self.gate_input == "content"
 
     @torch.no_grad()
     def copy_value_proj_to_extras(self) -> None:
@@ -213,17 +243,26 @@ class EncoderMixingAttention(MSDeformAttn):
             memories = memories.masked_fill(padding_mask[None, :, :, None], 0.0)
         return memories[:, :, :fine_tokens].contiguous(), memories[:, :, fine_tokens:]
 
+    def gates(self, query: Tensor, content: Optional[Tensor] = None) -> Tensor:
+        """The mixing gates (B, Lq, K) of query (B, Lq, C), or of its content part with gate_input='content'."""
+        if self.reads_content:
+            if content is None:
+                raise ValueError("EMCA with gate_input='content' needs the content query: pass content=tgt")
+            query = content
+        return self.mix_weights(query).sigmoid()
+
     def forward(self, query: Tensor, reference_points: Tensor, input_flatten: Union[EncoderMemories, Tensor],
                 input_spatial_shapes: Tensor, input_level_start_index: Tensor,
-                input_padding_mask: Optional[Tensor] = None) -> Tensor:
-        """query (B, Lq, C); input_flatten: EncoderMemories, or the K stacked encoder outputs
-        (K, B, S, C) as a tensor (zeroed at padded tokens here, per call) -> (B, Lq, C)."""
+                input_padding_mask: Optional[Tensor] = None, content: Optional[Tensor] = None) -> Tensor:
+        """query (B, Lq, C) (content + position); input_flatten: EncoderMemories, or the K stacked encoder
+        outputs (K, B, S, C) as a tensor (zeroed at padded tokens here, per call); content (B, Lq, C): the
+        content query alone, read by the gates with gate_input='content' -> (B, Lq, C)."""
         n_fine, fine_tokens = self._fine_split(input_spatial_shapes.tolist(), query.shape[1])
         fine, coarse = self._split_memories(input_flatten, input_padding_mask, fine_tokens)
         k, b, t0, c = fine.shape
         s, m, lq = t0 + coarse.shape[2], self.n_heads, query.shape[1]
         locations, weights = self.sampling_locations_and_weights(query, reference_points, input_spatial_shapes)
-        gates = self.mix_weights(query).sigmoid()  # (B, Lq, K)
+        gates = self.gates(query, content)  # (B, Lq, K)
         if self.record_mix_weights:
             self.last_mix_weights = gates.detach()
         # map k is read with weights w_k * Softmax(A): the gates ride in the sampling op, and
@@ -245,7 +284,10 @@ class EncoderMixingAttention(MSDeformAttn):
                                                   input_level_start_index[n_fine:] - t0,
                                                   coarse_loc[None].expand(k, *coarse_loc.shape).flatten(0, 1),
                                                   gated[:, :, :, :, n_fine:].flatten(0, 1))
-        return self.output_proj(out.reshape(b, lq, c))
+        out = self.output_proj(out.reshape(b, lq, c))
+        if self.output_proj_per_layer:  # sum_k w_k (W_o x_k + b_o): the bias once more per unit of gate sum
+            out = out + (gates.sum(-1, keepdim=True) - 1.0) * self.output_proj.bias
+        return out
 
 
 def _init_missing_value_projs(module: EncoderMixingAttention, incompatible_keys) -> None:

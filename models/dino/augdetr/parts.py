@@ -31,7 +31,8 @@ def cross_attention(args, d_model: int, n_levels: int, n_heads: int, n_points: i
     if layers is None:
         return None
     return EncoderMixingAttention(d_model, n_levels, n_heads, n_points, num_mixed=len(layers),
-                                  shared_value_proj=args.emca_shared_value_proj)
+                                  shared_value_proj=args.emca_shared_value_proj, gate_input=args.emca_gate_input,
+                                  output_proj=args.emca_output_proj, gate_init=args.emca_gate_init)
 
 
 class MixedEncoderLayers(nn.Module):

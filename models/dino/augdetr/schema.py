@@ -1,7 +1,7 @@
 """AugDETR's config keys: the Hybrid Attention Encoder and Encoder-Mixing Cross-Attention, for every
 detector built on the deformable transformer. `--use_hae`, `--num_hae_layers` and `--use_emca` are also
 command-line flags (the seed reproduction's commands)."""
-from util.config_schema import Key, KeyGroup, bool_key, int_key
+from util.config_schema import Key, KeyGroup, bool_key, choice_key, int_key
 
 
 def _hae_fits(cfg):
@@ -32,6 +32,15 @@ AUGDETR_KEYS = KeyGroup("augdetr", "AugDETR (Hybrid Attention Encoder, Encoder-M
                            length=(1, None), model=True),
     "emca_shared_value_proj": bool_key("one value projection for all mixed encoder layers (reproduction's "
                                        "variant)", model=True),
+    "emca_gate_input": choice_key("what the EMCA gates read: 'content_pos' = the content query plus its position "
+                                  "(the q of the offsets), 'content' = the content query only (reproduction's)",
+                                  "content_pos", "content", model=True),
+    "emca_output_proj": choice_key("EMCA's output projection: 'mixed' = once after mixing, 'per_layer' = on each "
+                                   "encoder layer's sample before gating, so its bias is scaled by the gate sum "
+                                   "(reproduction's)", "mixed", "per_layer", model=True),
+    # initialisation only: a checkpoint trained with either fits the other model, hence not a model key
+    "emca_gate_init": choice_key("EMCA gates' initialisation: 'mean' = each 1/L (weight 0), 'xavier' = Xavier "
+                                 "weight and torch's default bias, each about 0.5 (reproduction's)", "mean", "xavier"),
 }, relations=(_hae_fits, _emca_fits),
     flags={"use_hae": ("--use_hae",), "num_hae_layers": ("--num_hae_layers", "--num_hybrid_layers"),
            "use_emca": ("--use_emca",)})
