@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from datasets.coco import BadImageError, CocoDetection, DataError
+from datasets.coco import BadImageError, CocoDetection, DataError, category_names
 from datasets.coco import build as build_coco
 
 
@@ -45,5 +45,5 @@ def get_coco_api_from_dataset(dataset):
     return dataset.coco
 
 
-__all__ = ["BadImageError", "CocoDetection", "DataError", "build_dataset", "get_coco_api_from_dataset",
-           "default_synthetic_dir"]
+__all__ = ["BadImageError", "CocoDetection", "DataError", "build_dataset", "category_names",
+           "get_coco_api_from_dataset", "default_synthetic_dir"]

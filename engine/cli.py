@@ -5,10 +5,11 @@ The config-key flags come from the key groups (KeyGroup.flags), so neither main.
 them; a flag given wins over `--options` and the file.
 """
 import argparse
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 
+from datasets import category_names
 from util.slconfig import ConfigError, DictAction
 
 from .config import all_groups, flag_keys, load_config, resolve_stored
@@ -59,9 +60,55 @@ def apply_config(args: argparse.Namespace, cfg: Dict[str, Any]) -> argparse.Name
 
 
 def load_args_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """args with the config of -c (file < --options < config flags) applied."""
-    cfg = load_config(args.config_file, args.options or {}, given_config_flags(args), command_line_names(parser))
+    """args with the config of -c (file < --options < config flags) applied; with --coco_path and a config
+    that names the synthetic set, switched to the data at coco_path (see coco_path_switch). Lines to log
+    once the run's logger exists are appended to args.setup_notes."""
+    options, flags, run_only = dict(args.options or {}), given_config_flags(args), command_line_names(parser)
+    cfg = load_config(args.config_file, options, flags, run_only)
+    switch, note = coco_path_switch(args, cfg, options, flags, classes_from_data=True)
+    if switch:
+        cfg = load_config(args.config_file, dict(options, **switch), flags, run_only)
+        add_setup_note(args, note)
     return apply_config(args, cfg)
+
+
+def add_setup_note(args: argparse.Namespace, line: str) -> None:
+    """A line main.py logs (console and info.txt) once the run's logger is set up."""
+    args.setup_notes = [*getattr(args, "setup_notes", []), line]
+
+
+def coco_path_switch(args: argparse.Namespace, cfg: Dict[str, Any], options: Dict[str, Any], flags: Dict[str, Any],
+                     classes_from_data: bool) -> Tuple[Dict[str, Any], str]:
+    """(--options that make the run read the COCO-format data at --coco_path, the line saying so), or ({}, '')
+    when the config already reads coco_path or none was given.
+
+    A config that names the synthetic set (the default one) never silently trains on it when --coco_path is
+    given: dataset_file becomes 'coco' and, with `classes_from_data` (a model built from a config file, not
+    from a checkpoint) and no num_classes in --options, num_classes and dn_labelbook_size become the data's
+    max category id + 1 (labels are raw ids). dataset_file=synthetic asked for on the command line together
+    with --coco_path is a ConfigError."""
+    if not getattr(args, "coco_path", None) or cfg["dataset_file"] != "synthetic":
+        return {}, ""
+    asked = ("--dataset_file synthetic" if flags.get("dataset_file") == "synthetic" else
+             "--options dataset_file=synthetic" if options.get("dataset_file") == "synthetic" else None)
+    if asked:
+        raise ConfigError(f"--coco_path {args.coco_path} and {asked} contradict each other (the synthetic set does "
+                          f"not read coco_path): drop {asked} to train on {args.coco_path}, or drop --coco_path")
+    switch: Dict[str, Any] = {"dataset_file": "coco"}
+    note = (f"--coco_path {args.coco_path}: dataset_file='coco' (the config {args.config_file} names the synthetic "
+            f"set)")
+    if classes_from_data and "num_classes" not in options:
+        split = "test" if getattr(args, "test", False) else "val" if getattr(args, "eval", False) else "train"
+        ids = sorted(category_names(args.coco_path, split))
+        if not ids:
+            raise ConfigError(f"--coco_path {args.coco_path}: its {split} annotation file lists no categories; "
+                              f"add them ('categories': [{{'id': 1, 'name': ...}}, ...])")
+        switch["num_classes"] = ids[-1] + 1
+        if "dn_labelbook_size" not in options:
+            switch["dn_labelbook_size"] = ids[-1] + 1
+        note += (f"; {' and '.join(f'{k}={v}' for k, v in switch.items() if k != 'dataset_file')} from its "
+                 f"{len(ids)} categories (max id {ids[-1]} + 1; --options num_classes=N sets another)")
+    return switch, note
 
 
 def stored_args_config(args: argparse.Namespace, saved: Dict[str, Any], source: str) -> argparse.Namespace:

@@ -129,6 +129,8 @@ def build_run(args) -> Run:
     model, criterion, optimizer, scheduler and loss scaler."""
     check_from_scratch(args)  # random weights in a frozen stem / FrozenBatchNorm2d: refused before anything runs
     logger = prepare_output_dir(args)
+    for note in getattr(args, "setup_notes", ()):  # what build_args decided for the user (engine/cli.py)
+        logger.info("%s", note)
     seed_all(args.seed + args.rank)
     device = torch.device(args.device)
     if not host_memory.apply_config(args):
