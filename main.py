@@ -9,7 +9,6 @@ import argparse
 import gc
 import logging
 import os
-import re
 import sys
 from typing import List, Optional
 
@@ -21,7 +20,8 @@ from engine.config import describe
 from engine.run import build_run, resume, settle_output_dir
 from engine.training import evaluate_once, train, write_test_dev
 from util import dist as dist_utils
-from util.checkpoint import CheckpointError
+from util.checkpoint import CheckpointError, missing_checkpoint_error, peek_checkpoint, resume_candidates
+from util.cli import INTERRUPTED, USER_ERROR, ArgumentParser, one_line
 from util.log_records import LogRecordError
 from util.logger import LOGGER_NAME
 from util.slconfig import ConfigError
@@ -47,9 +47,10 @@ EPILOG = """examples:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="main.py", description="Training and evaluation of this project's detectors",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(p, DEFAULT_CONFIG)
+    p = ArgumentParser(prog="main.py", description="Training and evaluation of this project's detectors",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p, None, f"Python config file (default {DEFAULT_CONFIG}; --eval / --test without -c: the "
+                                  f"config stored in the checkpoint, --options and flags on top)")
     p.add_argument("--print_config", action="store_true",
                    help="print every resolved config key with its value and meaning, then exit")
     data = p.add_argument_group("data paths")
@@ -106,15 +107,23 @@ def _add_distributed_flags(g) -> None:
 
 
 def build_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Parse argv, load and check the config (file < --options < config flags), copy its keys onto args."""
+    """Parse argv, check the checkpoint files named, load and check the config (file < --options < config
+    flags; --eval / --test: the checkpoint's stored config unless -c is given), copy its keys onto args."""
     parser = get_args_parser()
-    args = load_args_config(parser.parse_args(argv), parser)
+    args = parser.parse_args(argv)
+    args.config_given = args.config_file is not None
+    args.config_file = args.config_file or DEFAULT_CONFIG
     args.output_dir_given = args.output_dir is not None
     if args.output_dir is None:
         args.output_dir = os.path.join("logs", os.path.splitext(os.path.basename(args.config_file))[0])
-    args.device = resolve_device(args.device)
     if args.test:
         args.eval = True  # no training; the test split replaces the val split
+    for flag in ("resume", "pretrain_model_path"):  # before anything is read or built
+        path = vars(args)[flag]
+        if path and not os.path.isfile(path):
+            raise missing_checkpoint_error(path, f"--{flag}")
+    args = load_args_config(args, parser)
+    args.device = resolve_device(args.device)
     _check_run_flags(args)
     return args
 
@@ -162,19 +171,10 @@ def user_error_types() -> tuple:
     return (ConfigError, CheckpointError, DataError, NonFiniteLossError, ResourceError, LogRecordError)
 
 
-def one_line(err: BaseException) -> str:
-    """The user-facing line of `err`. A DataLoader worker re-raises the worker's exception with the
-    whole worker traceback as its message; its last line holds the original message."""
-    text = str(err).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = re.sub(r"^[\w.]+(Error|Exception): ", "", last)
-    return " ".join(text.split()) or type(err).__name__
-
-
 def cli(argv: Optional[List[str]] = None) -> int:
-    """`python main.py`: known user errors print `error: <message>` to stderr and return 2;
-    anything else (a bug) keeps its traceback."""
+    """`python main.py`: known user errors print `error: <message>` to stderr and return 2; Ctrl-C prints
+    one line saying how to resume and returns 130; anything else (a bug) keeps its traceback."""
+    args = None
     try:
         args = build_args(argv)
         if args.print_config:
@@ -190,8 +190,38 @@ def cli(argv: Optional[List[str]] = None) -> int:
             if isinstance(h, logging.FileHandler):
                 h.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None))
         print(f"error: {message}", file=sys.stderr)
-        return 2
+        return USER_ERROR
+    except KeyboardInterrupt:
+        print(f"\n{interrupted_line(args, argv if argv is not None else sys.argv[1:])}", file=sys.stderr)
+        return INTERRUPTED
     return 0
+
+
+def interrupted_line(args: Optional[argparse.Namespace], argv: List[str]) -> str:
+    """What to do after Ctrl-C: the same command resumes from the newest checkpoint of output_dir (named with
+    its epoch), or there is none yet."""
+    if args is None or args.eval:
+        return "interrupted (Ctrl-C) before training started; nothing to resume"
+    found = resume_candidates(args.output_dir)
+    command = " ".join(["python main.py", *resume_argv(argv, args.output_dir)])
+    if not found:
+        return f"interrupted (Ctrl-C) before the first checkpoint; `{command}` starts again"
+    epoch = peek_checkpoint(found[0]).get("epoch")
+    done = f" (epoch {epoch} done)" if isinstance(epoch, int) else ""
+    return f"interrupted (Ctrl-C); to resume from {found[0]}{done}, run the same command: `{command}`"
+
+
+def resume_argv(argv: List[str], output_dir: str) -> List[str]:
+    """argv with --output_dir set to the folder the run used (its %j / %t expanded), so it auto-resumes."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--output_dir":
+            skip = True
+        elif not token.startswith("--output_dir="):
+            out.append(token)
+    return [*out, "--output_dir", output_dir]
 
 
 if __name__ == "__main__":

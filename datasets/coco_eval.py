@@ -7,7 +7,6 @@ pycocotools' progress prints are captured; only the final summary table is print
 
     python -m datasets.coco_eval --compare DIR   # time both backends on DIR's val split
 """
-import argparse
 import contextlib
 import io
 import os
@@ -19,6 +18,7 @@ import torch
 from torchvision.ops import box_convert
 
 from util import dist as dist_utils
+from util.cli import ArgumentParser
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
@@ -205,7 +205,7 @@ def compare_backends(root: str, num_dets: int = 100, repeats: int = 3) -> Dict[s
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    p = argparse.ArgumentParser(description="COCO evaluation helpers.")
+    p = ArgumentParser(description="COCO evaluation helpers.")
     p.add_argument("--compare", metavar="DIR", required=True,
                    help="COCO-layout folder: time pycocotools vs faster_coco_eval on its val split")
     p.add_argument("--num-dets", type=int, default=100, help="detections per image (default 100)")

@@ -25,7 +25,6 @@ from util.checkpoint import (
     load_checkpoint,
     load_model_state,
     load_resume_checkpoint,
-    misfit_error,
     remove_stale_temp_files,
 )
 from util.logger import FILE_ONLY, LOGGER_NAME, setup_logger
@@ -33,8 +32,8 @@ from util.optim import ModelEMA, build_lr_scheduler, build_optimizer
 from util.run_dir import eval_output_dir, expand_output_dir
 from util.slconfig import ConfigError, SLConfig
 
-from .config import model_keys
 from .loops import evaluate
+from .misfit import misfit_error
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -129,7 +128,7 @@ def build_run(args) -> Run:
     model, criterion, optimizer, scheduler and loss scaler."""
     check_from_scratch(args)  # random weights in a frozen stem / FrozenBatchNorm2d: refused before anything runs
     logger = prepare_output_dir(args)
-    for note in getattr(args, "setup_notes", ()):  # what build_args decided for the user (engine/cli.py)
+    for note in vars(args).get("setup_notes", ()):  # what build_args decided for the user (engine/cli.py)
         logger.info("%s", note)
     seed_all(args.seed + args.rank)
     device = torch.device(args.device)
@@ -208,5 +207,5 @@ def load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
                          ignore=None if strict else args.finetune_ignore)
     except CheckpointError as err:
         log.info("full load error: %s", err, extra={FILE_ONLY: True})
-        config = {k: getattr(args, k) for k in args.config_keys}
-        raise misfit_error(err, path, ckpt.get("args"), dict(vars(args)), model_keys(config), strict) from None
+        raise misfit_error(path, ckpt.get("args"), args, ckpt["model"], run.model_without_ddp.state_dict(),
+                           strict) from None

@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import build_criterion, dn_group_count  # noqa: E402
 from tools.common import tool_args  # noqa: E402
+from util.cli import ArgumentParser  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,7 +77,7 @@ def timed(fn) -> float:
 
 
 def run(argv: List[str] = None) -> Dict[str, Dict[str, float]]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", default=os.path.join(ROOT, "config", "DINO", "DINO_4scale.py"))
     p.add_argument("--gt", type=int, default=7, help="ground-truth boxes per image (COCO's mean is about 7)")
     p.add_argument("--batch", type=int, default=2, help="images per step (DINO: 2 per GPU)")

@@ -29,7 +29,9 @@ from torchvision.ops import box_convert
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.common import ToolError, add_model_arguments, config_flags, load_tool_model  # noqa: E402
+from tools.common import TOOL_ERRORS, ToolError, add_model_arguments, config_flags, load_tool_model  # noqa: E402
+from util.checkpoint import missing_checkpoint_error  # noqa: E402
+from util.cli import ArgumentParser, run_guarded  # noqa: E402
 from util.visualize import DISPLAY_NMS_IOU, draw_detections, select_for_display  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -183,7 +185,7 @@ def run(opts) -> List[Dict]:
     if not 0.0 <= opts.threshold <= 1.0:
         raise InputError(f"--threshold {opts.threshold}: must be in [0, 1]")
     if not os.path.isfile(opts.checkpoint):
-        raise InputError(f"--checkpoint {opts.checkpoint}: no such file")
+        raise missing_checkpoint_error(opts.checkpoint, "--checkpoint")
     files = list_images(opts.input)
     names = load_names(opts.names_from, opts.names)
     image_ids = coco_image_ids(opts.names_from, files)
@@ -215,7 +217,7 @@ def run(opts) -> List[Dict]:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p, config_help="config the checkpoint was trained with (default: the one stored in the "
                                        "checkpoint; needed for official DINO checkpoints)")
     p.add_argument("--checkpoint", required=True, help="checkpoint .pth (this project's or official DINO)")
@@ -236,12 +238,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     opts = get_parser().parse_args(argv)
-    from util.checkpoint import CheckpointError
-    from util.slconfig import ConfigError
-    try:
-        return run(opts)
-    except (ToolError, CheckpointError, ConfigError) as err:
-        sys.exit(f"inference.py: error: {err}")
+    return run_guarded("inference.py", lambda: run(opts), TOOL_ERRORS)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """tools/inference.py on a tiny checkpoint: detections JSON, drawn PNGs, class names, errors."""
 import json
+import re
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ from PIL import Image
 
 from tools import inference
 from util import visualize as draw
+
+from cli_errors import user_error
 
 
 def run(cfg, ckpt, inp, out, *extra):
@@ -89,19 +92,21 @@ def test_config_comes_from_the_checkpoint(tiny_cfg, stored_config_checkpoint, im
     dets = inference.main(["--checkpoint", stored_config_checkpoint, "--input", str(image_dir / "img0.png"),
                            "--output", str(tmp_path / "a"), "--threshold", "0"])
     assert len(dets) == 10 and "model config: the one stored in" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exc:
+    with user_error(capsys) as err:
         inference.main(["-c", tiny_cfg[0], "--checkpoint", stored_config_checkpoint, "--input",
                         str(image_dir / "img0.png"), "--output", str(tmp_path / "b")])
-    msg = str(exc.value)
-    assert "\n" not in msg and len(msg.replace(stored_config_checkpoint, "").replace(str(tmp_path), "")) < 420
-    assert f"it was trained with {tiny_cfg[0]}, this run uses {tiny_cfg[0]}" in msg
-    assert "differing keys: enc_layers=1 (now 3), dec_layers=1 (now 3)" in msg and "tensors have other shapes" in msg
-    assert "; leave out -c (the tool then uses the config stored in the checkpoint) (full list in" in msg
+    msg = err["line"]
+    assert len(msg.replace(stored_config_checkpoint, "").replace(str(tmp_path), "")) < 540
+    assert f"it was trained with {tiny_cfg[0]}, this run's model comes from {tiny_cfg[0]}" in msg
+    assert "differing keys: hidden_dim=32 (now 128), dec_layers=1 (now 3), enc_layers=1 (now 3) (+3 more)" in msg
+    assert ("; leave out -c (the model is then built from the config stored in the checkpoint), or add --options "
+            "hidden_dim=32 dec_layers=1 enc_layers=1 nheads=4 dim_feedforward=64 num_queries=10 (full list in") in msg
+    assert "tensors differ" in msg
     assert "shape mismatches" in (tmp_path / "b" / "load_error.txt").read_text()
 
 
-def test_checkpoint_without_config_needs_c(tiny_checkpoint, image_dir, tmp_path):
-    with pytest.raises(SystemExit, match="stores no config .*pass -c"):
+def test_checkpoint_without_config_needs_c(tiny_checkpoint, image_dir, tmp_path, capsys):
+    with user_error(capsys, "stores no config .*pass -c"):
         inference.main(["--checkpoint", tiny_checkpoint, "--input", str(image_dir), "--output", str(tmp_path)])
 
 
@@ -109,18 +114,17 @@ def test_checkpoint_without_config_needs_c(tiny_checkpoint, image_dir, tmp_path)
                                      (["--checkpoint", "/nope.pth"], "--checkpoint /nope.pth"),
                                      (["--threshold", "2"], "must be in"),
                                      (["--names-from", "/nope.json"], "--names-from")])
-def test_bad_input_is_one_line_error(tiny_cfg, tiny_checkpoint, image_dir, tmp_path, bad, msg):
+def test_bad_input_is_one_line_error(tiny_cfg, tiny_checkpoint, image_dir, tmp_path, bad, msg, capsys):
     argv = {"--input": str(image_dir), "--checkpoint": tiny_checkpoint, "--threshold": "0.3"}
     argv[bad[0]] = bad[1]
     extra = [] if bad[0] in argv and bad[0] != "--names-from" else bad
-    with pytest.raises(SystemExit) as exc:
+    with user_error(capsys, re.escape(msg)):
         run(tiny_cfg, argv["--checkpoint"], argv["--input"], tmp_path, "--threshold", argv["--threshold"], *extra)
-    assert msg in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_empty_folder(tiny_cfg, tiny_checkpoint, tmp_path):
+def test_empty_folder(tiny_cfg, tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="has no images"):
+    with user_error(capsys, "has no images"):
         run(tiny_cfg, tiny_checkpoint, tmp_path / "empty", tmp_path / "o")
 
 
