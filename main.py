@@ -86,6 +86,10 @@ def _add_run_flags(g) -> None:
     g.add_argument("--amp", action="store_true", help="mixed precision: fp16 + GradScaler on CUDA, bf16 on CPU")
     g.add_argument("--save_results", action="store_true",
                    help="eval writes COCO-format detections to output_dir/results.json")
+    g.add_argument("--per_class", action="store_true", default=None,
+                   help="print the per-class AP table after --eval and training (default: when the data has at most "
+                        "100 classes); metrics.json always holds it")
+    g.add_argument("--no_per_class", dest="per_class", action="store_false", help="do not print the per-class table")
     g.add_argument("--debug", action="store_true", help="stop train/eval loops after a few iterations")
     g.add_argument("--save_log", action="store_true",
                    help="accepted for DINO compatibility (logs always go to info.txt)")

@@ -1,7 +1,8 @@
 """The config of a run: the key groups of its detector gathered into one schema, then loaded and checked.
 
-Groups: data (datasets/schema.py), optimisation (util/optim.py), runtime (util/host_memory.py), and the
-model groups of the chosen detector (models.key_groups). How a key is checked: util/config_schema.py.
+Groups: data (datasets/schema.py), optimisation (util/optim.py), checkpoints (engine/checkpoint_policy.py),
+runtime (util/host_memory.py), and the model groups of the chosen detector (models.key_groups). How a key is
+checked: util/config_schema.py.
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -13,7 +14,9 @@ from util.host_memory import RUNTIME_KEYS
 from util.optim import OPTIMISATION_KEYS
 from util.slconfig import ConfigError
 
-COMMON_GROUPS: Tuple[KeyGroup, ...] = (DATA_KEYS, OPTIMISATION_KEYS, RUNTIME_KEYS)
+from .checkpoint_policy import CHECKPOINT_KEYS
+
+COMMON_GROUPS: Tuple[KeyGroup, ...] = (DATA_KEYS, OPTIMISATION_KEYS, CHECKPOINT_KEYS, RUNTIME_KEYS)
 DEFAULT_DETECTOR = "dino"
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -63,6 +64,11 @@ class Run:
     @property
     def main_proc(self) -> bool:
         return dist_utils.is_main_process()
+
+    @property
+    def class_names(self) -> Dict[int, str]:
+        """Category id -> name of the val split's ground truth (stored in checkpoints, used by the tools)."""
+        return {int(c["id"]): str(c.get("name") or f"class {c['id']}") for c in self.base_ds.dataset["categories"]}
 
     def evaluate(self, model=None, **overrides):
         """(stats, evaluator) of `model` (default the trained one) on the val loader."""
@@ -154,9 +160,11 @@ def build_run(args) -> Run:
         data_counts["train_dropped_boxes"] = int(getattr(loaders.train.dataset, "num_degenerate_boxes", 0))
     logger.info("data: %s", ", ".join(f"{k}={v}" for k, v in data_counts.items()))
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
-    return Run(args, device, wrapped, model, criterion, postprocessors, loaders,
-               datasets_mod.get_coco_api_from_dataset(loaders.dataset_val), optimizer, lr_scheduler, per_iter,
-               scaler, n_parameters, data_counts, os.path.join(args.output_dir, "log.txt"))
+    run = Run(args, device, wrapped, model, criterion, postprocessors, loaders,
+              datasets_mod.get_coco_api_from_dataset(loaders.dataset_val), optimizer, lr_scheduler, per_iter,
+              scaler, n_parameters, data_counts, os.path.join(args.output_dir, "log.txt"))
+    args.class_names = run.class_names  # saved with the args in every checkpoint; the tools name classes by it
+    return run
 
 
 def resume(run: Run) -> None:
@@ -184,6 +192,9 @@ def resume(run: Run) -> None:
             args.start_epoch = int(ckpt["epoch"]) + 1
             if run.scaler is not None and ckpt.get("scaler"):
                 run.scaler.load_state_dict(ckpt["scaler"])
+        elif not args.eval and "epoch" in ckpt:  # weights only (engine/checkpoint_policy.py)
+            args.start_epoch = int(ckpt["epoch"]) + 1
+            restart_training_state(run, path)
     elif args.pretrain_model_path:
         ckpt = load_checkpoint(args.pretrain_model_path)
         load_weights(run, ckpt, args.pretrain_model_path, strict=False)
@@ -192,6 +203,19 @@ def resume(run: Run) -> None:
         run.ema = ModelEMA(run.model_without_ddp, args.ema_decay)
         if ema_state is not None:
             run.ema.load_state_dict(ema_state)
+
+
+def restart_training_state(run: Run, path: str) -> None:
+    """Training on from a checkpoint without optimizer state: fresh optimizer moments, and the per-epoch lr
+    schedule stepped to args.start_epoch so the lr is the one that epoch would have had."""
+    if run.args.start_epoch < run.args.epochs:
+        log.warning("%s has no optimizer state (final_checkpoint_optimizer=False, or a weights-only file): training "
+                    "on from epoch %d starts the optimizer's moments anew", path, run.args.start_epoch)
+    if not run.per_iter:
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(run.args.start_epoch):
+                run.lr_scheduler.step()
 
 
 def load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:

@@ -163,6 +163,8 @@ def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: O
     else:
         args = tool_args(config, options, device, flags)
         origin = f"model config: {config}"
+    stored_names = ((ckpt or {}).get("args") or {}).get("class_names") or {}
+    args.class_names = {int(k): str(v) for k, v in stored_names.items()}  # main.py stores its data's categories
     model, _, postprocessors = models.build_model(args)
     if ckpt is not None:
         state, _ = models.convert_state(ckpt["model"], args)

@@ -20,8 +20,12 @@ lr_backbone = 0.00025
 batch_size = 4
 epochs = 14
 lr_drop = 12
-save_checkpoint_interval = 100  # a demo keeps checkpoint.pth, the best one and the lr-drop epoch's (~0.5 GB)
+save_checkpoint_interval = 100
 clip_max_norm = 0.1
+# a demo keeps small files: no numbered checkpoints, the best epoch's weights only (none when it is the last)
+# and a last checkpoint.pth without optimizer state (see the README for the sizes)
+keep_checkpoints = 0
+final_checkpoint_optimizer = False
 
 hidden_dim = 128
 nheads = 8

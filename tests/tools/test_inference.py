@@ -54,8 +54,8 @@ def test_draw_uses_threshold_and_display_nms():
     result = {"scores": torch.tensor([0.9, 0.8, 0.1]), "labels": torch.tensor([1, 1, 2]),
               "boxes": torch.tensor([[100.0, 100, 400, 400], [100, 100, 400, 410], [450, 450, 600, 600]])}
     px = lambda im: torch.from_numpy(__import__("numpy").array(im)).permute(2, 0, 1)  # noqa: E731
-    (drawn, n_drawn), (raw, n_raw) = inference.draw(image, result, {1: "a"}, 0.5), \
-        inference.draw(image, result, {1: "a"}, 0.5, nms=False)
+    (drawn, n_drawn), (raw, n_raw) = draw.draw_prediction(image, result, {1: "a"}, 0.5), \
+        draw.draw_prediction(image, result, {1: "a"}, 0.5, nms_iou=None)
     assert (n_drawn, n_raw) == (1, 2)
     drawn, raw = px(drawn), px(raw)
     assert drawn[:, 600, 450].sum() == 0  # the low-score box (edge at x=450) was not drawn
@@ -150,3 +150,49 @@ def test_detections_are_a_direct_forward_rounded_as_results_json(tiny_cfg, tiny_
         assert g["image_id"] == e["image_id"] and g["category_id"] == e["category_id"]
         assert g["score"] == pytest.approx(e["score"], abs=1.1e-5)
         assert g["bbox"] == pytest.approx(e["bbox"], abs=1.1e-3)  # xywh via box_convert: last-digit ties
+
+
+def _annotation_with_boxes(tmp_path, image_dir):
+    """A COCO annotation file listing the two test images with one box each (class 3, then class 5)."""
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({
+        "images": [{"id": 10, "file_name": "img0.png", "width": 80, "height": 60},
+                   {"id": 11, "file_name": "img1.png", "width": 50, "height": 70}],
+        "annotations": [{"id": 1, "image_id": 10, "category_id": 3, "bbox": [10, 10, 50, 30]},
+                        {"id": 2, "image_id": 11, "category_id": 5, "bbox": [5, 20, 30, 30]}],
+        "categories": [{"id": 3, "name": "three"}, {"id": 5, "name": "five"}]}))
+    return str(path)
+
+
+def test_gt_overlays_the_ground_truth_and_gives_names_and_ids(tiny_cfg, tiny_checkpoint, image_dir, tmp_path,
+                                                             capsys):
+    gt = _annotation_with_boxes(tmp_path, image_dir)
+    dets = run(tiny_cfg, tiny_checkpoint, image_dir, tmp_path / "a", "--threshold", "0.99", "--gt", gt)
+    assert {d["image_id"] for d in dets} <= {10, 11}
+    out = capsys.readouterr().out
+    assert f"over the dashed ground truth of {gt}" in out and f"class names: {gt}" in out
+    picture = torch.from_numpy(__import__("numpy").array(Image.open(tmp_path / "a" / "img0.png"))).permute(2, 0, 1)
+    scale = draw.MIN_SIDE / 80  # upscaled for drawing
+    edge = picture[:, round(25 * scale), round(10 * scale) - 3:round(10 * scale) + 3]  # the box's left edge
+    assert any(col.tolist() == [int(draw.class_color(3)[i:i + 2], 16) for i in (1, 3, 5)] for col in edge.T)
+    (tmp_path / "gt_one.json").write_text(json.dumps({**json.loads(open(gt).read()), "images": [
+        {"id": 10, "file_name": "img0.png", "width": 80, "height": 60}]}))
+    with user_error(capsys, "--gt .*gt_one.json does not list img1.png"):
+        run(tiny_cfg, tiny_checkpoint, image_dir, tmp_path / "b", "--gt", str(tmp_path / "gt_one.json"))
+
+
+def test_a_picture_without_boxes_says_so():
+    image = Image.new("RGB", (640, 640), "black")
+    result = {"scores": torch.tensor([0.13, 0.05]), "labels": torch.tensor([1, 2]),
+              "boxes": torch.tensor([[100.0, 100, 400, 400], [450, 450, 600, 600]])}
+    picture, count = draw.draw_prediction(image, result, {}, 0.2)
+    px = torch.from_numpy(__import__("numpy").array(picture)).permute(2, 0, 1)
+    assert count == 0 and (px[:, 2:6, 2:6] == 255).all()  # the note's white label in the top-left corner
+    notes = []
+    real = draw.draw_detections
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(draw, "draw_detections", lambda *a, **kw: notes.append(a[6]) or real(*a, **kw))
+        draw.draw_prediction(image, result, {}, 0.2)
+        draw.draw_prediction(image, {k: v[:0] for k, v in result.items()}, {}, 0.2)
+        draw.draw_prediction(image, result, {}, 0.1)
+    assert notes == ["no box above 0.2 (highest score 0.13)", "no box above 0.2 (no detections)", None]
