@@ -15,13 +15,22 @@ from typing import List, Optional
 import models
 from datasets import DataError
 from engine import NonFiniteLossError, ResourceError
-from engine.cli import DEFAULT_CONFIG, add_config_arguments, load_args_config, resolve_device
+from engine.cli import (
+    DEFAULT_CONFIG,
+    add_config_arguments,
+    add_setup_note,
+    add_threads_argument,
+    load_args_config,
+    resolve_device,
+    start_threads,
+)
 from engine.config import describe
 from engine.run import build_run, resume, settle_output_dir
 from engine.training import evaluate_once, train, write_test_dev
 from util import dist as dist_utils
 from util.checkpoint import CheckpointError, missing_checkpoint_error, peek_checkpoint, resume_candidates
 from util.cli import INTERRUPTED, USER_ERROR, ArgumentParser, one_line
+from util.cpu_threads import install as install_threads
 from util.log_records import LogRecordError
 from util.logger import LOGGER_NAME
 from util.slconfig import ConfigError
@@ -71,6 +80,7 @@ def _add_run_flags(g) -> None:
                         "%%t = start time; --eval/--test write to <folder>/eval/<checkpoint stem> unless given "
                         "a folder that holds no training run")
     g.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'")
+    add_threads_argument(g)
     g.add_argument("--seed", type=int, default=42, help="random seed; each process uses seed + rank")
     g.add_argument("--resume", default="", help="checkpoint to resume from (wins over auto-resume from output_dir)")
     g.add_argument("--pretrain_model_path", default=None,
@@ -149,6 +159,7 @@ def _check_run_flags(args) -> None:
 def main(args: argparse.Namespace):
     """Run training (or evaluation with --eval, test-dev with --test); returns the last stats dict."""
     dist_utils.init_distributed_mode(args)
+    add_setup_note(args, start_threads(args.threads, logging.getLogger(LOGGER_NAME).info)[1])
     run = None
     try:
         settle_output_dir(args)
@@ -165,6 +176,7 @@ def main(args: argparse.Namespace):
         # deadlock at exit (seen in 2 of 7 runs of tests/test_distributed.py on torch 2.11). So the
         # model goes first, and the group with destroy_process_group, which releases the GIL.
         run = None
+        install_threads(None)
         if dist_utils.is_dist():
             gc.collect()
         dist_utils.cleanup()

@@ -13,6 +13,8 @@ import torch
 from datasets import category_names
 from util.checkpoint import peek_checkpoint, resume_candidates
 from util.config_schema import same_value
+from util.cpu_threads import THREADS_HELP, ThreadPolicy
+from util.cpu_threads import install as install_threads
 from util.slconfig import ConfigError, DictAction
 
 from .config import all_groups, flag_keys, is_stored_config, load_config, resolve_stored
@@ -42,6 +44,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_default: Option
             else:
                 arguments.add_argument(*names, dest=key, type={"int": int, "float": float}.get(spec.kind, str),
                                        default=None, metavar=key.upper(), help=help_text)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """--threads (util/cpu_threads.py): auto, all or N."""
+    parser.add_argument("--threads", default=default, metavar="auto|all|N",
+                        help=f"{THREADS_HELP} (default {default})")
+
+
+def start_threads(requested: str, say) -> Tuple[ThreadPolicy, str]:
+    """The process's ThreadPolicy, started and installed (the progress loop revisits it), and the line saying
+    the count; a bad value is a ConfigError."""
+    try:
+        policy = ThreadPolicy(requested, say=say)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    line = policy.start()
+    install_threads(policy)
+    return policy, line
 
 
 def given_config_flags(args: argparse.Namespace) -> Dict[str, Any]:

@@ -48,6 +48,7 @@ from tools.common import (  # noqa: E402
     config_flags,
     config_image_size,
     count_parameters,
+    print_threads,
     tool_args,
 )
 from util.cli import ArgumentParser, fail, run_guarded  # noqa: E402
@@ -288,7 +289,8 @@ def run_train_step(opts) -> List[Dict]:
     """Time one training step per variant. The variants' repeats are interleaved (round
     robin), so that a change of machine load during the run affects every variant alike."""
     device = torch.device(opts.device)
-    h, w = opts.image_size
+    h, w = opts.image_size or config_image_size(tool_args(opts.config_file, opts.options, opts.device,
+                                                          config_flags(opts)))
     steps = {name: make_train_step(name, opts, device, h, w) for name in opts.variants}
     for step, _ in steps.values():
         step()  # warm-up (allocator, kernel selection)
@@ -308,7 +310,7 @@ def run_train_step(opts) -> List[Dict]:
                      "params_total": total, "params_trainable": trainable})
     base = next((r for r in rows if r["variant"] == "dino"), rows[0])
     print(f"train step: {opts.config_file}, image {h}x{w}, batch 1, {TRAIN_STEP_DEFAULTS['boxes']} boxes, "
-          f"device {device}, median of {opts.repeats} interleaved repeats")
+          f"device {device} ({torch.get_num_threads()} CPU threads), median of {opts.repeats} interleaved repeats")
     print("| variant | fwd+bwd time (s) | vs dino | peak memory (MiB) | params (M) | params delta vs dino |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -325,11 +327,11 @@ def run_train_step(opts) -> List[Dict]:
 
 def get_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(p, config_help="config (default: DINO_synthetic.py for inference, DINO_4scale.py for "
-                                       "--train-step)")
+    add_model_arguments(p, threads="all", config_help="config (default: DINO_synthetic.py for inference, "
+                                                      "DINO_4scale.py for --train-step)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="input size (default: the config's evaluation size, e.g. 176 176 for the default config and "
-                        "800 1333 for DINO_4scale.py; 320 480 for --train-step)")
+                        "800 1333 for DINO_4scale.py; --train-step without -c: 320 480)")
     p.add_argument("--runs", type=int, default=10, help="timed inference runs (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
     p.add_argument("--msda-backend", default=None, choices=["auto", "compiled", "pytorch"],
@@ -351,6 +353,7 @@ def main(argv: Optional[List[str]] = None):
     opts = get_parser().parse_args(argv)
     if opts.runs < 1 or opts.repeats < 1:
         fail("benchmark.py", "--runs and --repeats must be >= 1")
+    run_guarded("benchmark.py", lambda: print_threads(opts), TOOL_ERRORS)
     if opts.msda_backend:  # a config key: the model builder applies it
         opts.options = dict(opts.options or {}, msda_backend=opts.msda_backend)
     if opts.backbones is not None:
@@ -365,8 +368,9 @@ def main(argv: Optional[List[str]] = None):
         bad = [v for v in opts.variants if v not in VARIANTS]
         if bad or not opts.variants:
             fail("benchmark.py", f"--variants {bad or '(empty)'}: choose from {', '.join(VARIANTS)}")
-        opts.config_file = opts.config_file or TRAIN_STEP_DEFAULTS["config"]
-        opts.image_size = opts.image_size or TRAIN_STEP_DEFAULTS["image_size"]
+        if opts.config_file is None:  # the AugDETR cost table's setting: DINO-4scale R50 at a CPU-sized 320x480
+            opts.config_file = TRAIN_STEP_DEFAULTS["config"]
+            opts.image_size = opts.image_size or TRAIN_STEP_DEFAULTS["image_size"]
         return run_guarded("benchmark.py", lambda: run_train_step(opts), TOOL_ERRORS)
     opts.config_file = opts.config_file or DEFAULT_CONFIG
     return run_guarded("benchmark.py", lambda: run_flops_only(opts) if opts.flops_only else run_inference(opts),

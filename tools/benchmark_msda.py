@@ -20,6 +20,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler quiet
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.cli import add_threads_argument, start_threads  # noqa: E402
 from models.dino.ops import (  # noqa: E402
     _build,
     _library,
@@ -145,7 +146,9 @@ def main(argv=None):
                         help="image size the level shapes come from (default 800 1333; 512 512 with --quick)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; 5 with --quick)")
+    add_threads_argument(parser, "all")
     args = parser.parse_args(argv)
+    print(start_threads(args.threads, print)[1])
     if args.device == "cuda" and not torch.cuda.is_available():
         fail("benchmark_msda.py", "--device cuda but no CUDA device is visible (torch.cuda.is_available() is False)")
     dtype = DTYPES[args.dtype]

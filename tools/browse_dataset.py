@@ -23,7 +23,7 @@ from torchvision.ops import box_convert
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from engine.cli import DEFAULT_CONFIG  # noqa: E402
-from tools.common import TOOL_ERRORS, ToolError, add_model_arguments, tool_args  # noqa: E402
+from tools.common import TOOL_ERRORS, ToolError, add_model_arguments, print_threads, tool_args  # noqa: E402
 from util.cli import ArgumentParser, run_guarded  # noqa: E402
 from util.visualize import draw_detections, tensor_to_pil, tile  # noqa: E402
 
@@ -97,6 +97,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
     opts = get_parser().parse_args(argv)
+    run_guarded("browse_dataset.py", lambda: print_threads(opts), TOOL_ERRORS)
     return run_guarded("browse_dataset.py", lambda: browse(opts), TOOL_ERRORS)
 
 

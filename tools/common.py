@@ -16,7 +16,15 @@ import torch
 
 import models
 from datasets import DataError
-from engine.cli import add_config_arguments, apply_config, given_config_flags, given_on_top, resolve_device
+from engine.cli import (
+    add_config_arguments,
+    add_threads_argument,
+    apply_config,
+    given_config_flags,
+    given_on_top,
+    resolve_device,
+    start_threads,
+)
 from engine.config import is_stored_config, load_config, resolve_stored
 from engine.misfit import misfit_error
 from util import host_memory
@@ -36,12 +44,19 @@ TOOL_ERRORS = (ToolError, CheckpointError, ConfigError, DataError, LogRecordErro
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, config_default: Optional[str] = None,
-                        config_help: Optional[str] = None, with_device: bool = True) -> None:
-    """-c, --options, the config-key flags (as main.py has them) and --device."""
+                        config_help: Optional[str] = None, with_device: bool = True, threads: str = "auto") -> None:
+    """-c, --options, the config-key flags (as main.py has them), --device and --threads (default `threads`:
+    'auto' for the tools that use a model, 'all' for the benchmarks, whose figures are per core count)."""
     add_config_arguments(parser, config_default, config_help or "config file (default: the checkpoint's stored "
                                                                 "config, when it has one)")
     if with_device:
         parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    add_threads_argument(parser, threads)
+
+
+def print_threads(opts: argparse.Namespace) -> None:
+    """Set the tool's CPU thread count from its --threads (util/cpu_threads.py) and print the line saying it."""
+    print(start_threads(opts.threads, print)[1])
 
 
 def config_flags(opts: argparse.Namespace) -> Dict[str, Any]:

@@ -33,7 +33,14 @@ from torchvision.ops import box_convert
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.common import TOOL_ERRORS, ToolError, add_model_arguments, config_flags, load_tool_model  # noqa: E402
+from tools.common import (  # noqa: E402
+    TOOL_ERRORS,
+    ToolError,
+    add_model_arguments,
+    config_flags,
+    load_tool_model,
+    print_threads,
+)
 from util.checkpoint import missing_checkpoint_error  # noqa: E402
 from util.cli import ArgumentParser, run_guarded  # noqa: E402
 from util.visualize import DISPLAY_NMS_IOU, GroundTruth, draw_prediction  # noqa: E402
@@ -210,6 +217,7 @@ def run(opts) -> List[Dict]:
     if not os.path.isfile(opts.checkpoint):
         raise missing_checkpoint_error(opts.checkpoint, "--checkpoint")
     files = list_images(opts.input)
+    print_threads(opts)
     annotation = opts.names_from or (opts.gt if not opts.names else None)  # names and image ids
     names = load_names(annotation, opts.names)
     truth = ground_truth(opts.gt, files) if opts.gt else [None] * len(files)

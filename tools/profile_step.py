@@ -229,6 +229,7 @@ def get_parser() -> argparse.ArgumentParser:
     from util.cli import ArgumentParser
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p, config_default="config/DINO/DINO_4scale.py", config_help="config (default DINO_4scale)",
+                        threads="all",
                         with_device=False)
     _step_arguments(p)
     p.add_argument("--against", default=None, metavar="REV", help="compare with this commit (a git worktree)")
@@ -254,9 +255,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         opts.options = {k: parse_option_value(v) for k, v in (o.split("=", 1) for o in opts.options)}
         opts.config_flags = {}
         return child(opts)
-    from tools.common import config_flags
-    from util.cli import fail
+    from tools.common import TOOL_ERRORS, config_flags, print_threads
+    from util.cli import fail, run_guarded
     opts = get_parser().parse_args(argv)
+    run_guarded("profile_step.py", lambda: print_threads(opts), TOOL_ERRORS)
     opts.config_flags = config_flags(opts)
     if min(opts.image_size) < 32 or opts.batch < 1 or opts.repeats < 1 or opts.boxes < 0:
         fail("profile_step.py", "need --image-size >= 32, --batch >= 1, --repeats >= 1, --boxes >= 0")

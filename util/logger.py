@@ -21,6 +21,8 @@ from typing import Dict, Iterable, Optional, TextIO
 import torch
 from termcolor import colored
 
+from util import cpu_threads
+
 LOGGER_NAME = "detr"
 PROGRESS_FULL, PROGRESS_COMPACT = "full", "compact"  # the `progress` attribute of progress records
 LEVEL_COLOURS = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "red"}
@@ -192,6 +194,7 @@ class MetricLogger:
         it_time = SmoothedValue()
         for i, item in enumerate(iterable):
             yield item
+            cpu_threads.between_iterations()  # follows the free CPU cores (util/cpu_threads.py)
             now = time.time()
             it_time.update(now - last)
             last = now
