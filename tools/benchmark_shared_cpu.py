@@ -3,7 +3,7 @@ single-threaded busy loop, and next to a second run of the same kind, per thread
 the idle time side by side. It starts the competing load itself.
 
     python tools/benchmark_shared_cpu.py [--settings fixed,auto] [--scenarios idle,busy,pair]
-        [--iterations 8] [--warmup 3] [-c CONFIG] [--options KEY=VALUE ...]
+        [--iterations 8] [--warmup 3] [--settle S] [-c CONFIG] [--options KEY=VALUE ...]
 
 Settings: 'fixed' = one thread per core whatever else runs (main.py before --threads auto), 'auto'
 (main.py's default since, util/cpu_threads.py), 'passive' = 'fixed' with OMP_WAIT_POLICY=PASSIVE (OpenMP
@@ -11,8 +11,9 @@ threads sleep at the end of a parallel loop instead of spinning), or a number N 
 Scenarios: 'idle' (the run alone), 'busy' (a single-threaded busy loop started a second before the run, on
 no particular core) and 'pair' (two runs started together; the mean of their two times).
 Each measurement is a fresh process running main.py's setup (build_args, the thread choice, build_run) and
-engine.train_one_epoch over `warmup + iterations` batches of the config's train loader; its time is the
-median of the last `iterations` iteration times. The thread counts a run used are printed with its time.
+engine.train_one_epoch on the config's train loader: `warmup` untimed iterations, continued for 'auto' until
+its first revisit of the thread count (--settle, 12 s by default), then `iterations` timed ones; its time is
+their median. The thread counts a run used (the first, then each change) are printed with its time.
 Figures depend on the machine being otherwise idle: run it alone.
 """
 import argparse
@@ -28,6 +29,7 @@ from typing import Dict, List, Optional
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from util.cli import ArgumentParser, fail  # noqa: E402
+from util.cpu_threads import INTERVAL_S  # noqa: E402
 from util.slconfig import DictAction  # noqa: E402
 
 SCENARIOS = ("idle", "busy", "pair")
@@ -36,21 +38,30 @@ BUSY_LOOP = "while True:\n    pass\n"
 
 
 class Timed:
-    """The first `n` batches of a loader, with the time each was asked for (one per training iteration)."""
+    """The batches of a loader for `warmup` untimed iterations, continued until `settle_s` seconds have passed
+    (so that --threads auto has looked at the machine again, see util/cpu_threads.INTERVAL_S), then `timed`
+    more; `times` holds the timed iterations' durations (the time between two batches being asked for)."""
 
-    def __init__(self, loader, n: int):
-        self.loader, self.n, self.stamps = loader, n, []
+    def __init__(self, loader, warmup: int, timed: int, settle_s: float):
+        self.loader, self.warmup, self.timed = loader, warmup, timed
+        self.settle_until = time.perf_counter() + settle_s
+        self.times: List[float] = []
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.loader)
 
     def __iter__(self):
+        stamp, first_timed = time.perf_counter(), None
         for i, batch in enumerate(self.loader):
-            if i == self.n:
+            if first_timed is None and i >= self.warmup and time.perf_counter() >= self.settle_until:
+                first_timed = i
+            if first_timed is not None and i == first_timed + self.timed:
                 break
-            self.stamps.append(time.perf_counter())
             yield batch
-        self.stamps.append(time.perf_counter())
+            now = time.perf_counter()
+            if first_timed is not None:
+                self.times.append(now - stamp)
+            stamp = now
 
 
 def worker(opts) -> Dict:
@@ -70,11 +81,14 @@ def worker(opts) -> Dict:
         policy, line = start_threads(args.threads, lambda text: changes.append(policy.threads))
         initial = policy.threads
         run = build_run(args)
-        batches = Timed(run.loaders.train, opts.warmup + opts.iterations)
+        settle_s = opts.settle if opts.settle is not None else (INTERVAL_S + 2 if policy.fixed is None else 0.0)
+        batches = Timed(run.loaders.train, opts.warmup, opts.iterations, settle_s)
         train_one_epoch(run.model, run.criterion, batches, run.optimizer, run.device, 0,
                         max_norm=args.clip_max_norm)
-    times = [b - a for a, b in zip(batches.stamps, batches.stamps[1:])][opts.warmup:]
-    return {"s_per_it": statistics.median(times), "threads": [initial] + changes, "start": line}
+    if len(batches.times) < opts.iterations:
+        fail("benchmark_shared_cpu.py", f"the train loader ended after {len(batches.times)} timed iterations of "
+                                        f"{opts.iterations}: lower --iterations, --warmup or --settle")
+    return {"s_per_it": statistics.median(batches.times), "threads": [initial] + changes, "start": line}
 
 
 def measure(setting: str, scenario: str, opts) -> Dict:
@@ -85,6 +99,7 @@ def measure(setting: str, scenario: str, opts) -> Dict:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     command = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", threads, "--iterations",
                str(opts.iterations), "--warmup", str(opts.warmup), "-c", opts.config_file,
+               *(["--settle", str(opts.settle)] if opts.settle is not None else []),
                *(["--options", *(f"{k}={v}" for k, v in opts.options.items())] if opts.options else [])]
     busy = None
     if scenario == "busy":
@@ -130,6 +145,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {', '.join(SCENARIOS)}")
     p.add_argument("--iterations", type=int, default=8, help="timed iterations per run (default 8)")
     p.add_argument("--warmup", type=int, default=3, help="untimed first iterations (default 3)")
+    p.add_argument("--settle", type=float, default=None, metavar="S",
+                   help=f"untimed seconds at least (default: {INTERVAL_S + 2:g} for auto, after which it has "
+                        f"revisited its thread count once; 0 for a fixed count)")
     p.add_argument("-c", "--config_file", default="config/DINO/DINO_synthetic.py", help="config (default main.py's)")
     p.add_argument("--options", nargs="+", action=DictAction, metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -139,8 +157,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None):
     opts = get_parser().parse_args(argv)
-    if opts.iterations < 1 or opts.warmup < 1:
-        fail("benchmark_shared_cpu.py", "--iterations and --warmup must be >= 1")
+    if opts.iterations < 1 or opts.warmup < 1 or (opts.settle or 0) < 0:
+        fail("benchmark_shared_cpu.py", "--iterations and --warmup must be >= 1, --settle >= 0")
     if opts.worker:
         print(RESULT + json.dumps(worker(opts)), flush=True)
         return None
@@ -151,7 +169,9 @@ def main(argv: Optional[List[str]] = None):
     if bad or not settings or not scenarios:
         fail("benchmark_shared_cpu.py", f"{bad or '(empty)'}: settings are fixed, auto, passive or N; scenarios "
                                         f"{', '.join(SCENARIOS)}")
-    print(f"{opts.config_file}: {opts.iterations} timed train iterations after {opts.warmup} per run, "
+    untimed = f"{opts.warmup} untimed" + (f" and {opts.settle:g} s" if opts.settle is not None else
+                                          f" (auto: and at least {INTERVAL_S + 2:g} s)")
+    print(f"{opts.config_file}: {opts.iterations} timed train iterations after {untimed} per run, "
           f"{len(os.sched_getaffinity(0))} CPUs; scenarios {', '.join(scenarios)}")
     rows = {}
     for setting in settings:
