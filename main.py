@@ -9,19 +9,28 @@ import argparse
 import gc
 import logging
 import os
-import re
 import sys
 from typing import List, Optional
 
 import models
 from datasets import DataError
 from engine import NonFiniteLossError, ResourceError
-from engine.cli import DEFAULT_CONFIG, add_config_arguments, load_args_config, resolve_device
+from engine.cli import (
+    DEFAULT_CONFIG,
+    add_config_arguments,
+    add_setup_note,
+    add_threads_argument,
+    load_args_config,
+    resolve_device,
+    start_threads,
+)
 from engine.config import describe
 from engine.run import build_run, hold_output_dir, resume, settle_output_dir
 from engine.training import evaluate_once, train, write_test_dev
 from util import dist as dist_utils
-from util.checkpoint import CheckpointError
+from util.checkpoint import CheckpointError, missing_checkpoint_error, peek_checkpoint, resume_candidates
+from util.cli import INTERRUPTED, USER_ERROR, ArgumentParser, one_line
+from util.cpu_threads import install as install_threads
 from util.disk import DiskWriteError
 from util.log_records import LogRecordError
 from util.logger import LOGGER_NAME
@@ -51,9 +60,10 @@ EPILOG = """examples:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="main.py", description="Training and evaluation of this project's detectors",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(p, DEFAULT_CONFIG)
+    p = ArgumentParser(prog="main.py", description="Training and evaluation of this project's detectors",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p, None, f"Python config file (default {DEFAULT_CONFIG}; --eval / --test without -c: the "
+                                  f"config stored in the checkpoint, --options and flags on top)")
     p.add_argument("--print_config", action="store_true",
                    help="print every resolved config key with its value and meaning, then exit")
     data = p.add_argument_group("data paths")
@@ -74,6 +84,7 @@ def _add_run_flags(g) -> None:
                         "%%t = start time; --eval/--test write to <folder>/eval/<checkpoint stem> unless given "
                         "a folder that holds no training run")
     g.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'")
+    add_threads_argument(g)
     g.add_argument("--seed", type=int, default=42, help="random seed; each process uses seed + rank")
     g.add_argument("--resume", default="", help="checkpoint to resume from (wins over auto-resume from output_dir)")
     g.add_argument("--pretrain_model_path", default=None,
@@ -89,6 +100,10 @@ def _add_run_flags(g) -> None:
     g.add_argument("--amp", action="store_true", help="mixed precision: fp16 + GradScaler on CUDA, bf16 on CPU")
     g.add_argument("--save_results", action="store_true",
                    help="eval writes COCO-format detections to output_dir/results.json")
+    g.add_argument("--per_class", action="store_true", default=None,
+                   help="print the per-class AP table after --eval and training (default: when the data has at most "
+                        "100 classes); metrics.json always holds it")
+    g.add_argument("--no_per_class", dest="per_class", action="store_false", help="do not print the per-class table")
     g.add_argument("--debug", action="store_true", help="stop train/eval loops after a few iterations")
     g.add_argument("--save_log", action="store_true",
                    help="accepted for DINO compatibility (logs always go to info.txt)")
@@ -110,15 +125,23 @@ def _add_distributed_flags(g) -> None:
 
 
 def build_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Parse argv, load and check the config (file < --options < config flags), copy its keys onto args."""
+    """Parse argv, check the checkpoint files named, load and check the config (file < --options < config
+    flags; --eval / --test: the checkpoint's stored config unless -c is given), copy its keys onto args."""
     parser = get_args_parser()
-    args = load_args_config(parser.parse_args(argv), parser)
+    args = parser.parse_args(argv)
+    args.config_given = args.config_file is not None
+    args.config_file = args.config_file or DEFAULT_CONFIG
     args.output_dir_given = args.output_dir is not None
     if args.output_dir is None:
         args.output_dir = os.path.join("logs", os.path.splitext(os.path.basename(args.config_file))[0])
-    args.device = resolve_device(args.device)
     if args.test:
         args.eval = True  # no training; the test split replaces the val split
+    for flag in ("resume", "pretrain_model_path"):  # before anything is read or built
+        path = vars(args)[flag]
+        if path and not os.path.isfile(path):
+            raise missing_checkpoint_error(path, f"--{flag}")
+    args = load_args_config(args, parser)
+    args.device = resolve_device(args.device)
     _check_run_flags(args)
     return args
 
@@ -144,6 +167,7 @@ def main(args: argparse.Namespace):
     Preempted. In a distributed run, an error that came from a peer that is gone becomes a one-line
     PeerLostError naming that rank (util/rank_watch.py)."""
     dist_utils.init_distributed_mode(args)
+    add_setup_note(args, start_threads(args.threads, logging.getLogger(LOGGER_NAME).info)[1])
     run = lock = None
     WATCH.install()
     try:
@@ -177,6 +201,7 @@ def main(args: argparse.Namespace):
         # deadlock at exit (seen in 2 of 7 runs of tests/test_distributed.py on torch 2.11). So the
         # model goes first, and the group with destroy_process_group, which releases the GIL.
         run = None
+        install_threads(None)
         if dist_utils.is_dist():
             gc.collect()
         dist_utils.cleanup()
@@ -189,20 +214,11 @@ def user_error_types() -> tuple:
             DiskWriteError, RunLockError, PeerLostError)
 
 
-def one_line(err: BaseException) -> str:
-    """The user-facing line of `err`. A DataLoader worker re-raises the worker's exception with the
-    whole worker traceback as its message; its last line holds the original message."""
-    text = str(err).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = re.sub(r"^[\w.]+(Error|Exception): ", "", last)
-    return " ".join(text.split()) or type(err).__name__
-
-
 def cli(argv: Optional[List[str]] = None) -> int:
     """`python main.py`: known user errors print `error: <message>` to stderr and return 2; a preemption
-    signal (the run checkpointed) prints `preempted: <message>` and returns EXIT_PREEMPTED (75); anything
-    else (a bug) keeps its traceback."""
+    signal (the run checkpointed) prints `preempted: <message>` and returns EXIT_PREEMPTED (75); Ctrl-C
+    prints one line saying how to resume and returns 130; anything else (a bug) keeps its traceback."""
+    args = None
     try:
         args = build_args(argv)
         if args.print_config:
@@ -216,7 +232,10 @@ def cli(argv: Optional[List[str]] = None) -> int:
         return EXIT_PREEMPTED
     except user_error_types() as err:
         _report(one_line(err), "error", logging.ERROR)
-        return 2
+        return USER_ERROR
+    except KeyboardInterrupt:
+        print(f"\n{interrupted_line(args, argv if argv is not None else sys.argv[1:])}", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 
@@ -227,6 +246,33 @@ def _report(message: str, prefix: str, level: int) -> None:
         if isinstance(h, logging.FileHandler):
             h.handle(log.makeRecord(log.name, level, __file__, 0, message, None, None))
     print(f"{prefix}: {message}", file=sys.stderr)
+
+
+def interrupted_line(args: Optional[argparse.Namespace], argv: List[str]) -> str:
+    """What to do after Ctrl-C: the same command resumes from the newest checkpoint of output_dir (named with
+    its epoch), or there is none yet."""
+    if args is None or args.eval:
+        return "interrupted (Ctrl-C) before training started; nothing to resume"
+    found = resume_candidates(args.output_dir)
+    command = " ".join(["python main.py", *resume_argv(argv, args.output_dir)])
+    if not found:
+        return f"interrupted (Ctrl-C) before the first checkpoint; `{command}` starts again"
+    epoch = peek_checkpoint(found[0]).get("epoch")
+    done = f" (epoch {epoch} done)" if isinstance(epoch, int) else ""
+    return f"interrupted (Ctrl-C); to resume from {found[0]}{done}, run the same command: `{command}`"
+
+
+def resume_argv(argv: List[str], output_dir: str) -> List[str]:
+    """argv with --output_dir set to the folder the run used (its %j / %t expanded), so it auto-resumes."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--output_dir":
+            skip = True
+        elif not token.startswith("--output_dir="):
+            out.append(token)
+    return [*out, "--output_dir", output_dir]
 
 
 if __name__ == "__main__":

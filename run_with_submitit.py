@@ -17,13 +17,15 @@ continues from that checkpoint, mid-epoch.
 """
 import argparse
 import os
-import sys
 from typing import List, Optional
+
+from util.cli import ArgumentParser, fail, run_guarded
+
+PROG = "run_with_submitit.py"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                add_help=True)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=True)
     p.add_argument("--ngpus", type=int, default=8, help="GPUs (tasks) per node (default 8)")
     p.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
     p.add_argument("--timeout", type=int, default=2880, help="job time limit in minutes (default 2880)")
@@ -69,13 +71,14 @@ class Trainer:
 def main(argv: Optional[List[str]] = None):
     opts, main_argv = get_parser().parse_known_args(argv)
     if opts.ngpus < 1 or opts.nodes < 1:
-        sys.exit("run_with_submitit.py: error: --ngpus and --nodes must be >= 1")
+        fail(PROG, "--ngpus and --nodes must be >= 1")
     try:
         import submitit
     except ImportError:
-        sys.exit("run_with_submitit.py: error: submitit is not installed; run `pip install submitit`")
+        fail(PROG, "submitit is not installed; run `pip install submitit`")
     import main as main_mod
-    main_mod.build_args(main_argv)  # fail here, not on the cluster, on a bad config or flag
+    # fail here, not on the cluster, on a bad config or flag
+    run_guarded(PROG, lambda: main_mod.build_args(main_argv), main_mod.user_error_types())
     executor = submitit.AutoExecutor(folder=opts.job_dir, slurm_max_num_timeout=30)
     params = dict(gpus_per_node=opts.ngpus, tasks_per_node=opts.ngpus, cpus_per_task=opts.cpus_per_task,
                   nodes=opts.nodes, timeout_min=opts.timeout, name="augdetr")

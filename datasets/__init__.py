@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from datasets.coco import BadImageError, CocoDetection, DataError
+from datasets.coco import BadImageError, CocoDetection, DataError, category_names
 from datasets.coco import build as build_coco
 
 
@@ -22,18 +22,23 @@ def default_synthetic_dir() -> str:
     return os.path.join(cache, "synthetic-v1")
 
 
-def build_dataset(image_set: str, args) -> torch.utils.data.Dataset:
-    """Builder reading ``args.dataset_file`` ('coco' or 'synthetic') and the data keys of ``args``."""
+def dataset_root(args) -> str:
+    """The COCO-layout folder ``args`` names: --coco_path for dataset_file='coco', else the synthetic set
+    (generated on first use, see datasets/synthetic.py)."""
     if args.dataset_file == "coco":
         if not args.coco_path:
             raise DataError("dataset_file='coco' needs --coco_path /path/to/coco (or use -c "
                             "config/DINO/DINO_synthetic.py for the synthetic dataset)")
-        return build_coco(image_set, args, args.coco_path)
+        return args.coco_path
     from datasets.synthetic import ensure_synthetic_dataset
-    root = ensure_synthetic_dataset(args.synthetic_dir or default_synthetic_dir(), num_train=args.synthetic_num_train,
+    return ensure_synthetic_dataset(args.synthetic_dir or default_synthetic_dir(), num_train=args.synthetic_num_train,
                                     num_val=args.synthetic_num_val, image_size=args.synthetic_image_size,
                                     seed=args.synthetic_seed)
-    return build_coco(image_set, args, root)
+
+
+def build_dataset(image_set: str, args) -> torch.utils.data.Dataset:
+    """Builder reading ``args.dataset_file`` ('coco' or 'synthetic') and the data keys of ``args``."""
+    return build_coco(image_set, args, dataset_root(args))
 
 
 def get_coco_api_from_dataset(dataset):
@@ -45,5 +50,5 @@ def get_coco_api_from_dataset(dataset):
     return dataset.coco
 
 
-__all__ = ["BadImageError", "CocoDetection", "DataError", "build_dataset", "get_coco_api_from_dataset",
-           "default_synthetic_dir"]
+__all__ = ["BadImageError", "CocoDetection", "DataError", "build_dataset", "category_names", "dataset_root",
+           "get_coco_api_from_dataset", "default_synthetic_dir"]

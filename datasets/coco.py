@@ -267,23 +267,37 @@ SPLITS = {"train": ("train2017", "instances_train2017.json"), "val": ("val2017",
           "test": ("test2017", "image_info_test-dev2017.json")}
 
 
-def build(image_set: str, args, root: Optional[str] = None) -> CocoDetection:
-    """Builder: COCO layout at ``root`` (None: ``args.coco_path``) for 'train', 'val' or 'test'
-    (transforms and classes from ``args``)."""
-    root = args.coco_path if root is None else root
+def split_files(root: Optional[str], image_set: str) -> Tuple[Path, Path]:
+    """(image folder, annotation file) of split `image_set` ('train', 'val' or 'test') in the COCO layout
+    at `root`; DataError naming what is missing."""
     if image_set not in SPLITS:
         raise DataError(f"unknown image_set {image_set!r}: use 'train', 'val' or 'test'")
     if not root or not os.path.isdir(root):
         raise DataError(f"coco_path {root!r} is not a directory; pass --coco_path DIR with train2017/, val2017/, "
                         f"annotations/")
-    root = Path(root)
     folder, ann_name = SPLITS[image_set]
-    img_folder = root / folder
-    ann_file = root / "annotations" / ann_name
+    img_folder = Path(root) / folder
+    ann_file = Path(root) / "annotations" / ann_name
     if not img_folder.is_dir():
         raise DataError(f"image folder {img_folder} is missing; coco_path must hold {folder}/ with the images")
     if not ann_file.is_file():
         raise DataError(f"annotation file {ann_file} is missing; coco_path must hold annotations/{ann_name}")
+    return img_folder, ann_file
+
+
+def category_names(root: str, image_set: str) -> Dict[int, str]:
+    """Category id -> name of split `image_set` at `root` (a category without a name gets 'class <id>');
+    the annotation file is read and checked as the dataset reads it."""
+    _, ann_file = split_files(root, image_set)
+    data = load_coco_json(str(ann_file), images_only=image_set == "test")
+    check_category_ids(data, str(ann_file), None, None)
+    return {int(c["id"]): str(c.get("name") or f"class {c['id']}") for c in data["categories"]}
+
+
+def build(image_set: str, args, root: Optional[str] = None) -> CocoDetection:
+    """Builder: COCO layout at ``root`` (None: ``args.coco_path``) for 'train', 'val' or 'test'
+    (transforms and classes from ``args``)."""
+    img_folder, ann_file = split_files(args.coco_path if root is None else root, image_set)
     transforms = transforms_from_args("train" if image_set == "train" else "val", args)  # test: val's
     return CocoDetection(img_folder, ann_file, transforms=transforms,
                          num_classes=args.num_classes, dn_labelbook_size=args.dn_labelbook_size,

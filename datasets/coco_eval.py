@@ -3,13 +3,16 @@
 Detections are kept per image as one float32 (K, 6) array ``[x, y, w, h, score, label]``
 (COCO xywh, absolute pixels of the stored image), gathered across ranks, and handed to
 pycocotools (or faster-coco-eval, same API and numbers) in a single ``loadRes`` call.
-pycocotools' progress prints are captured; only the final summary table is printed.
+pycocotools' prints are captured. What is shown and written uses one scale, AP x 100 (as papers and
+detectron2 print it): ``named_stats`` (the 12 numbers by name), ``per_class`` (AP and AP50 per category) and
+the summary ``summarize`` logs; ``stats`` keeps COCO's own 0-1 numbers (log.txt's test_coco_eval_bbox, DINO's
+format).
 
     python -m datasets.coco_eval --compare DIR   # time both backends on DIR's val split
 """
-import argparse
 import contextlib
 import io
+import logging
 import os
 import time
 from typing import Dict, List, Optional, Sequence
@@ -19,8 +22,24 @@ import torch
 from torchvision.ops import box_convert
 
 from util import dist as dist_utils
+from util.cli import ArgumentParser
+from util.logger import FILE_ONLY, LOGGER_NAME
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def percent(value: float) -> Optional[float]:
+    """A COCO number (0-1, -1 = nothing to measure) as AP x 100 rounded to 0.01, None for -1."""
+    return None if value < 0 else round(100.0 * float(value), 2)
+
+
+def metrics_lines(named: Dict[str, Optional[float]]) -> List[str]:
+    """['AP 52.1  AP50 64.0 ... APl 55.4', 'AR1 40.1 ... ARl 60.2'] (x100; '-' where there was nothing to
+    measure): precision and recall, one line each."""
+    def line(names):
+        return "  ".join(f"{k} {'-' if named.get(k) is None else f'{named[k]:.1f}'}" for k in names)
+    return [line(METRIC_NAMES[:6]), line(METRIC_NAMES[6:])]
 
 
 class DetectionStore:
@@ -125,12 +144,38 @@ class CocoEvaluator(DetectionStore):
         return COCOeval_faster(gt, dt, iou_type, print_function=sink)
 
     def summarize(self) -> None:
-        """Print the COCO summary table of each iou type (accumulating first if needed)."""
+        """Log the 12 COCO numbers of each iou type as AP x 100 (accumulating first if needed); pycocotools'
+        own 0-1 table goes to info.txt only."""
         if not self.coco_eval:
             self.accumulate()
+        log = logging.getLogger(LOGGER_NAME)
         for iou_type in self.iou_types:
-            print(f"IoU metric: {iou_type}")
-            print(self._summary[iou_type].rstrip("\n"))
+            precision, recall = metrics_lines(self.named_stats(iou_type))
+            log.info("COCO %s on %d images (x 100): %s", iou_type, len(self.img_ids), precision)
+            log.info("COCO %s recall (x 100): %s", iou_type, recall)
+            log.info("pycocotools' summary (0-1 scale):\n%s", self._summary[iou_type].rstrip("\n"),
+                     extra={FILE_ONLY: True})
+
+    def named_stats(self, iou_type: str = "bbox") -> Dict[str, Optional[float]]:
+        """The 12 COCO numbers by name (METRIC_NAMES), x 100; None where there was nothing to measure."""
+        return {name: percent(v) for name, v in zip(METRIC_NAMES, self.stats(iou_type))}
+
+    def per_class(self, iou_type: str = "bbox") -> List[Dict]:
+        """Per category of the evaluation: {'id', 'AP' (IoU .50:.95), 'AP50', 'instances' (non-crowd ground-truth
+        boxes in the evaluated images)}, AP x 100 over all areas at 100 detections; AP None without ground truth."""
+        if iou_type not in self.coco_eval:
+            self.accumulate()
+        ev = self.coco_eval[iou_type]
+        precision = np.asarray(ev.eval["precision"])  # (iou thresholds, recall points, classes, areas, max dets)
+        iou50 = int(np.argmin(np.abs(np.asarray(ev.params.iouThrs) - 0.5)))
+        rows = []
+        for k, cat in enumerate(ev.params.catIds):
+            p = precision[:, :, k, 0, -1]
+            anns = self.coco_gt.loadAnns(self.coco_gt.getAnnIds(imgIds=self.img_ids, catIds=[int(cat)]))
+            rows.append({"id": int(cat), "AP": percent(p[p > -1].mean()) if (p > -1).any() else None,
+                         "AP50": percent(p[iou50][p[iou50] > -1].mean()) if (p[iou50] > -1).any() else None,
+                         "instances": sum(1 for a in anns if not a.get("iscrowd", 0))})
+        return rows
 
     def stats(self, iou_type: str = "bbox") -> List[float]:
         """The 12 COCO numbers (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl)."""
@@ -205,7 +250,7 @@ def compare_backends(root: str, num_dets: int = 100, repeats: int = 3) -> Dict[s
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    p = argparse.ArgumentParser(description="COCO evaluation helpers.")
+    p = ArgumentParser(description="COCO evaluation helpers.")
     p.add_argument("--compare", metavar="DIR", required=True,
                    help="COCO-layout folder: time pycocotools vs faster_coco_eval on its val split")
     p.add_argument("--num-dets", type=int, default=100, help="detections per image (default 100)")

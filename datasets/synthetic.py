@@ -10,7 +10,6 @@ objects. About 10 % of images are empty; boxes overlap little (intersection <= 1
 the smaller box, so no object is hidden).
 Same arguments -> byte-identical files.
 """
-import argparse
 import fcntl
 import json
 import math
@@ -22,6 +21,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from util.cli import ArgumentParser
 
 VERSION = 1
 MARKER = "synthetic.json"
@@ -216,7 +217,7 @@ def ensure_synthetic_dataset(root: str, num_train: int, num_val: int, image_size
 def main(argv: Optional[List[str]] = None) -> None:
     from util.slconfig import SLConfig
     cfg = SLConfig.fromfile(DEFAULTS_FILE).to_dict()  # the synthetic_* keys' defaults
-    p = argparse.ArgumentParser(description="Write the synthetic shapes dataset in COCO layout.")
+    p = ArgumentParser(description="Write the synthetic shapes dataset in COCO layout.")
     p.add_argument("--out", required=True, help="output folder (train2017/, val2017/, annotations/)")
     p.add_argument("--num-train", type=int, default=cfg["synthetic_num_train"], help="train images")
     p.add_argument("--num-val", type=int, default=cfg["synthetic_num_val"], help="val images")

@@ -1,9 +1,9 @@
 """The config of a run: the key groups of its detector gathered into one schema, then loaded and checked.
 
-Groups: data (datasets/schema.py), optimisation (util/optim.py), runtime (util/host_memory.py), mid-epoch
-checkpoints (engine/resume_state.py), distributed runs (util/dist.py), the output folder's lock
-(util/run_lock.py), and the model groups of the chosen detector (models.key_groups). How a key is
-checked: util/config_schema.py.
+Groups: data (datasets/schema.py), optimisation (util/optim.py), checkpoints (engine/checkpoint_policy.py),
+runtime (util/host_memory.py), mid-epoch checkpoints (engine/resume_state.py), distributed runs (util/dist.py),
+the output folder's lock (util/run_lock.py), and the model groups of the chosen detector (models.key_groups).
+How a key is checked: util/config_schema.py.
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -17,10 +17,11 @@ from util.optim import OPTIMISATION_KEYS
 from util.run_lock import RUN_LOCK_KEYS
 from util.slconfig import ConfigError
 
+from .checkpoint_policy import CHECKPOINT_KEYS
 from .resume_state import MID_EPOCH_KEYS
 
-COMMON_GROUPS: Tuple[KeyGroup, ...] = (DATA_KEYS, OPTIMISATION_KEYS, RUNTIME_KEYS, MID_EPOCH_KEYS, DISTRIBUTED_KEYS,
-                                       RUN_LOCK_KEYS)
+COMMON_GROUPS: Tuple[KeyGroup, ...] = (DATA_KEYS, OPTIMISATION_KEYS, CHECKPOINT_KEYS, RUNTIME_KEYS, MID_EPOCH_KEYS,
+                                       DISTRIBUTED_KEYS, RUN_LOCK_KEYS)
 DEFAULT_DETECTOR = "dino"
 
 

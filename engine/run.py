@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -26,7 +27,6 @@ from util.checkpoint import (
     load_checkpoint,
     load_model_state,
     load_resume_checkpoint,
-    misfit_error,
     remove_stale_temp_files,
 )
 from util.disk import atomic_file
@@ -37,8 +37,8 @@ from util.run_dir import eval_output_dir, expand_output_dir
 from util.run_lock import RunLock, RunLockError
 from util.slconfig import ConfigError, SLConfig
 
-from .config import model_keys
 from .loops import evaluate
+from .misfit import misfit_error
 from .resume_state import CheckpointClock, Position
 
 log = logging.getLogger(LOGGER_NAME)
@@ -72,6 +72,11 @@ class Run:
     @property
     def main_proc(self) -> bool:
         return dist_utils.is_main_process()
+
+    @property
+    def class_names(self) -> Dict[int, str]:
+        """Category id -> name of the val split's ground truth (stored in checkpoints, used by the tools)."""
+        return {int(c["id"]): str(c.get("name") or f"class {c['id']}") for c in self.base_ds.dataset["categories"]}
 
     def evaluate(self, model=None, **overrides):
         """(stats, evaluator) of `model` (default the trained one) on the val loader."""
@@ -167,6 +172,8 @@ def build_run(args, lock: Optional[RunLock] = None) -> Run:
     logger = prepare_output_dir(args)
     if lock is not None and lock.took_over:
         logger.warning("%s", lock.took_over)
+    for note in vars(args).get("setup_notes", ()):  # what build_args decided for the user (engine/cli.py)
+        logger.info("%s", note)
     seed_all(args.seed + args.rank)
     device = torch.device(args.device)
     if not host_memory.apply_config(args):
@@ -191,9 +198,11 @@ def build_run(args, lock: Optional[RunLock] = None) -> Run:
         data_counts["train_dropped_boxes"] = int(getattr(loaders.dataset_train, "num_degenerate_boxes", 0))
     logger.info("data: %s", ", ".join(f"{k}={v}" for k, v in data_counts.items()))
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
-    return Run(args, device, wrapped, model, criterion, postprocessors, loaders,
-               datasets_mod.get_coco_api_from_dataset(loaders.dataset_val), optimizer, lr_scheduler, per_iter,
-               scaler, n_parameters, data_counts, os.path.join(args.output_dir, "log.txt"), lock=lock)
+    run = Run(args, device, wrapped, model, criterion, postprocessors, loaders,
+              datasets_mod.get_coco_api_from_dataset(loaders.dataset_val), optimizer, lr_scheduler, per_iter,
+              scaler, n_parameters, data_counts, os.path.join(args.output_dir, "log.txt"), lock=lock)
+    args.class_names = run.class_names  # saved with the args in every checkpoint; the tools name classes by it
+    return run
 
 
 def resume(run: Run) -> None:
@@ -226,6 +235,9 @@ def resume(run: Run) -> None:
                 run.position = Position.from_dict(ckpt["position"])
                 log.info("%s is a mid-epoch checkpoint: epoch %d continues after iteration %d", path,
                          run.position.epoch, run.position.iteration)
+        elif not args.eval and "epoch" in ckpt:  # weights only (engine/checkpoint_policy.py)
+            args.start_epoch = int(ckpt["epoch"]) + 1
+            restart_training_state(run, path)
     elif args.pretrain_model_path:
         ckpt = load_checkpoint(args.pretrain_model_path)
         load_weights(run, ckpt, args.pretrain_model_path, strict=False)
@@ -234,6 +246,19 @@ def resume(run: Run) -> None:
         run.ema = ModelEMA(run.model_without_ddp, args.ema_decay)
         if ema_state is not None:
             run.ema.load_state_dict(ema_state)
+
+
+def restart_training_state(run: Run, path: str) -> None:
+    """Training on from a checkpoint without optimizer state: fresh optimizer moments, and the per-epoch lr
+    schedule stepped to args.start_epoch so the lr is the one that epoch would have had."""
+    if run.args.start_epoch < run.args.epochs:
+        log.warning("%s has no optimizer state (final_checkpoint_optimizer=False, or a weights-only file): training "
+                    "on from epoch %d starts the optimizer's moments anew", path, run.args.start_epoch)
+    if not run.per_iter:
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(run.args.start_epoch):
+                run.lr_scheduler.step()
 
 
 def load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
@@ -249,5 +274,5 @@ def load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
                          ignore=None if strict else args.finetune_ignore)
     except CheckpointError as err:
         log.info("full load error: %s", err, extra={FILE_ONLY: True})
-        config = {k: getattr(args, k) for k in args.config_keys}
-        raise misfit_error(err, path, ckpt.get("args"), dict(vars(args)), model_keys(config), strict) from None
+        raise misfit_error(path, ckpt.get("args"), args, ckpt["model"], run.model_without_ddp.state_dict(),
+                           strict) from None

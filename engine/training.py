@@ -1,6 +1,7 @@
 """The steps of a run after setup: the epoch loop with its checkpoints and evaluations (`train`), one
 evaluation (`evaluate_once`, --eval) and COCO test-dev detections (`write_test_dev`, --test)."""
 import argparse
+import datetime
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ from typing import List
 import torch
 
 import models
+from datasets.coco_eval import metrics_lines
 from datasets.loaders import seed_epoch
 from util import dist as dist_utils
 from util.checkpoint import args_to_dict, save_checkpoint
@@ -21,7 +23,9 @@ from util.preemption import WATCH
 from util.run_lock import RunLockError
 from util.visualize import save_prediction_grid
 
+from .checkpoint_policy import CheckpointPolicy, best_epoch, files_written
 from .loops import EpochTally, predict, train_one_epoch, write_coco_results
+from .metrics import metrics_record, per_class_lines, read_metrics, wants_per_class, write_metrics
 from .resume_state import CheckpointClock, Position, rng_state, set_rng_state
 from .run import Run, raise_if_preempted
 
@@ -40,19 +44,34 @@ def evaluate_once(run: Run) -> dict:
     args = run.args
     wanted = [r for flag, r in models.eval_recorders().items() if vars(args).get(flag)]
     recorders = [r.make(run.model_without_ddp, run.criterion, args) for r in wanted]
-    test_stats, _ = run.evaluate(recorders=recorders)
+    test_stats, evaluator = run.evaluate(recorders=recorders)
+    written = []
     for spec, recorder in zip(wanted, recorders):
         summary = recorder.summary()
         if run.main_proc:
-            path = os.path.join(args.output_dir, spec.output_file)
-            with atomic_file(path, "w") as f:
+            written.append(os.path.join(args.output_dir, spec.output_file))
+            with atomic_file(written[-1], "w") as f:
                 json.dump(summary, f, indent=2)
-            log.info("%s (%s)", spec.describe(summary), path)
+            log.info("%s (written to %s)", spec.describe(summary), written[-1])
     if run.main_proc:  # marked, so tools that read training epochs skip it
         append_log_record(run.log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **run.data_counts,
                                          "mode": "eval", "checkpoint": run.resumed_from, "debug": args.debug,
                                          "n_parameters": run.n_parameters})
+        record = write_epoch_metrics(run, evaluator, mode="eval", checkpoint=run.resumed_from)
+        if wants_per_class(args.per_class, record):
+            for line in per_class_lines(record):
+                log.info("%s", line)
+        results = [os.path.join(args.output_dir, "results.json")] if args.save_results else []
+        log.info("wrote %s", ", ".join([os.path.join(args.output_dir, "metrics.json"), run.log_path, *results,
+                                        *written]))
     return test_stats
+
+
+def write_epoch_metrics(run: Run, evaluator, **context) -> dict:
+    """output_dir/metrics.json of this evaluation (engine/metrics.py); returns its content."""
+    record = metrics_record(evaluator, run.class_names, config=run.args.config_file, **context)
+    write_metrics(os.path.join(run.args.output_dir, "metrics.json"), record)
+    return record
 
 
 def _recover_missing_epoch(run: Run, previous: List[dict]) -> None:
@@ -70,18 +89,19 @@ def _recover_missing_epoch(run: Run, previous: List[dict]) -> None:
 
 
 def train(run: Run) -> dict:
-    """The epoch loop from args.start_epoch; returns the last epoch's log record."""
-    args = run.args
+    """The epoch loop from args.start_epoch, then the summary; returns the last epoch's log record."""
+    args, start = run.args, time.time()
     previous = training_epochs(read_log_records(run.log_path, missing_ok=True))
     run.best = {"regular": _best_logged_ap(previous, "test_coco_eval_bbox"),
                 "ema": _best_logged_ap(previous, "ema_test_coco_eval_bbox")}
     if args.start_epoch >= args.epochs and run.resumed_from:
         last = next((r for r in reversed(previous) if r.get("test_coco_eval_bbox")), {})
-        log.info("training is complete: %d of %d epochs in %s, best AP %.4f, last AP %.4f; nothing to do (raise "
-                 "--options epochs=N to train longer)", args.start_epoch, args.epochs, args.output_dir,
-                 run.best["regular"], (last.get("test_coco_eval_bbox") or [-1.0])[0])
+        log.info("training is complete: %d of %d epochs in %s, best AP %.1f, last AP %.1f (AP x 100); nothing to do "
+                 "(raise --options epochs=N to train longer)", args.start_epoch, args.epochs, args.output_dir,
+                 100 * run.best["regular"], 100 * (last.get("test_coco_eval_bbox") or [-0.01])[0])
         return last
     _recover_missing_epoch(run, previous)
+    _restore_best_file(run, previous)
     tb_writer = None
     if args.tensorboard and run.main_proc:
         from torch.utils.tensorboard import SummaryWriter  # optional: only with --tensorboard
@@ -95,14 +115,39 @@ def train(run: Run) -> dict:
             tb_writer.close()
     if run.main_proc:
         save_predictions_png(run)
+        for line in training_summary(run, time.time() - start):
+            log.info("%s", line)
     return record
+
+
+def training_summary(run: Run, seconds: float) -> List[str]:
+    """The lines that end a training run: wall time, the best epoch and its AP, the last evaluation's metrics
+    (and per-class table), and the files written."""
+    args = run.args
+    records = training_epochs(read_log_records(run.log_path, missing_ok=True))
+    best = best_epoch(records)
+    best_ap = next((100 * r["test_coco_eval_bbox"][0] for r in records if r.get("epoch") == best), None)
+    best_text = f"best epoch {best}: AP {best_ap:.1f}" if best_ap is not None else "no epoch was evaluated"
+    lines = [f"training done in {datetime.timedelta(seconds=int(seconds))} (epochs {args.start_epoch}-"
+             f"{args.epochs - 1} in this run, {args.epochs} in all); {best_text}"]
+    metrics = read_metrics(os.path.join(args.output_dir, "metrics.json"))
+    if metrics is not None:
+        precision, recall = metrics_lines(metrics)
+        lines += [f"last evaluation (epoch {metrics.get('epoch')}, {metrics['images']} images, x 100): {precision}",
+                  f"last evaluation recall (x 100): {recall}"]
+        if wants_per_class(args.per_class, metrics):
+            lines += per_class_lines(metrics)
+    lines.append(f"checkpoints in {args.output_dir}: {', '.join(files_written(args.output_dir)) or 'none'}")
+    lines.append("also there: log.txt (every epoch's numbers), info.txt (this log), metrics.json, predictions.png, "
+                 "config_cfg.py, config_args_all.json")
+    return lines
 
 
 def save_predictions_png(run: Run) -> str:
     """output_dir/predictions.png: the trained model's detections on the first val images, drawn as
     tools/inference.py draws them (util/visualize.py)."""
     dataset = run.loaders.dataset_val
-    names = {c["id"]: c["name"] for c in run.base_ds.dataset.get("categories", [])}
+    names = run.class_names
     path = os.path.join(run.args.output_dir, "predictions.png")
     count = min(PREDICTION_IMAGES, len(dataset))
     with torch.no_grad():
@@ -126,27 +171,29 @@ def run_epoch(run: Run, epoch: int, tb_writer=None) -> dict:
         run.lr_scheduler.step()
     ckpt = save_epoch_checkpoints(run, epoch)
     run.clock.restart()
-    test_stats, _ = run.evaluate()
+    test_stats, evaluator = run.evaluate()
+    if run.main_proc:
+        write_epoch_metrics(run, evaluator, mode="train", epoch=epoch,
+                            checkpoint=os.path.join(args.output_dir, "checkpoint.pth"))
     record = {**{f"train_{k}": v for k, v in train_stats.items()}, **{f"test_{k}": v for k, v in test_stats.items()}}
-    _keep_best(run, "regular", test_stats, {k: v for k, v in ckpt.items() if k != "ema_model"},
-               "checkpoint_best_regular.pth")
+    _keep_best(run, "regular", test_stats, ckpt, "checkpoint_best_regular.pth", is_last=epoch + 1 >= args.epochs)
     if run.ema is not None:
         ema_stats, _ = run.evaluate(run.ema.module, save_results=False)
         record.update({f"ema_test_{k}": v for k, v in ema_stats.items()})
         # the EMA weights as "model", so --resume / inference load them directly
         _keep_best(run, "ema", ema_stats, {"model": ckpt["ema_model"], "epoch": epoch, "args": ckpt["args"]},
-                   "checkpoint_best_ema.pth")
+                   "checkpoint_best_ema.pth", is_last=False)
         record["best_ema_ap"] = run.best["ema"]
     record.update(run.data_counts)
     record.update(epoch=epoch, n_parameters=run.n_parameters, best_ap=run.best["regular"],
                   now_time=time.strftime("%Y-%m-%d %H:%M:%S"), epoch_time=time.time() - t0)
     if run.main_proc:
         append_log_record(run.log_path, record)
-    ap = test_stats["coco_eval_bbox"][0]
+    ap = 100 * test_stats["coco_eval_bbox"][0]  # AP x 100 wherever a person reads it
     if tb_writer is not None:
         tb_writer.add_scalar("test/AP", ap, epoch)
-        tb_writer.add_scalar("test/AP50", test_stats["coco_eval_bbox"][1], epoch)
-    log.info("epoch %d done in %.1fs: AP %.4f (best %.4f)", epoch, time.time() - t0, ap, run.best["regular"])
+        tb_writer.add_scalar("test/AP50", 100 * test_stats["coco_eval_bbox"][1], epoch)
+    log.info("epoch %d done in %.1fs: AP %.1f (best %.1f)", epoch, time.time() - t0, ap, 100 * run.best["regular"])
     return record
 
 
@@ -163,13 +210,15 @@ def checkpoint_state(run: Run, epoch: int) -> dict:
 
 def save_epoch_checkpoints(run: Run, epoch: int) -> dict:
     """checkpoint.pth every epoch, checkpointNNNN.pth at lr drops and every save_checkpoint_interval
-    epochs (rank 0); returns the checkpoint dict."""
+    epochs, as the run's CheckpointPolicy says (rank 0); returns the checkpoint dict."""
     args = run.args
     ckpt = checkpoint_state(run, epoch)
     if run.main_proc:
-        save_checkpoint(ckpt, os.path.join(args.output_dir, "checkpoint.pth"))
-        if (epoch + 1) % args.lr_drop == 0 or (epoch + 1) % args.save_checkpoint_interval == 0:
-            save_checkpoint(ckpt, os.path.join(args.output_dir, f"checkpoint{epoch:04}.pth"))
+        policy = CheckpointPolicy.of(args)
+        for name in policy.epoch_files(epoch, args.lr_drop, args.save_checkpoint_interval):
+            save_checkpoint(policy.content(ckpt, final=epoch + 1 >= args.epochs), os.path.join(args.output_dir, name))
+        for path in policy.prune(args.output_dir):
+            log.info("removed %s (keep_checkpoints=%d keeps the newest numbered checkpoints)", path, policy.keep)
     return ckpt
 
 
@@ -234,13 +283,31 @@ def save_mid_epoch_checkpoint(run: Run, epoch: int, done: int, tally: EpochTally
     return path
 
 
-def _keep_best(run: Run, which: str, stats: dict, ckpt: dict, name: str) -> None:
-    """Write output_dir/name when this epoch's AP beats the best so far of `which` ('regular' / 'ema')."""
+def _keep_best(run: Run, which: str, stats: dict, ckpt: dict, name: str, is_last: bool) -> None:
+    """When this epoch's AP beats the best so far of `which` ('regular' / 'ema'), output_dir/name holds what
+    the policy keeps of `ckpt` (nothing, and no stale file, when it is the last epoch's checkpoint.pth)."""
     ap = stats["coco_eval_bbox"][0]
     if ap > run.best[which]:
         run.best[which] = ap
         if run.main_proc:
-            save_checkpoint(ckpt, os.path.join(run.args.output_dir, name))
+            path = os.path.join(run.args.output_dir, name)
+            content = CheckpointPolicy.of(run.args).best_content(ckpt, is_last)
+            if content is not None:
+                save_checkpoint(content, path)
+            elif os.path.isfile(path):
+                os.remove(path)
+
+
+def _restore_best_file(run: Run, previous: List[dict]) -> None:
+    """A run whose best epoch was its last wrote no best file (best_checkpoint='weights'); before training on
+    from it overwrites checkpoint.pth, the loaded weights (that epoch's) become the best file."""
+    path = os.path.join(run.args.output_dir, "checkpoint_best_regular.pth")
+    epoch = run.args.start_epoch - 1
+    if (run.main_proc and run.resumed_from and CheckpointPolicy.of(run.args).best == "weights"
+            and not os.path.isfile(path) and epoch >= 0 and best_epoch(previous) == epoch):
+        save_checkpoint({"model": run.model_without_ddp.state_dict(), "epoch": epoch, "args": args_to_dict(run.args)},
+                        path)
+        log.info("wrote %s: epoch %d, the best so far, before training on overwrites checkpoint.pth", path, epoch)
 
 
 def test_dev_file_name(args: argparse.Namespace) -> str:

@@ -1,19 +1,33 @@
 # Shared by scripts/ablation_table*.sh; not run directly.
-# Usage of every ablation script:
-#   scripts/ablation_tableN.sh COCO_PATH NUM_GPUS [OUTPUT_ROOT] [extra main.py args...]
-#   scripts/ablation_tableN.sh --synthetic [OUTPUT_ROOT] [extra main.py args...]
-# COCO mode: config/DINO/DINO_4scale.py with the seed README's options, 12 epochs, on
-# NUM_GPUS GPUs of this machine (torchrun when NUM_GPUS > 1).
-# --synthetic: the embedded default config (config/DINO/DINO_synthetic.py) on the generated
-# dataset, one process, with that config's budget (or SYNTHETIC_EPOCHS epochs, lr drop in the
-# last one): a quick run of the whole ablation on a laptop, not paper numbers.
+# Usage of every ablation script: `scripts/ablation_tableN.sh --help` (ablation_usage below): COCO mode,
+# --synthetic, and the quick mode SYNTHETIC_EPOCHS=N.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"  # DINO_OPTIONS (the seed README's), REPO_ROOT
 CONFIG=config/DINO/DINO_4scale.py; with_backbone  # COCO mode; BACKBONE=NAME as in _common.sh
 
+ablation_usage() {
+  cat <<EOF
+usage: $0 COCO_PATH NUM_GPUS [OUTPUT_ROOT] [main.py args...]
+       $0 --synthetic [OUTPUT_ROOT] [main.py args...]
+       SYNTHETIC_EPOCHS=N $0 --synthetic [OUTPUT_ROOT] [main.py args...]   (quick mode)
+
+COCO mode: config/DINO/DINO_4scale.py with the seed README's options (12 epochs) on NUM_GPUS GPUs of this
+machine (torchrun when NUM_GPUS > 1); OUTPUT_ROOT defaults to logs/$ABLATION_NAME.
+--synthetic: every variant on the generated dataset with the default config's budget (config/DINO/DINO_synthetic.py,
+14 epochs, about 9 minutes per variant on 2 CPU cores); OUTPUT_ROOT defaults to logs/$ABLATION_NAME-synthetic.
+quick mode: SYNTHETIC_EPOCHS=N with --synthetic trains each variant N epochs (lr drop in the last one), e.g.
+SYNTHETIC_EPOCHS=2 checks the whole table end to end in a few minutes; toy numbers, not the paper's.
+Each mode ends with the table of tools/collect_results.py.
+EOF
+}
+
 ablation_parse_args() {
+  if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+    ablation_usage
+    exit 0
+  fi
   if [[ $# -lt 1 ]]; then
-    echo "usage: $0 COCO_PATH NUM_GPUS [OUTPUT_ROOT] [main.py args...] | $0 --synthetic [OUTPUT_ROOT] [main.py args...]" >&2
+    ablation_usage >&2
     exit 2
   fi
   if [[ "$1" == "--synthetic" ]]; then

@@ -1,9 +1,15 @@
 """Fixtures shared by the test packages."""
+import os
+
 import pytest
 import torch
 
 from small_disk import small_disk_at, unmount
 from tiny_configs import TINY_SWIN
+
+# main.py and the tools choose their thread count from the free cores (util/cpu_threads.py); the tests fix it
+# to torch's default, so that two runs in one test compare bitwise whatever else the machine runs
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

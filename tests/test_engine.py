@@ -119,7 +119,7 @@ def test_terminal_shows_the_compact_line_info_txt_every_term(tmp_path):
     log = setup_logger(str(tmp_path), stream=Terminal())
     run(n=2)  # second step: w = 0.55, loss = 2 * 0.55^2 + 0.5 * 0.55 = 0.88
     console, info = log.handlers[0].stream.getvalue(), (tmp_path / "info.txt").read_text()
-    assert "Epoch: [2] 2/2  eta 0:00:00  loss 0.8800  lr 1.00e-01  " in console and "MiB" in console
+    assert "epoch 2 2/2 eta 0:00:00 loss 0.88 lr 1.0e-01 " in console and "MiB" in console
     assert "loss_a_unscaled" not in console and "loss_a_unscaled: 0.3025" in info
     log.handlers.clear()
 

@@ -21,13 +21,15 @@ README_COMMANDS = [
     f"--output_dir logs/DINO/R50-MS4 -c config/DINO/DINO_4scale.py --coco_path /data/coco {README_OPTS} "
     "--use_hae --use_emca",
     "--output_dir logs/DINO/R50-MS4-%j -c config/DINO/DINO_4scale.py --coco_path /data/coco --eval "
-    f"--resume ckpt.pth {README_OPTS} --use_hae --use_emca",
+    f"--resume CKPT {README_OPTS} --use_hae --use_emca",
 ]
 
 
 @pytest.mark.parametrize("cmd", README_COMMANDS)
-def test_readme_commands_parse(cmd):
-    args = main.build_args(cmd.split())
+def test_readme_commands_parse(cmd, tmp_path):
+    ckpt = tmp_path / "ckpt.pth"
+    ckpt.write_bytes(b"")  # a checkpoint named must exist before anything is built; -c names the config
+    args = main.build_args(cmd.replace("CKPT", str(ckpt)).split())
     assert args.dn_number == 100 and args.dn_scalar == 100 and args.dn_box_noise_scale == 1.0
     assert args.embed_init_tgt is True and args.use_ema is False and args.num_hae_layers == 2
     assert args.use_hae == ("--use_hae" in cmd) and args.use_emca == ("--use_emca" in cmd)
@@ -185,14 +187,16 @@ def test_finished_run_says_so(resumed_run, synthetic_dir, caplog):
 
 def test_output_dir_patterns(tmp_path, synthetic_dir, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    args = tiny_args(str(tmp_path / "R50-%j"), synthetic_dir, "--eval", "--resume", "x.pth")
+    ckpt = tmp_path / "x.pth"
+    ckpt.write_bytes(b"")  # not read here
+    args = tiny_args(str(tmp_path / "R50-%j"), synthetic_dir, "--eval", "--resume", str(ckpt))
     main.settle_output_dir(args)
     assert args.output_dir == str(tmp_path / "R50-4242")
     monkeypatch.delenv("SLURM_JOB_ID")
     with pytest.raises(main.ConfigError, match="SLURM_JOB_ID is not set"):  # training
         main.settle_output_dir(tiny_args(str(tmp_path / "R50-%j"), synthetic_dir))
     # the AugDETR README's evaluation commands use R50-MS4-%j outside SLURM as well
-    args = tiny_args(str(tmp_path / "R50-%j"), synthetic_dir, "--eval", "--resume", "x.pth")
+    args = tiny_args(str(tmp_path / "R50-%j"), synthetic_dir, "--eval", "--resume", str(ckpt))
     main.settle_output_dir(args)
     assert re.fullmatch(re.escape(str(tmp_path)) + r"/R50-local-\d{8}-\d{6}", args.output_dir)
 
@@ -212,14 +216,16 @@ def test_mismatched_checkpoint_is_clear_error(tmp_path, resumed_run, synthetic_d
     out, _ = resumed_run
     capsys.readouterr()
     with pytest.raises(main.CheckpointError, match=r"does not fit this model: it was trained with "
-                       r"config/DINO/DINO_synthetic.py, this run uses config/DINO/DINO_synthetic.py; differing keys: "
-                       r"hidden_dim=64 \(now 32\); \d+ tensors have other shapes; "
-                       r"use -c config/DINO/DINO_synthetic.py with the same --options") as info:
+                       r"config/DINO/DINO_synthetic.py, this run's model comes from the config stored in it; "
+                       r"differing keys: hidden_dim=64 \(now 32\); \d+ tensors differ \(missing, extra or of another "
+                       r"shape\); drop --options hidden_dim=32 \(full list in info.txt\)$") as info:
         main.main(tiny_args(tmp_path, synthetic_dir, "--eval", "--resume", str(out / "checkpoint.pth"),
                             options=["hidden_dim=32"]))
     assert len(str(info.value).replace(str(out), "")) < 350
     assert "full load error" in (tmp_path / "info.txt").read_text()
     assert "full load error" not in capsys.readouterr().out  # the console gets the one-line error only
+    # the fix works: without the option the stored config builds the model (no -c needed)
+    main.main(tiny_args(tmp_path, synthetic_dir, "--eval", "--debug", "--resume", str(out / "checkpoint.pth")))
 
 
 def test_test_dev_detections_equal_eval_results(tmp_path, resumed_run, synthetic_dir):
@@ -248,4 +254,5 @@ def test_test_dev_needs_weights_and_the_split(tmp_path, resumed_run, synthetic_d
                             "--coco_path", str(tmp_path / "coco")))
     from datasets import DataError
     with pytest.raises(DataError, match=r"test2017/ with the images"):
-        main.main(tiny_args(tmp_path / "b", synthetic_dir, "--test", "--resume", "x.pth"))
+        main.main(tiny_args(tmp_path / "b", synthetic_dir, "--test", "--resume",
+                            str(resumed_run[0] / "checkpoint.pth")))

@@ -25,7 +25,9 @@ MODEL: Dict[str, Any] = dict(
 RUN: Dict[str, Any] = dict(
     {k: v for k, v in MODEL.items() if k != "msda_backend"}, hidden_dim=64, enc_layers=1, dec_layers=1,
     data_aug_scales=[64], data_aug_max_size=96, data_aug_scales2_resize=[64], data_aug_scales2_crop=[48, 64],
-    save_checkpoint_interval=1)  # DINO's rule (the synthetic demo config keeps fewer files)
+    # DINO's checkpoint files: one per epoch, the full best one, optimizer state in the last (the synthetic
+    # demo config keeps fewer: engine/checkpoint_policy.py)
+    save_checkpoint_interval=1, keep_checkpoints=None, best_checkpoint="full", final_checkpoint_optimizer=True)
 
 
 def _format(value: Any) -> str:

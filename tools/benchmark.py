@@ -1,7 +1,8 @@
 """Model cost: parameters, GFLOPs and batch-1 inference FPS; or AugDETR's training-step cost per variant.
 
-Inference mode (default):
-    python tools/benchmark.py -c config/DINO/DINO_4scale.py --image-size 800 1333 --runs 2 [--use_hae --use_emca]
+Inference mode (default), at the config's evaluation size unless --image-size H W is given (176 x 176 for the
+default config's synthetic images, 800 x 1333 for DINO_4scale.py):
+    python tools/benchmark.py -c config/DINO/DINO_4scale.py --runs 2 [--use_hae --use_emca]
 Training-step mode:
     python tools/benchmark.py --train-step --variants dino,hae,emca,augdetr [--image-size 800 1333] [-c CONFIG]
         [--device cpu|cuda]: per variant the median step time and peak memory at that size, and
@@ -38,7 +39,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.common import add_model_arguments, build_eval_model, config_flags, count_parameters, tool_args  # noqa: E402,E501
+from engine.cli import DEFAULT_CONFIG  # noqa: E402
+from tools.common import (  # noqa: E402
+    TOOL_ERRORS,
+    ToolError,
+    add_model_arguments,
+    build_eval_model,
+    config_flags,
+    config_image_size,
+    count_parameters,
+    print_threads,
+    tool_args,
+)
+from util.cli import ArgumentParser, fail, run_guarded  # noqa: E402
 
 # --train-step's variants: the config-key flags each adds to the config
 VARIANTS = {"dino": {}, "hae": {"use_hae": True}, "emca": {"use_emca": True},
@@ -156,8 +169,8 @@ def count_gflops_fake(args, h: int, w: int) -> Dict:
         with _constant_small_tensors(), mode, torch.no_grad(), counter:
             model(torch.empty(1, 3, h, w, device=args.device))
     except fake_tensor.DataDependentOutputException as err:
-        raise SystemExit(f"benchmark.py: error: --flops-only: the forward reads a tensor's values ({err}); "
-                         f"count on real tensors instead: leave out --flops-only") from None
+        raise ToolError(f"--flops-only: the forward reads a tensor's values ({err}); count on real tensors "
+                        f"instead: leave out --flops-only") from None
     return {"params_trainable": trainable, "params_total": total, "gflops": counter.get_total_flops() / 2e9}
 
 
@@ -181,6 +194,8 @@ def measure_fps(model: torch.nn.Module, images: torch.Tensor, warmup: int, runs:
 
 def run_inference(opts) -> Dict:
     args = tool_args(opts.config_file, opts.options, opts.device, config_flags(opts))
+    size_origin = " (--image-size)" if opts.image_size else " (the config's evaluation size; --image-size H W: another)"
+    opts.image_size = opts.image_size or config_image_size(args)
     model, _ = build_eval_model(args)
     device = torch.device(args.device)
     images, _ = dummy_batch(*opts.image_size, 1, device)
@@ -193,8 +208,9 @@ def run_inference(opts) -> Dict:
            "image_size": list(opts.image_size), "device": str(device), "params_trainable": trainable,
            "params_total": total, "gflops": gflops, "fps": fps,
            "msda_backend": msda_backend_info()[device.type]["backend"]}
-    print(f"config {opts.config_file}  hae={res['use_hae']} emca={res['use_emca']}  image {opts.image_size[0]}x"
-          f"{opts.image_size[1]}  device {device} (msda backend {res['msda_backend']})")
+    print(f"config {opts.config_file}  hae={res['use_hae']} emca={res['use_emca']}  input 1x3x{opts.image_size[0]}x"
+          f"{opts.image_size[1]}{size_origin}  device {device} (msda backend {res['msda_backend']}, "
+          f"{torch.get_num_threads()} CPU threads)")
     print(f"parameters: {trainable / 1e6:.2f}M trainable, {total / 1e6:.2f}M total")
     print(f"GFLOPs (multiply-adds, fvcore convention = FLOPs/2): {gflops:.1f}")
     print(f"inference FPS at batch 1: {fps:.3f} ({opts.runs} timed runs after {opts.warmup} warm-up)")
@@ -205,18 +221,18 @@ def run_flops_only(opts):
     """Parameters and GFLOPs counted on fake tensors: one result dict, or with --backbones a list
     (one per backbone, the config's other keys unchanged) and a markdown table."""
     from models import msda_backend_info
-    h, w = opts.image_size
     rows = []
     for name in opts.backbones or [None]:
         options = dict(opts.options or {}, **({} if name is None else {"backbone": name}))
         args = tool_args(opts.config_file, options, opts.device, config_flags(opts))
+        h, w = opts.image_size = opts.image_size or config_image_size(args)
         res = {"config": opts.config_file, "backbone": args.backbone, "use_hae": bool(vars(args).get("use_hae")),
                "use_emca": bool(vars(args).get("use_emca")), "image_size": [h, w], "device": args.device,
                **count_gflops_fake(args, h, w), "msda_backend": msda_backend_info()[args.device]["backend"]}
         rows.append(res)
     r = rows[0]
-    print(f"config {opts.config_file}  hae={r['use_hae']} emca={r['use_emca']}  image {h}x{w}  device {r['device']} "
-          f"(msda backend {r['msda_backend']})  counted on fake tensors, FPS not measured")
+    print(f"config {opts.config_file}  hae={r['use_hae']} emca={r['use_emca']}  input 1x3x{h}x{w}  device "
+          f"{r['device']} (msda backend {r['msda_backend']})  counted on fake tensors, FPS not measured")
     if opts.backbones is None:
         print(f"backbone {r['backbone']}  parameters: {r['params_trainable'] / 1e6:.2f}M trainable, "
               f"{r['params_total'] / 1e6:.2f}M total")
@@ -273,7 +289,8 @@ def run_train_step(opts) -> List[Dict]:
     """Time one training step per variant. The variants' repeats are interleaved (round
     robin), so that a change of machine load during the run affects every variant alike."""
     device = torch.device(opts.device)
-    h, w = opts.image_size
+    h, w = opts.image_size or config_image_size(tool_args(opts.config_file, opts.options, opts.device,
+                                                          config_flags(opts)))
     steps = {name: make_train_step(name, opts, device, h, w) for name in opts.variants}
     for step, _ in steps.values():
         step()  # warm-up (allocator, kernel selection)
@@ -293,7 +310,7 @@ def run_train_step(opts) -> List[Dict]:
                      "params_total": total, "params_trainable": trainable})
     base = next((r for r in rows if r["variant"] == "dino"), rows[0])
     print(f"train step: {opts.config_file}, image {h}x{w}, batch 1, {TRAIN_STEP_DEFAULTS['boxes']} boxes, "
-          f"device {device}, median of {opts.repeats} interleaved repeats")
+          f"device {device} ({torch.get_num_threads()} CPU threads), median of {opts.repeats} interleaved repeats")
     print("| variant | fwd+bwd time (s) | vs dino | peak memory (MiB) | params (M) | params delta vs dino |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -309,11 +326,12 @@ def run_train_step(opts) -> List[Dict]:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(p, config_help="config (default: DINO_synthetic.py for inference, DINO_4scale.py for "
-                                       "--train-step)")
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(p, threads="all", config_help="config (default: DINO_synthetic.py for inference, "
+                                                      "DINO_4scale.py for --train-step)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="input size (default 800 1333 for inference, 320 480 for --train-step)")
+                   help="input size (default: the config's evaluation size, e.g. 176 176 for the default config and "
+                        "800 1333 for DINO_4scale.py; --train-step without -c: 320 480)")
     p.add_argument("--runs", type=int, default=10, help="timed inference runs (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
     p.add_argument("--msda-backend", default=None, choices=["auto", "compiled", "pytorch"],
@@ -334,27 +352,29 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None):
     opts = get_parser().parse_args(argv)
     if opts.runs < 1 or opts.repeats < 1:
-        sys.exit("benchmark.py: error: --runs and --repeats must be >= 1")
+        fail("benchmark.py", "--runs and --repeats must be >= 1")
+    run_guarded("benchmark.py", lambda: print_threads(opts), TOOL_ERRORS)
     if opts.msda_backend:  # a config key: the model builder applies it
         opts.options = dict(opts.options or {}, msda_backend=opts.msda_backend)
     if opts.backbones is not None:
         opts.backbones = [b.strip() for b in opts.backbones.split(",") if b.strip()]
         if not opts.flops_only or not opts.backbones or opts.train_step:
-            sys.exit("benchmark.py: error: --backbones takes a comma list of backbone names and needs --flops-only "
-                     "(without --train-step)")
+            fail("benchmark.py", "--backbones takes a comma list of backbone names and needs --flops-only (without "
+                                 "--train-step)")
     if opts.flops_only and opts.train_step:
-        sys.exit("benchmark.py: error: --flops-only counts an inference forward; leave out --train-step")
+        fail("benchmark.py", "--flops-only counts an inference forward; leave out --train-step")
     if opts.train_step:
         opts.variants = [v.strip() for v in opts.variants.split(",") if v.strip()]
         bad = [v for v in opts.variants if v not in VARIANTS]
         if bad or not opts.variants:
-            sys.exit(f"benchmark.py: error: --variants {bad or '(empty)'}: choose from {', '.join(VARIANTS)}")
-        opts.config_file = opts.config_file or TRAIN_STEP_DEFAULTS["config"]
-        opts.image_size = opts.image_size or TRAIN_STEP_DEFAULTS["image_size"]
-        return run_train_step(opts)
-    opts.config_file = opts.config_file or "config/DINO/DINO_synthetic.py"
-    opts.image_size = opts.image_size or (800, 1333)
-    return run_flops_only(opts) if opts.flops_only else run_inference(opts)
+            fail("benchmark.py", f"--variants {bad or '(empty)'}: choose from {', '.join(VARIANTS)}")
+        if opts.config_file is None:  # the AugDETR cost table's setting: DINO-4scale R50 at a CPU-sized 320x480
+            opts.config_file = TRAIN_STEP_DEFAULTS["config"]
+            opts.image_size = opts.image_size or TRAIN_STEP_DEFAULTS["image_size"]
+        return run_guarded("benchmark.py", lambda: run_train_step(opts), TOOL_ERRORS)
+    opts.config_file = opts.config_file or DEFAULT_CONFIG
+    return run_guarded("benchmark.py", lambda: run_flops_only(opts) if opts.flops_only else run_inference(opts),
+                       TOOL_ERRORS)
 
 
 if __name__ == "__main__":

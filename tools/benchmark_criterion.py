@@ -20,8 +20,10 @@ import torch
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from engine.cli import add_threads_argument  # noqa: E402
 from models import build_criterion, dn_group_count  # noqa: E402
-from tools.common import tool_args  # noqa: E402
+from tools.common import print_threads, tool_args  # noqa: E402
+from util.cli import ArgumentParser  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,13 +78,15 @@ def timed(fn) -> float:
 
 
 def run(argv: List[str] = None) -> Dict[str, Dict[str, float]]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", default=os.path.join(ROOT, "config", "DINO", "DINO_4scale.py"))
     p.add_argument("--gt", type=int, default=7, help="ground-truth boxes per image (COCO's mean is about 7)")
     p.add_argument("--batch", type=int, default=2, help="images per step (DINO: 2 per GPU)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--k", type=int, default=2, help="AlignDETR's k for the proposals and decoder layers 1..L-1")
+    add_threads_argument(p, "all")
     a = p.parse_args(argv)
+    print_threads(a)
     if a.gt < 1 or a.batch < 1 or a.repeats < 1 or a.k < 1:
         p.error("--gt, --batch, --repeats and --k must be >= 1")
     cfg = tool_args(a.config)

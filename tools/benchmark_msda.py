@@ -8,7 +8,6 @@ tokens) queried by as many queries; decoder: 900 queries; 8 heads x 32 channels,
 forward+backward, and the peak extra memory of forward+backward (CUDA: max_memory_allocated;
 CPU: the running sum of allocations/frees recorded by torch.profiler).
 """
-import argparse
 import contextlib
 import math
 import os
@@ -21,11 +20,13 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler quiet
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.cli import add_threads_argument, start_threads  # noqa: E402
 from models.dino.ops import (  # noqa: E402
     _build,
     _library,
     ms_deform_attn_pytorch,  # noqa: E402
 )
+from util.cli import ArgumentParser, fail  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -138,16 +139,18 @@ def bench(name, fn, inputs, device, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="512x512 image shapes (ends within a minute on 2 cores)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="image size the level shapes come from (default 800 1333; 512 512 with --quick)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; 5 with --quick)")
+    add_threads_argument(parser, "all")
     args = parser.parse_args(argv)
+    print(start_threads(args.threads, print)[1])
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("benchmark_msda: --device cuda but no CUDA device is visible")
+        fail("benchmark_msda.py", "--device cuda but no CUDA device is visible (torch.cuda.is_available() is False)")
     dtype = DTYPES[args.dtype]
     repeats = args.repeats or (5 if args.quick else 3)
     h, w = args.image_size or ((512, 512) if args.quick else (800, 1333))

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from util.cli import ArgumentParser, fail  # noqa: E402
 from util.log_records import LogRecordError, read_log_records, training_epochs  # noqa: E402
 
 COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
@@ -63,7 +64,7 @@ def gain_table(run_dirs: List[str], names: Optional[List[str]] = None, which: st
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run output folders (or log.txt files)")
     p.add_argument("--names", nargs="+", help="row names, one per run (default: folder names)")
     p.add_argument("--epoch", choices=["last", "best"], default="last", help="which evaluated epoch to report")
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
             print()
             print(gain_table(args.runs, args.names, args.epoch))
     except LogRecordError as err:
-        sys.exit(f"collect_results.py: error: {err}")
+        fail("collect_results.py", str(err))
     return 0
 
 

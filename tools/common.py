@@ -15,10 +15,21 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 
 import models
-from engine.cli import add_config_arguments, apply_config, given_config_flags, resolve_device
-from engine.config import is_stored_config, load_config, model_keys, resolve_stored
+from datasets import DataError
+from engine.cli import (
+    add_config_arguments,
+    add_threads_argument,
+    apply_config,
+    given_config_flags,
+    given_on_top,
+    resolve_device,
+    start_threads,
+)
+from engine.config import is_stored_config, load_config, resolve_stored
+from engine.misfit import misfit_error
 from util import host_memory
-from util.checkpoint import CheckpointError, load_checkpoint, load_model_state, misfit_error
+from util.checkpoint import CheckpointError, load_checkpoint, load_model_state, missing_checkpoint_error
+from util.log_records import LogRecordError
 from util.slconfig import ConfigError, parse_option_value
 
 Options = Union[None, Sequence[str], Dict[str, Any]]
@@ -28,13 +39,24 @@ class ToolError(ValueError):
     """Bad tool input: a one-line message naming the flag or file and the fix."""
 
 
+# the user's mistakes a tool reports in one line with exit status 2 (util.cli.run_guarded), as main.py does
+TOOL_ERRORS = (ToolError, CheckpointError, ConfigError, DataError, LogRecordError)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, config_default: Optional[str] = None,
-                        config_help: Optional[str] = None, with_device: bool = True) -> None:
-    """-c, --options, the config-key flags (as main.py has them) and --device."""
+                        config_help: Optional[str] = None, with_device: bool = True, threads: str = "auto") -> None:
+    """-c, --options, the config-key flags (as main.py has them), --device and --threads (default `threads`:
+    'auto' for the tools that use a model, 'all' for the benchmarks, whose figures are per core count)."""
     add_config_arguments(parser, config_default, config_help or "config file (default: the checkpoint's stored "
                                                                 "config, when it has one)")
     if with_device:
         parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    add_threads_argument(parser, threads)
+
+
+def print_threads(opts: argparse.Namespace) -> None:
+    """Set the tool's CPU thread count from its --threads (util/cpu_threads.py) and print the line saying it."""
+    print(start_threads(opts.threads, print)[1])
 
 
 def config_flags(opts: argparse.Namespace) -> Dict[str, Any]:
@@ -57,9 +79,11 @@ def options_dict(options: Options) -> Dict[str, Any]:
     return out
 
 
-def _namespace(cfg: Dict[str, Any], config_file: str, options: Dict[str, Any], device: str) -> argparse.Namespace:
-    args = apply_config(argparse.Namespace(config_file=config_file, options=options, device=resolve_device(device)),
-                        cfg)
+def _namespace(cfg: Dict[str, Any], config_file: str, options: Dict[str, Any], device: str,
+               origin: Dict[str, Any]) -> argparse.Namespace:
+    """The tool's namespace; `origin` is where its config came from (engine/misfit.py words its fix by it)."""
+    args = apply_config(argparse.Namespace(config_file=config_file, options=options, device=resolve_device(device),
+                                           config_origin=origin), cfg)
     models.apply_runtime_config(args)
     host_memory.apply_config(args)  # as main.py runs
     return args
@@ -72,7 +96,26 @@ def tool_args(config: str, options: Options = None, device: str = "cpu",
     its checkpoint (or do not matter, as in benchmarks), so backbone_weights defaults to none (no ImageNet
     download); an explicit backbone_weights option still wins."""
     opts = dict({"backbone_weights": None}, **options_dict(options))
-    return _namespace(load_config(config, opts, flags), config, opts, device)
+    origin = {"source": "file", "options": options_dict(options), "flags": dict(flags or {}), "evaluation": True}
+    return _namespace(load_config(config, opts, flags), config, opts, device, origin)
+
+
+def val_size(h: int, w: int, args) -> Tuple[int, int]:
+    """(h', w'): the size the config's val transform resizes an h x w image to."""
+    from PIL import Image
+
+    from datasets.coco import transforms_from_args
+    tensor, _ = transforms_from_args("val", args)(Image.new("RGB", (w, h)), {})
+    return tuple(tensor.shape[-2:])
+
+
+def config_image_size(args) -> Tuple[int, int]:
+    """The (h, w) the config evaluates at: its synthetic images (squares of synthetic_image_size) through the
+    val transform, or for COCO-format data a wide image's (max(data_aug_scales), data_aug_max_size), e.g.
+    176 x 176 for the default config and 800 x 1333 for DINO_4scale.py."""
+    if args.dataset_file == "synthetic":
+        return val_size(args.synthetic_image_size, args.synthetic_image_size, args)
+    return max(args.data_aug_scales), args.data_aug_max_size
 
 
 def build_eval_model(args, checkpoint: Optional[str] = None):
@@ -124,7 +167,8 @@ def args_from_stored(saved: Dict[str, Any], source: str, options: Options = None
     its detector's defaults), then --options and the config flags on top. The stored config_file need
     not exist on this machine."""
     opts = options_dict(options)
-    return _namespace(resolve_stored(saved, source, opts, flags), saved["config_file"], opts, device)
+    origin = {"source": "checkpoint", "options": opts, "flags": dict(flags or {}), "evaluation": True}
+    return _namespace(resolve_stored(saved, source, opts, flags), saved["config_file"], opts, device, origin)
 
 
 def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: Options = None, device: str = "cpu",
@@ -136,6 +180,8 @@ def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: O
     that a converter knows (reproduced_config; ToolError when it has neither). Weights from
     `checkpoint` (strict). When they do not fit, the full load error is written to error_file and a
     short CheckpointError says which config the checkpoint was trained with and the fix."""
+    if checkpoint and not os.path.isfile(checkpoint):
+        raise missing_checkpoint_error(checkpoint, "--checkpoint")
     ckpt = load_checkpoint(checkpoint) if checkpoint else None
     # a known codebase's checkpoint first: its stored args look like a config of this project's keys
     saved, origin_of_saved = reproduced_config(ckpt, checkpoint), "the one reproducing"
@@ -152,34 +198,30 @@ def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: O
         except ConfigError as err:  # e.g. a file from another codebase whose stored values do not resolve here
             raise ToolError(f"{err}; pass -c <the config it was trained with> to build the model from a config "
                             f"file instead") from None
-        origin = f"model config: {origin_of_saved} {checkpoint} ({saved['config_file']})"
+        origin = (f"model config: {origin_of_saved} {checkpoint} (trained with {saved['config_file']})"
+                  + given_on_top(saved, options_dict(options), dict(flags or {})))
     else:
         args = tool_args(config, options, device, flags)
         origin = f"model config: {config}"
+    stored_names = ((ckpt or {}).get("args") or {}).get("class_names") or {}
+    args.class_names = {int(k): str(v) for k, v in stored_names.items()}  # main.py stores its data's categories
     model, _, postprocessors = models.build_model(args)
     if ckpt is not None:
         state, _ = models.convert_state(ckpt["model"], args)
         try:
             load_model_state(model, state, source=checkpoint, strict=True)
         except CheckpointError as err:
-            raise _misfit(err, checkpoint, saved, config, args, error_file) from None
+            raise _misfit(err, checkpoint, ckpt, args, state, model, error_file) from None
     return args, model.to(torch.device(args.device)).eval(), postprocessors, origin
 
 
-def _misfit(err: CheckpointError, checkpoint: str, saved: Optional[Dict], config: Optional[str], args,
+def _misfit(err: CheckpointError, checkpoint: str, ckpt: Dict, args, state: Dict, model: torch.nn.Module,
             error_file: Optional[str]) -> CheckpointError:
-    """The short misfit error; the full load error goes to error_file (default: a temp file)."""
+    """The short misfit error (engine/misfit.py, as main.py's); the full load error goes to error_file
+    (default: a temp file)."""
     if error_file is None:
         error_file = os.path.join(tempfile.gettempdir(), os.path.basename(checkpoint) + ".load_error.txt")
     os.makedirs(os.path.dirname(os.path.abspath(error_file)), exist_ok=True)
     with open(error_file, "w") as f:
         f.write(f"{err}\n")
-    if saved is None:
-        fix = "pass -c <the config it was trained with>"
-    elif config is None:
-        fix = "drop the --options / flags that change these keys"
-    else:
-        fix = "leave out -c (the tool then uses the config stored in the checkpoint)" + (
-            f" or use -c {saved['config_file']}" if saved["config_file"] != config else "")
-    current = dict(vars(args))
-    return misfit_error(err, checkpoint, saved, current, model_keys(current), fix=fix, full_list=error_file)
+    return misfit_error(checkpoint, stored_config(ckpt), args, state, model.state_dict(), full_list=error_file)

@@ -26,11 +26,12 @@ from typing import List, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __package__ in (None, ""):  # run as `python tools/convert_checkpoint.py`: make the repository root importable
     sys.path.insert(0, ROOT)
-from tools.common import ToolError, args_from_stored, reproduced_config, tool_args  # noqa: E402
+from tools.common import TOOL_ERRORS, ToolError, args_from_stored, reproduced_config, tool_args  # noqa: E402
+from util.cli import ArgumentParser, run_guarded  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("input", help="official DINO or earlier AugDETR reproduction checkpoint (.pth)")
     p.add_argument("output", help="converted checkpoint to write (.pth)")
     p.add_argument("-c", "--config", default=None,
@@ -101,11 +102,4 @@ def _text(value) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as err:  # one line for the user: ToolError, CheckpointError, ConfigError...
-        from util.checkpoint import CheckpointError
-        from util.slconfig import ConfigError
-        if not isinstance(err, (ToolError, CheckpointError, ConfigError)):
-            raise
-        sys.exit(f"convert_checkpoint.py: {err}")
+    run_guarded("convert_checkpoint.py", main, TOOL_ERRORS)

@@ -32,7 +32,16 @@ from torch import nn
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.common import ToolError, add_model_arguments, config_flags, load_tool_model  # noqa: E402
+from tools.common import (  # noqa: E402
+    TOOL_ERRORS,
+    ToolError,
+    add_model_arguments,
+    config_flags,
+    config_image_size,
+    load_tool_model,
+    val_size,
+)
+from util.cli import ArgumentParser, fail, run_guarded  # noqa: E402
 
 OPSET = 17
 
@@ -73,20 +82,6 @@ class ExportWrapper(nn.Module):
         return out["pred_logits"], out["pred_boxes"]
 
 
-def eval_size(h: int, w: int, args) -> Tuple[int, int]:
-    """(h', w'): the size the config's val transform resizes an h x w image to."""
-    from PIL import Image
-
-    from datasets.coco import transforms_from_args
-    tensor, _ = transforms_from_args("val", args)(Image.new("RGB", (w, h)), {})
-    return tuple(tensor.shape[-2:])
-
-
-def config_eval_size(args) -> Tuple[int, int]:
-    """The config's evaluation size of a wide image: (max(data_aug_scales), data_aug_max_size)."""
-    return max(args.data_aug_scales), args.data_aug_max_size
-
-
 def load_check_image(path: str, args) -> torch.Tensor:
     """(3, h, w): the --check image through the val transform (which keeps its aspect)."""
     from datasets.coco import load_rgb_image, transforms_from_args
@@ -111,7 +106,7 @@ def export_input(opts, args) -> Tuple[torch.Tensor, List[str]]:
     notes = []
     image = load_check_image(opts.check, args) if opts.check else None
     if opts.image_size is None:
-        h, w = tuple(image.shape[-2:]) if image is not None else config_eval_size(args)
+        h, w = tuple(image.shape[-2:]) if image is not None else config_image_size(args)
     else:
         h, w = opts.image_size
         if image is not None and tuple(image.shape[-2:]) != (h, w):
@@ -119,8 +114,8 @@ def export_input(opts, args) -> Tuple[torch.Tensor, List[str]]:
                          f"(HxW), the export size is {h}x{w}: the check image is scaled to fit keeping its "
                          f"aspect and padded bottom/right (not stretched); leave out --image-size to export at "
                          f"its evaluation size")
-        elif image is None and eval_size(h, w, args) != (h, w):
-            eh, ew = eval_size(h, w, args)
+        elif image is None and val_size(h, w, args) != (h, w):
+            eh, ew = val_size(h, w, args)
             notes.append(f"warning: export size {h}x{w} (HxW) differs from the config's evaluation size: its val "
                          f"transform resizes a {h}x{w} image to {eh}x{ew} (data_aug_scales max "
                          f"{max(args.data_aug_scales)}, data_aug_max_size {args.data_aug_max_size}); the graph's "
@@ -197,7 +192,7 @@ def verdict(diffs: Dict[str, float], atol: float, images: torch.Tensor, what: st
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p, config_help="config the checkpoint was trained with (default: the one stored in the "
                                        "checkpoint)", with_device=False)
     p.add_argument("--checkpoint", default=None, help="checkpoint .pth (omit only to test the export path)")
@@ -215,16 +210,14 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     opts = get_parser().parse_args(argv)
     from models import select_msda_backend
-    from util.checkpoint import CheckpointError
-    from util.slconfig import ConfigError
 
-    try:
+    def load():
         args, model, postprocessors, origin = load_tool_model(
             opts.config_file, opts.checkpoint, opts.options, "cpu", config_flags(opts),
             error_file=opts.output + ".load_error.txt")
-        images, notes = export_input(opts, args)
-    except (ToolError, CheckpointError, ConfigError) as err:
-        sys.exit(f"export_onnx.py: error: {err}")
+        return (args, model, postprocessors, origin, *export_input(opts, args))
+
+    args, model, postprocessors, origin, images, notes = run_guarded("export_onnx.py", load, TOOL_ERRORS)
     print(origin)
     for note in notes:
         print(note)
@@ -233,7 +226,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     try:
         export(model, images, opts.output)
     except ValueError as err:  # the model's own input checks, e.g. too few encoder tokens at a small size
-        sys.exit(f"export_onnx.py: error: export at {h}x{w} failed: {err}")
+        fail("export_onnx.py", f"export at {h}x{w} failed: {err}")
     print(f"wrote {opts.output} (opset {OPSET}, input 1x3x{h}x{w})")
     if opts.no_check:
         return {}

@@ -2,6 +2,7 @@
 
     python tools/inference.py --checkpoint ckpt.pth --input IMAGE_OR_FOLDER --output out/ \
         [-c CONFIG] [--threshold 0.2] [--no_nms] [--names-from instances_val2017.json | --names names.txt]
+        [--gt instances_val2017.json]
 
 -c is needed only for a checkpoint that does not store its config (official DINO ones); this
 project's checkpoints build their model from the stored config, and an explicit -c that does not
@@ -10,7 +11,10 @@ as main.py's results.json: category_id, bbox xywh in original pixels, score, plu
 category_name; image_id is the COCO id when --names-from's annotation file lists the images, else
 the file's index in sorted order) with every detection >= --threshold, and OUTPUT/<image stem>.png
 drawn by util/visualize.py (a colour per class, labels on filled backgrounds, small images upscaled,
-same-class duplicates removed by NMS for the picture only unless --no_nms). Images get the
+same-class duplicates removed by NMS for the picture only unless --no_nms; with --gt the ground truth
+dashed underneath; a picture without a box above the threshold says so and gives the highest score).
+Class names: --names-from / --names / --gt, else the ones the checkpoint stores (main.py keeps its
+training data's categories in every checkpoint), else 'class N'. Images get the
 dataset's val transform (resize to max(data_aug_scales), longest side <= data_aug_max_size,
 ImageNet normalisation) and the model's own post-processor.
 The loop and the JSON writer are main.py's (engine.predict, engine.write_coco_results), one
@@ -21,7 +25,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -29,8 +33,17 @@ from torchvision.ops import box_convert
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.common import ToolError, add_model_arguments, config_flags, load_tool_model  # noqa: E402
-from util.visualize import DISPLAY_NMS_IOU, draw_detections, select_for_display  # noqa: E402
+from tools.common import (  # noqa: E402
+    TOOL_ERRORS,
+    ToolError,
+    add_model_arguments,
+    config_flags,
+    load_tool_model,
+    print_threads,
+)
+from util.checkpoint import missing_checkpoint_error  # noqa: E402
+from util.cli import ArgumentParser, run_guarded  # noqa: E402
+from util.visualize import DISPLAY_NMS_IOU, GroundTruth, draw_prediction  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # The default model (python main.py, 12 epochs on the synthetic shapes) scores its true objects
@@ -119,6 +132,13 @@ def coco_image_ids(names_from: Optional[str], files: List[str]) -> Optional[List
     return [int(i) for i in ids]
 
 
+def names_origin(opts, annotation: Optional[str], names: Dict[int, str]) -> str:
+    """Where the class names came from, for the tool's output."""
+    if opts.names or annotation:
+        return opts.names or annotation
+    return "the checkpoint (its training data's categories)" if names else "none known: 'class N'"
+
+
 def class_name(names: Dict[int, str], label: int) -> str:
     return names.get(label) or f"class {label}"
 
@@ -166,14 +186,26 @@ def as_result(dets: np.ndarray) -> Dict[str, torch.Tensor]:
     return {"boxes": box_convert(t[:, :4], "xywh", "xyxy"), "scores": t[:, 4], "labels": t[:, 5].long()}
 
 
-def draw(image, result: Dict[str, torch.Tensor], names: Dict[int, str], threshold: float,
-         nms: bool = True):
-    """(the picture of one image's detections (PIL image), how many were drawn): score >= threshold,
-    same-class duplicates removed unless nms=False; result as as_result gives it, boxes in the image's pixels."""
-    keep = select_for_display(result["boxes"], result["scores"], result["labels"], threshold,
-                              DISPLAY_NMS_IOU if nms else None)
-    return draw_detections(image, result["boxes"][keep], result["labels"][keep], result["scores"][keep],
-                           names), len(keep)
+def ground_truth(gt_file: str, files: List[str]) -> List[GroundTruth]:
+    """Per input file, its non-crowd ground-truth boxes (G, 4) xyxy in the file's pixels and labels (G,), from
+    the COCO annotation file `gt_file` (images matched by file name; every file must be listed)."""
+    data = read_annotation(gt_file)
+    ids = {os.path.basename(str(im.get("file_name", ""))): im.get("id") for im in data.get("images") or []}
+    missing = [os.path.basename(p) for p in files if os.path.basename(p) not in ids]
+    if missing:
+        raise InputError(f"--gt {gt_file} does not list {missing[0]}" + (f" (+{len(missing) - 1} more)" if
+                                                                           len(missing) > 1 else "")
+                         + "; pass only images it lists (their file names are matched)")
+    by_image: Dict[Any, list] = {}
+    for ann in data.get("annotations") or []:
+        if not ann.get("iscrowd", 0):
+            by_image.setdefault(ann.get("image_id"), []).append(ann)
+    out = []
+    for path in files:
+        anns = by_image.get(ids[os.path.basename(path)], [])
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        out.append((box_convert(boxes, "xywh", "xyxy"), torch.tensor([int(a["category_id"]) for a in anns])))
+    return out
 
 
 def run(opts) -> List[Dict]:
@@ -183,14 +215,19 @@ def run(opts) -> List[Dict]:
     if not 0.0 <= opts.threshold <= 1.0:
         raise InputError(f"--threshold {opts.threshold}: must be in [0, 1]")
     if not os.path.isfile(opts.checkpoint):
-        raise InputError(f"--checkpoint {opts.checkpoint}: no such file")
+        raise missing_checkpoint_error(opts.checkpoint, "--checkpoint")
     files = list_images(opts.input)
-    names = load_names(opts.names_from, opts.names)
-    image_ids = coco_image_ids(opts.names_from, files)
+    print_threads(opts)
+    annotation = opts.names_from or (opts.gt if not opts.names else None)  # names and image ids
+    names = load_names(annotation, opts.names)
+    truth = ground_truth(opts.gt, files) if opts.gt else [None] * len(files)
+    image_ids = coco_image_ids(annotation, files)
     args, model, postprocessors, origin = load_tool_model(
         opts.config_file, opts.checkpoint, opts.options, opts.device, config_flags(opts),
         error_file=os.path.join(opts.output, "load_error.txt"))
     print(origin)
+    names = names or args.class_names  # else the checkpoint's (its training data's categories)
+    print(f"class names: {names_origin(opts, annotation, names)}")
     transform = transforms_from_args("val", args)
     os.makedirs(opts.output, exist_ok=True)
     detections = predict_files(model, postprocessors, transform, files, torch.device(args.device))
@@ -202,20 +239,23 @@ def run(opts) -> List[Dict]:
         "file_name": os.path.basename(files[index[image_id]]), "category_name": class_name(names, label)})
     drawn_count = 0
     for i, path in enumerate(files):
-        picture, drawn = draw(read_image(path), as_result(detections[i]), names, opts.threshold, nms=not opts.no_nms)
+        picture, drawn = draw_prediction(read_image(path), as_result(detections[i]), names, opts.threshold,
+                                         None if opts.no_nms else DISPLAY_NMS_IOU, truth[i])
         drawn_count += drawn
         stem = os.path.splitext(os.path.basename(path))[0]
         picture.save(os.path.join(opts.output, f"{stem}.png"))
     with open(out_json) as f:
         written = json.load(f)
     print(f"{len(files)} image(s), {len(written)} detection(s) >= {opts.threshold} in detections.json "
-          f"(image_id = {'COCO id from ' + opts.names_from if image_ids else 'input order'}), {drawn_count} drawn "
-          f"({'raw output' if opts.no_nms else f'same-class NMS at IoU {DISPLAY_NMS_IOU}'}) -> {opts.output}")
+          f"(image_id = {'COCO id from ' + annotation if image_ids else 'input order'}), {drawn_count} drawn "
+          f"({'raw output' if opts.no_nms else f'same-class NMS at IoU {DISPLAY_NMS_IOU}'})"
+          + (f" over the dashed ground truth of {opts.gt}" if opts.gt else "")
+          + f"; wrote {out_json} and {len(files)} PNG(s) in {opts.output}")
     return written
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p, config_help="config the checkpoint was trained with (default: the one stored in the "
                                        "checkpoint; needed for official DINO checkpoints)")
     p.add_argument("--checkpoint", required=True, help="checkpoint .pth (this project's or official DINO)")
@@ -230,18 +270,17 @@ def get_parser() -> argparse.ArgumentParser:
                        help="class names from a COCO annotation file's 'categories', and image_id from its "
                             "'images' (matched by file name)")
     names.add_argument("--names", default=None, metavar="FILE",
-                       help="class names: JSON id->name (or list), or text with line N naming id N")
+                       help="class names: JSON id->name (or list), or text with line N naming id N (default: "
+                            "--gt's, else the names stored in the checkpoint)")
+    p.add_argument("--gt", default=None, metavar="ANNOTATION_JSON",
+                   help="draw the ground truth of this COCO annotation file (dashed, under the detections) on the "
+                        "images it lists (matched by file name); also gives names and image ids")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     opts = get_parser().parse_args(argv)
-    from util.checkpoint import CheckpointError
-    from util.slconfig import ConfigError
-    try:
-        return run(opts)
-    except (ToolError, CheckpointError, ConfigError) as err:
-        sys.exit(f"inference.py: error: {err}")
+    return run_guarded("inference.py", lambda: run(opts), TOOL_ERRORS)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from util.cli import ArgumentParser, fail  # noqa: E402
+
+PROG = "plot_emca_weights.py"
+
 
 def load(path: str) -> dict:
     try:
         with open(path) as f:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"error: cannot read EMCA weights from {path}: {e}")
+        fail(PROG, f"cannot read EMCA weights from {path}: {e}")
     missing = {"enc_layers", "mean", "std"} - set(data)
     if missing:
-        raise SystemExit(f"error: {path} lacks {sorted(missing)}: write it with main.py --eval --save_emca_weights")
+        fail(PROG, f"{path} lacks {sorted(missing)}: write it with main.py --eval --save_emca_weights")
     return data
 
 
@@ -34,7 +40,7 @@ def plot(paths: List[str], out: str, labels: Optional[List[str]] = None, normali
     runs = [load(p) for p in paths]
     labels = labels or [os.path.basename(os.path.dirname(os.path.abspath(p))) for p in paths]
     if len(labels) != len(runs):
-        raise SystemExit(f"error: {len(labels)} --labels for {len(runs)} files")
+        fail(PROG, f"{len(labels)} --labels for {len(runs)} files; give one per file")
     width = 0.8 / len(runs)
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (run, label) in enumerate(zip(runs, labels)):
@@ -57,7 +63,7 @@ def plot(paths: List[str], out: str, labels: Optional[List[str]] = None, normali
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", help="emca_weights.json files")
     p.add_argument("--out", default="emca_weights.png", help="output PNG (default: %(default)s)")
     p.add_argument("--labels", nargs="+", help="one legend label per file (default: folder names)")

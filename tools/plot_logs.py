@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from util.cli import ArgumentParser, fail  # noqa: E402
 from util.log_records import LogRecordError, read_log_records, training_epochs  # noqa: E402
 
 
@@ -66,7 +67,7 @@ def plot(logs: List[str], out: str, labels: Optional[List[str]] = None) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("logs", nargs="+", metavar="LOG", help="log.txt files written by main.py")
     p.add_argument("--out", required=True, help="output PNG path")
     p.add_argument("--labels", nargs="+", default=None, help="legend names, one per log (default: folder names)")
@@ -74,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         plot(opts.logs, opts.out, opts.labels)
     except LogError as err:
-        sys.exit(f"plot_logs.py: error: {err}")
+        fail("plot_logs.py", str(err))
     print(f"wrote {opts.out}")
 
 

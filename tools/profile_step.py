@@ -152,8 +152,9 @@ def worktree(rev: str) -> str:
                           check=True).stdout.strip()
     sha = subprocess.run(["git", "-C", root, "rev-parse", "--verify", rev + "^{commit}"], capture_output=True,
                          text=True)
+    from util.cli import fail  # in the parent only: an --against worker imports another commit's tree
     if sha.returncode:
-        sys.exit(f"profile_step.py: error: --against {rev}: not a commit of {root}")
+        fail("profile_step.py", f"--against {rev}: not a commit of {root}")
     path = os.path.join(tempfile.gettempdir(), f"augdetr-worktree-{sha.stdout.strip()[:12]}")
     if not os.path.isdir(path):
         subprocess.run(["git", "-C", root, "worktree", "add", "--detach", path, sha.stdout.strip()], check=True,
@@ -173,8 +174,8 @@ def read_reply(proc: subprocess.Popen, tree: str) -> dict:
     while True:
         line = proc.stdout.readline()
         if not line:
-            sys.exit(f"profile_step.py: error: the step process in {tree} ended (exit {proc.wait()}); "
-                     f"see its output above")
+            from util.cli import fail
+            fail("profile_step.py", f"the step process in {tree} ended (exit {proc.wait()}); see its output above")
         if line.startswith("{"):
             return json.loads(line)
 
@@ -225,8 +226,10 @@ def _step_arguments(p: argparse.ArgumentParser) -> None:
 
 def get_parser() -> argparse.ArgumentParser:
     from tools.common import add_model_arguments
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from util.cli import ArgumentParser
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p, config_default="config/DINO/DINO_4scale.py", config_help="config (default DINO_4scale)",
+                        threads="all",
                         with_device=False)
     _step_arguments(p)
     p.add_argument("--against", default=None, metavar="REV", help="compare with this commit (a git worktree)")
@@ -252,11 +255,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         opts.options = {k: parse_option_value(v) for k, v in (o.split("=", 1) for o in opts.options)}
         opts.config_flags = {}
         return child(opts)
-    from tools.common import config_flags
+    from tools.common import TOOL_ERRORS, config_flags, print_threads
+    from util.cli import fail, run_guarded
     opts = get_parser().parse_args(argv)
+    run_guarded("profile_step.py", lambda: print_threads(opts), TOOL_ERRORS)
     opts.config_flags = config_flags(opts)
     if min(opts.image_size) < 32 or opts.batch < 1 or opts.repeats < 1 or opts.boxes < 0:
-        sys.exit("profile_step.py: error: need --image-size >= 32, --batch >= 1, --repeats >= 1, --boxes >= 0")
+        fail("profile_step.py", "need --image-size >= 32, --batch >= 1, --repeats >= 1, --boxes >= 0")
     if opts.against:
         return compare(opts)
     step, _ = build_step(opts)

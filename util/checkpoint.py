@@ -27,11 +27,11 @@ import pickle
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from util.config_schema import same_value
+from util.cli import ArgumentParser
 from util.disk import TEMP_PREFIX, atomic_file
 
 logger = logging.getLogger("detr")
@@ -266,31 +266,6 @@ def load_model_state(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
     return result
 
 
-def misfit_error(err: CheckpointError, path: str, saved: Any, current: Dict[str, Any], model_keys: Sequence[str],
-                 strict: bool = True, fix: Optional[str] = None, full_list: str = "info.txt") -> CheckpointError:
-    """A short CheckpointError for weights that do not fit (`err` is load_model_state's long one; the
-    caller logs it): the config the checkpoint was trained with (its stored args), the one in use
-    (current['config_file']), the first three differing `model_keys` (those that change the model's
-    tensors), how many tensors have other shapes, and `fix` (default: use -c <its config>). Shared by
-    main.py and the tools."""
-    saved = saved if isinstance(saved, dict) else {}
-    diffs = [(k, saved[k], current[k]) for k in model_keys
-             if k in saved and k in current and not same_value(current[k], saved[k])]
-    shown = ", ".join(f"{k}={old!r} (now {new!r})" for k, old, new in diffs[:3])
-    count = re.search(r"(\d+) shape mismatches", str(err))
-    trained = saved.get("config_file", "an unknown config (no config stored in the checkpoint)")
-    if fix is None:
-        fix = (f"use -c {trained}" + (" with the same --options" if diffs else "") if "config_file" in saved
-               else "use the config it was trained with")
-        if not strict:
-            fix += ", or --finetune_ignore SUBSTRING to skip those weights"
-    return CheckpointError(
-        f"{path} does not fit this model: it was trained with {trained}, this run uses {current.get('config_file')}"
-        + (f"; differing keys: {shown}" + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "") if diffs else "")
-        + (f"; {count.group(1)} tensors have other shapes" if count else "")
-        + f"; {fix} (full list in {full_list})")
-
-
 def remove_stale_temp_files(output_dir: str) -> List[str]:
     """Delete the temp files of util/disk.atomic_file writes (checkpoints, results, the run lock) that a kill
     left in output_dir; returns their paths.
@@ -329,14 +304,18 @@ def load_resume_checkpoint(output_dir: str) -> Optional[Tuple[str, Dict[str, Any
     return found[:2] if found else None
 
 
-def _newest_valid(output_dir: str) -> Optional[Tuple[str, Dict[str, Any], Optional[int]]]:
+def resume_candidates(output_dir: str) -> List[str]:
+    """The checkpoint files auto-resume tries, in its order: checkpoint.pth, then checkpointNNNN.pth newest
+    first (paths that exist; nothing is read)."""
     if not output_dir or not os.path.isdir(output_dir):
-        return None
+        return []
     numbered = sorted((n for n in os.listdir(output_dir) if _NUMBERED.match(n)), reverse=True)
-    for name in ["checkpoint.pth"] + numbered:
-        path = os.path.join(output_dir, name)
-        if not os.path.isfile(path):
-            continue
+    paths = [os.path.join(output_dir, name) for name in ["checkpoint.pth"] + numbered]
+    return [p for p in paths if os.path.isfile(p)]
+
+
+def _newest_valid(output_dir: str) -> Optional[Tuple[str, Dict[str, Any], Optional[int]]]:
+    for path in resume_candidates(output_dir):
         try:
             obj, verified = _load_verified(path)
         except CheckpointError as e:
@@ -344,6 +323,33 @@ def _newest_valid(output_dir: str) -> Optional[Tuple[str, Dict[str, Any], Option
             continue
         return path, obj, verified
     return None
+
+
+def peek_checkpoint(path: str) -> Dict[str, Any]:
+    """A checkpoint's entries with its tensors memory-mapped, not read (to look at 'args' or 'epoch'; no
+    integrity check: the full load that follows checks the file); {} when it cannot be read this way (that
+    load then reports why). 'args' comes back as a plain dict."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any failure: the real load names it
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    if isinstance(obj.get("args"), argparse.Namespace):
+        obj["args"] = args_to_dict(obj["args"])
+    return obj
+
+
+def missing_checkpoint_error(path: str, flag: str) -> CheckpointError:
+    """`flag path` names no file: the error lists the checkpoints that do exist in that folder (newest first)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return CheckpointError(f"{flag} {path}: no such file (the folder {folder} does not exist either)")
+    found = sorted((n for n in os.listdir(folder) if n.endswith(".pth") and not n.startswith(TMP_PREFIX)),
+                   key=lambda n: os.path.getmtime(os.path.join(folder, n)), reverse=True)
+    there = (f"checkpoints in {folder}: {_describe(found, 6)}" if found else f"{folder} holds no .pth file")
+    return CheckpointError(f"{flag} {path}: no such file; {there}")
 
 
 def verify_files(paths: List[str], require_digest: bool = False) -> int:
@@ -374,7 +380,7 @@ def verify_files(paths: List[str], require_digest: bool = False) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """`python -m util.checkpoint verify FILE...`"""
-    parser = argparse.ArgumentParser(prog="python -m util.checkpoint",
+    parser = ArgumentParser(prog="python -m util.checkpoint",
                                      description="Check checkpoint files against their integrity digests.")
     sub = parser.add_subparsers(dest="command", required=True)
     verify = sub.add_parser("verify", help="verify FILE... (exit 0: all ok, 1: any failed), one line per file")

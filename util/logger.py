@@ -1,14 +1,17 @@
 """Text logging (console and info.txt) and smoothed training meters.
 
 Progress lines come in two forms (see MetricLogger.log_every): a full line with every
-meter, written to info.txt, and a compact one (epoch, iteration/total, ETA, loss, lr,
-it/s, peak memory). On a terminal the console shows the compact line and colours the
-WARNING/ERROR level names (termcolor; NO_COLOR turns that off); on a pipe
-or in CI it shows the full lines, exactly what info.txt gets, so nothing is lost there.
+meter (about 50 loss terms), written to info.txt, and a compact one for the console, on a
+terminal and in a pipe or SLURM log alike (under 120 characters with the time stamp):
+epoch, iteration/total, ETA, the total loss and its three main terms (the last decoder
+layer's unscaled classification, L1 and GIoU losses), lr in scientific notation, it/s and
+peak memory. On a terminal the WARNING/ERROR level names are coloured (termcolor; NO_COLOR
+turns that off). Every value ever logged is in info.txt, and every epoch's averages in log.txt.
 """
 import datetime
 import logging
 import os
+import re
 import resource
 import sys
 import time
@@ -17,6 +20,8 @@ from typing import Dict, Iterable, Optional, TextIO
 
 import torch
 from termcolor import colored
+
+from util import cpu_threads
 
 LOGGER_NAME = "detr"
 PROGRESS_FULL, PROGRESS_COMPACT = "full", "compact"  # the `progress` attribute of progress records
@@ -35,11 +40,19 @@ class _DropProgress(logging.Filter):
         return getattr(record, "progress", None) != self.form
 
 
-class _ColourLevelFormatter(logging.Formatter):
-    """The usual format with the WARNING / ERROR level names coloured (used on a terminal)."""
+class _ConsoleFormatter(logging.Formatter):
+    """The console's format: '[time] message' for INFO (the level adds nothing there and costs 5 of a
+    line's 120 columns), '[time LEVEL] message' otherwise, the level coloured when `colour`."""
+
+    def __init__(self, colour: bool):
+        super().__init__("[%(asctime)s %(levelname)s] %(message)s", datefmt=_DATEFMT)
+        self.colour = colour
+        self.info = logging.Formatter("[%(asctime)s] %(message)s", datefmt=_DATEFMT)
 
     def format(self, record: logging.LogRecord) -> str:
-        colour = LEVEL_COLOURS.get(record.levelname)
+        if record.levelno == logging.INFO:
+            return self.info.format(record)
+        colour = LEVEL_COLOURS.get(record.levelname) if self.colour else None
         if colour is None:
             return super().format(record)
         plain = record.levelname
@@ -64,13 +77,16 @@ def _colour_wanted() -> bool:
 # log.info(..., extra={FILE_ONLY: True}): info.txt only, e.g. a 2,000-character list the console
 # summarises in one line
 FILE_ONLY = "file_only"
+# the loss terms of the console line: (shown as, meter) = the last decoder layer's unscaled losses
+MAIN_TERMS = (("ce", "loss_ce_unscaled"), ("l1", "loss_bbox_unscaled"), ("giou", "loss_giou_unscaled"))
+EPOCH_HEADER = re.compile(r"^Epoch: \[(\d+)\]$")  # the training loop's header, 'epoch N' in the console line
 
 
 def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = LOGGER_NAME,
                  stream: Optional[TextIO] = None) -> logging.Logger:
     """Logger writing to `stream` (default stdout; rank 0 only) and output_dir/info.txt
-    (rank 0; other ranks info.txt.rank{N}). info.txt always gets the full progress lines;
-    the console gets the compact ones when `stream` is a terminal, else the full ones."""
+    (rank 0; other ranks info.txt.rank{N}). info.txt gets the full progress lines, the console
+    the compact ones (see the module docstring)."""
     log = logging.getLogger(name)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -83,8 +99,8 @@ def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = LOGGER_NA
         stream = sys.stdout if stream is None else stream
         tty = _is_tty(stream)
         console = logging.StreamHandler(stream)
-        console.setFormatter(_ColourLevelFormatter(fmt_str, datefmt=_DATEFMT) if tty and _colour_wanted() else fmt)
-        console.addFilter(_DropProgress(PROGRESS_FULL if tty else PROGRESS_COMPACT))
+        console.setFormatter(_ConsoleFormatter(colour=tty and _colour_wanted()))
+        console.addFilter(_DropProgress(PROGRESS_FULL))
         console.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
         log.addHandler(console)
     if output_dir:
@@ -132,6 +148,12 @@ class SmoothedValue:
         return self.values[-1] if self.values else 0.0
 
 
+def _number(name: str, value: float) -> str:
+    """A meter's value in a full progress line: the learning rate in scientific notation (2.5e-05, not
+    0.0000), the others with 4 decimals."""
+    return f"{value:.2e}" if name == "lr" else f"{value:.4f}"
+
+
 class MetricLogger:
     """Collects meters and logs progress every `print_freq` iterations (see log_every)."""
 
@@ -150,15 +172,18 @@ class MetricLogger:
 
     def compact_line(self, header: str, done: int, total: int, eta: datetime.timedelta,
                      it_time: SmoothedValue) -> str:
-        """'<header> done/total eta H:MM:SS loss X lr Y N it/s mem M MiB' (loss / lr only when metered)."""
-        parts = [f"{header} {done}/{total}", f"eta {eta}"]
+        """'epoch E done/total eta H:MM:SS loss X (ce a l1 b giou c) lr Y N it/s M MiB' ('Test:' etc. keep
+        their header; loss, its terms and lr only when metered)."""
+        short_header = EPOCH_HEADER.sub(r"epoch \1", header)
+        parts = [f"{short_header} {done}/{total}", f"eta {eta}"]
         if "loss" in self.meters:
-            parts.append(f"loss {self.meters['loss'].value:.4f}")
+            terms = " ".join(f"{short} {self.meters[k].value:.3f}" for short, k in MAIN_TERMS if k in self.meters)
+            parts.append(f"loss {self.meters['loss'].value:.2f}" + (f" ({terms})" if terms else ""))
         if "lr" in self.meters:
-            parts.append(f"lr {self.meters['lr'].value:.2e}")
+            parts.append(f"lr {self.meters['lr'].value:.1e}")
         parts.append(f"{1.0 / it_time.avg:.2f} it/s" if it_time.avg > 0 else "- it/s")
-        parts.append(f"mem {peak_memory_mib(self.device):.0f} MiB")
-        return "  ".join(parts)
+        parts.append(f"{peak_memory_mib(self.device):.0f} MiB")
+        return " ".join(parts)
 
     def log_every(self, iterable: Iterable, header: str, total: Optional[int] = None, first: int = 0):
         """Yield from iterable; at iteration 0, every print_freq-th and the last, log the full
@@ -170,12 +195,14 @@ class MetricLogger:
         it_time = SmoothedValue()
         for i, item in enumerate(iterable, first):
             yield item
+            cpu_threads.between_iterations()  # follows the free CPU cores (util/cpu_threads.py)
             now = time.time()
             it_time.update(now - last)
             last = now
             if i % self.print_freq == 0 or i == total - 1:
                 eta = datetime.timedelta(seconds=int(it_time.global_avg * max(0, total - i - 1)))
-                meters = "  ".join(f"{k}: {m.value:.4f} ({m.global_avg:.4f})" for k, m in self.meters.items())
+                meters = "  ".join(f"{k}: {_number(k, m.value)} ({_number(k, m.global_avg)})"
+                                   for k, m in self.meters.items())
                 self.log.info("%s [%d/%d] eta: %s  %s  time: %.3fs", header, i, total, eta, meters, it_time.value,
                               extra={"progress": PROGRESS_FULL})
                 self.log.info("%s", self.compact_line(header, i + 1, total, eta, it_time),

@@ -1,7 +1,7 @@
-"""Drawing detections: one colour per class, labels on filled backgrounds, display-only NMS.
+"""Drawing detections and ground truth: one colour per class, labels on filled backgrounds, display-only NMS.
 
-Used by tools/inference.py and by main.py's prediction picture (`save_prediction_grid`), so every
-picture of this project looks the same:
+Used by tools/inference.py, tools/browse_dataset.py and main.py's prediction picture
+(`save_prediction_grid`), so every picture of this project looks the same:
 
 * each class id has its own colour from a fixed palette (class id modulo its length), so a class
   keeps its colour across images and runs;
@@ -11,9 +11,12 @@ picture of this project looks the same:
   the labels of a 256 px image stay readable;
 * `select_for_display` keeps the detections above a threshold and removes same-class duplicates
   with torchvision's batched_nms. This is for pictures only: detections.json and the COCO numbers
-  are the model's raw output.
+  are the model's raw output;
+* ground-truth boxes are drawn dashed in their class colour, under the detections, labelled with the
+  class name only; a picture where no detection passes the threshold says so in its top-left corner
+  ("no box above 0.2 (highest score 0.13)").
 """
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -50,13 +53,18 @@ def select_for_display(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
     return keep[scores[keep].argsort(descending=True)]
 
 
-def draw_detections(image: Image.Image, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
-                    names: Optional[Dict[int, str]] = None) -> Image.Image:
+GroundTruth = Tuple[torch.Tensor, torch.Tensor]  # boxes (G, 4) xyxy in the image's pixels, labels (G,)
+
+
+def draw_detections(image: Image.Image, boxes: torch.Tensor, labels: torch.Tensor, scores: Optional[torch.Tensor],
+                    names: Optional[Dict[int, str]] = None, ground_truth: Optional[GroundTruth] = None,
+                    note: Optional[str] = None) -> Image.Image:
     """A copy of `image` (upscaled if small) with every given detection drawn.
 
-    boxes (K, 4) xyxy in `image`'s pixels, labels (K,) class ids, scores (K,); names maps class id ->
-    name ('class N' otherwise). Filter first (select_for_display); this draws all it gets, the
-    highest score last so that its label is on top.
+    boxes (K, 4) xyxy in `image`'s pixels, labels (K,) class ids, scores (K,) (None: boxes without scores,
+    labelled with the name only); names maps class id -> name ('class N' otherwise). Filter first
+    (select_for_display); this draws all it gets, the highest score last so that its label is on top.
+    ground_truth is drawn dashed under them; note is written in the top-left corner.
     """
     names = names or {}
     scale = max(1.0, MIN_SIDE / max(image.size))
@@ -67,25 +75,68 @@ def draw_detections(image: Image.Image, boxes: torch.Tensor, labels: torch.Tenso
     width = max(2, round(side / 200))
     font = ImageFont.load_default(size=max(12, round(side / 32)))
     canvas = ImageDraw.Draw(out)
-    best_first = torch.as_tensor(scores).argsort(descending=True).tolist()
-    xyxy = {i: [float(v) * scale for v in boxes[i]] for i in best_first}
-    labels_at, placed = {}, []
-    for i in best_first:  # the best detection gets the first choice of label place
+    placed = []
+    if note:
+        _draw_label(canvas, font, note, _label_place(canvas, font, note, [0, 0, 0, 0], out.size, width, placed),
+                    "#ffffff")
+    if ground_truth is not None and len(ground_truth[0]):
+        gt_boxes = [[float(v) * scale for v in b] for b in ground_truth[0]]
+        texts = [names.get(int(c)) or f"class {int(c)}" for c in ground_truth[1]]
+        for b, c in zip(gt_boxes, ground_truth[1]):
+            _dashed_rectangle(canvas, b, class_color(int(c)), width)
+        for b, c, text in zip(gt_boxes, ground_truth[1], texts):
+            _draw_label(canvas, font, text, _label_place(canvas, font, text, b, out.size, width, placed),
+                        class_color(int(c)))
+    order = (torch.as_tensor(scores).argsort(descending=True).tolist() if scores is not None
+             else list(range(len(boxes))))
+    xyxy = {i: [float(v) * scale for v in boxes[i]] for i in order}
+    labels_at = {}
+    for i in order:  # the best detection gets the first choice of label place
         label = int(labels[i])
-        text = f"{names.get(label) or f'class {label}'} {float(scores[i]):.2f}"
+        text = (names.get(label) or f"class {label}") + (f" {float(scores[i]):.2f}" if scores is not None else "")
         labels_at[i] = (text, _label_place(canvas, font, text, xyxy[i], out.size, width, placed))
-    for i in reversed(best_first):  # boxes lowest score first: the best box ends up on top
-        color = class_color(int(labels[i]))
+    for i in reversed(order):  # boxes lowest score first: the best box ends up on top
         x0, y0, x1, y1 = xyxy[i]
         # a dark edge on both sides keeps light or same-coloured boxes visible on any background
         canvas.rectangle((x0 - 1, y0 - 1, x1 + 1, y1 + 1), outline="black", width=width + 2)
-        canvas.rectangle((x0, y0, x1, y1), outline=color, width=width)
-    for i in reversed(best_first):
-        color = class_color(int(labels[i]))
-        text, (tx, ty, tw, th, dx, dy) = labels_at[i]
-        canvas.rectangle((tx, ty, tx + tw, ty + th), fill=color, outline="black")
-        canvas.text((tx + dx, ty + dy), text, fill=_text_color(color), font=font)
+        canvas.rectangle((x0, y0, x1, y1), outline=class_color(int(labels[i])), width=width)
+    for i in reversed(order):
+        _draw_label(canvas, font, labels_at[i][0], labels_at[i][1], class_color(int(labels[i])))
     return out
+
+
+def _draw_label(canvas, font, text: str, place, color: str) -> None:
+    tx, ty, tw, th, dx, dy = place
+    canvas.rectangle((tx, ty, tx + tw, ty + th), fill=color, outline="black")
+    canvas.text((tx + dx, ty + dy), text, fill=_text_color(color), font=font)
+
+
+def _dashed_rectangle(canvas, box, color: str, width: int) -> None:
+    """A ground-truth box: dashes of the class colour over a thin dark outline (visible on any background)."""
+    x0, y0, x1, y1 = box
+    canvas.rectangle((x0, y0, x1, y1), outline="black", width=1)
+    dash = 4 * width
+    for (ax, ay), (bx, by) in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))):
+        length = max(abs(bx - ax), abs(by - ay))
+        for start in range(0, int(length), 2 * dash):
+            t0, t1 = start / max(length, 1), min(start + dash, length) / max(length, 1)
+            canvas.line((ax + (bx - ax) * t0, ay + (by - ay) * t0, ax + (bx - ax) * t1, ay + (by - ay) * t1),
+                        fill=color, width=width)
+
+
+def draw_prediction(image: Image.Image, result: Dict[str, torch.Tensor], names: Optional[Dict[int, str]],
+                    threshold: float, nms_iou: Optional[float] = DISPLAY_NMS_IOU,
+                    ground_truth: Optional[GroundTruth] = None) -> Tuple[Image.Image, int]:
+    """(the picture of one image's detections, how many were drawn): result {'boxes' (K, 4) xyxy in `image`'s
+    pixels, 'scores' (K,), 'labels' (K,)} filtered by select_for_display; with none left, the picture says so
+    and gives the highest score."""
+    keep = select_for_display(result["boxes"], result["scores"], result["labels"], threshold, nms_iou)
+    note = None
+    if not len(keep):
+        top = f"highest score {float(result['scores'].max()):.2f}" if len(result["scores"]) else "no detections"
+        note = f"no box above {threshold:g} ({top})"
+    return draw_detections(image, result["boxes"][keep], result["labels"][keep], result["scores"][keep], names,
+                           ground_truth, note), len(keep)
 
 
 def _label_place(canvas, font, text: str, box, size, width: int, placed: list):
@@ -136,9 +187,7 @@ def save_prediction_grid(model: torch.nn.Module, postprocessors: Dict, dataset, 
         out = model(image[None].to(device))
         size = torch.tensor([list(image.shape[-2:])], device=device)
         res = {k: v.cpu() for k, v in postprocessors["bbox"](out, size)[0].items()}
-        keep = select_for_display(res["boxes"], res["scores"], res["labels"], threshold, nms_iou)
-        tiles.append(draw_detections(tensor_to_pil(image), res["boxes"][keep], res["labels"][keep],
-                                     res["scores"][keep], names))
+        tiles.append(draw_prediction(tensor_to_pil(image), res, names, threshold, nms_iou)[0])
     if not tiles:
         raise ValueError("save_prediction_grid: no indices given; pass at least one dataset index")
     grid = tile(tiles, columns)

@@ -21,6 +21,11 @@ epochs = 12
 lr_drop = 11
 save_checkpoint_interval = 1
 clip_max_norm = 0.1
+
+# ---- checkpoints (engine/checkpoint_policy.py) ----------------------------------
+keep_checkpoints = None  # numbered checkpointNNNN.pth kept, the newest N (None = all, DINO's; 0 = none written)
+best_checkpoint = 'weights'  # checkpoint_best_regular.pth: weights only, not written while the best epoch is the last
+final_checkpoint_optimizer = True  # the last checkpoint.pth keeps the optimizer state (to train on)
 onecyclelr = False
 multi_step_lr = False
 lr_drop_list = [33, 45]

@@ -20,9 +20,13 @@ lr_backbone = 0.00025
 batch_size = 4
 epochs = 14
 lr_drop = 12
-save_checkpoint_interval = 100  # a demo keeps checkpoint.pth, the best one and the lr-drop epoch's (~0.5 GB)
+save_checkpoint_interval = 100
 checkpoint_every_minutes = 0.0  # epochs of a few seconds: no mid-epoch checkpoints
 clip_max_norm = 0.1
+# a demo keeps small files: no numbered checkpoints, the best epoch's weights only (none when it is the last)
+# and a last checkpoint.pth without optimizer state (see the README for the sizes)
+keep_checkpoints = 0
+final_checkpoint_optimizer = False
 
 hidden_dim = 128
 nheads = 8

@@ -47,3 +47,13 @@ def test_unknown_dataset_file_and_split(synthetic_root):
 def test_api_needs_coco_dataset():
     with pytest.raises(DataError, match="no COCO ground truth"):
         get_coco_api_from_dataset(torch.utils.data.TensorDataset(torch.zeros(2)))
+
+
+def test_category_names_read_the_split_checked(synthetic_root, tmp_path):
+    from datasets import category_names
+    names = category_names(synthetic_root, "train")
+    assert names == {1: "rectangle", 2: "ellipse", 3: "triangle", 4: "cross", 5: "ring", 6: "diamond"}
+    with pytest.raises(DataError, match="test2017/ with the images"):
+        category_names(synthetic_root, "test")
+    with pytest.raises(DataError, match="is not a directory"):
+        category_names(str(tmp_path / "none"), "val")

@@ -177,7 +177,9 @@ def test_from_scratch_is_fine_when_the_stem_trains_or_weights_come_later(tmp_pat
     assert main.build_args([]).backbone_weights is None
     trainable = ["backbone_weights=none", "batch_norm_type=BatchNorm2d", "backbone_freeze_stem=False"]
     check_from_scratch(coco_args(tmp_path, options=trainable))
-    for extra in (["--eval"], ["--resume", "ckpt.pth"], ["--pretrain_model_path", "ckpt.pth"]):
+    ckpt = tmp_path / "ckpt.pth"
+    ckpt.write_bytes(b"")  # named files must exist; their content is read later
+    for extra in (["--eval"], ["--resume", str(ckpt)], ["--pretrain_model_path", str(ckpt)]):
         check_from_scratch(coco_args(tmp_path, *extra, options=["backbone_weights=none"]))
 
 

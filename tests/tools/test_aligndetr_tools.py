@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import benchmark_criterion  # noqa: E402
 import collect_results  # noqa: E402
 
+from cli_errors import user_error  # noqa: E402
+
 SCRIPT = os.path.join(ROOT, "scripts", "ablation_main_table.sh")
 
 
@@ -21,7 +23,7 @@ def write_log(path, ap):
         f.write(json.dumps({"epoch": 0, "test_coco_eval_bbox": [ap] + [0.1] * 11}) + "\n")
 
 
-def test_pairs_table_gives_both_aps_and_the_gain(tmp_path):
+def test_pairs_table_gives_both_aps_and_the_gain(tmp_path, capsys):
     for name, ap in [("dino", 0.490), ("dino_aug", 0.502), ("align", 0.503), ("align_aug", 0.514)]:
         write_log(tmp_path / name, ap)
     runs = [str(tmp_path / n) for n in ("dino", "dino_aug", "align", "align_aug", "lost", "lost2")]
@@ -29,7 +31,7 @@ def test_pairs_table_gives_both_aps_and_the_gain(tmp_path):
     assert lines[0] == "| base detector | AP | +AugDETR | gain |"
     assert lines[2:] == ["| DINO | 49.0 | 50.2 | +1.2 |", "| AlignDETR | 50.3 | 51.4 | +1.1 |",
                          "| lost | n/a | n/a | n/a |"]
-    with pytest.raises(SystemExit):
+    with user_error(capsys, "--pairs needs an even number of runs"):
         collect_results.main(runs[:3] + ["--pairs"])
 
 
@@ -77,5 +79,5 @@ def test_benchmark_criterion_prints_both_criteria(capsys):
     assert lines[1] == "| criterion | step (ms) | matching (ms) |"
     assert lines[3].startswith("| dino | ") and lines[4].startswith("| aligndetr | ")
     assert lines[5].startswith("aligndetr/dino step ratio: ")
-    with pytest.raises(SystemExit):
+    with user_error(capsys, "must be >= 1"):
         benchmark_criterion.run(["--gt", "0"])

@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import collect_results  # noqa: E402
 import plot_emca_weights  # noqa: E402
 
+from cli_errors import user_error  # noqa: E402
+
 
 def write_log(path, aps):
     os.makedirs(path, exist_ok=True)
@@ -48,18 +50,18 @@ def test_collect_results_and_plot_logs_skip_evaluation_lines(tmp_path):
     assert read_log(str(tmp_path / "run" / "log.txt"))["ap"] == [0.30, 0.32]
 
 
-def test_collect_results_reads_logs_as_main_does(tmp_path):
+def test_collect_results_reads_logs_as_main_does(tmp_path, capsys):
     write_log(tmp_path / "run", [0.30, 0.40])
     with open(tmp_path / "run" / "log.txt", "a") as f:
         f.write('{"epoch": 2, "test_coco_ev')  # killed while appending: skipped
     assert collect_results.table([str(tmp_path / "run")]).splitlines()[2].startswith("| run | 1 | 40.0 |")
     with open(tmp_path / "run" / "log.txt", "a") as f:
         f.write('\n{"epoch": 3}\n')  # ...but a corrupt line in the middle is an error naming it
-    with pytest.raises(SystemExit, match=r"log.txt:3: line is not JSON"):
+    with user_error(capsys, r"^collect_results.py: error: .*log.txt:3: line is not JSON"):
         collect_results.main([str(tmp_path / "run")])
 
 
-def test_plot_emca_weights_writes_a_png(tmp_path):
+def test_plot_emca_weights_writes_a_png(tmp_path, capsys):
     paths = []
     for name, mean in [("a", [0.3, 0.2, 0.1]), ("b", [0.1, 0.2, 0.3])]:
         d = tmp_path / name
@@ -71,7 +73,7 @@ def test_plot_emca_weights_writes_a_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    with pytest.raises(SystemExit, match="lacks"):
+    with user_error(capsys, "lacks"):
         plot_emca_weights.main([str(bad)])
 
 

@@ -7,6 +7,8 @@ import torch
 
 from tools import benchmark
 
+from cli_errors import user_error
+
 
 def test_msda_flop_formulas():
     value, loc, weight = (2, 30, 4, 8), (2, 5, 4, 3, 2, 2), (2, 5, 4, 3, 2)
@@ -38,9 +40,10 @@ def test_inference_mode_result_and_printed_format(tiny_cfg, capsys):
     assert res["params_trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert res["image_size"] == [64, 96] and res["device"] == "cpu" and res["msda_backend"] in ("compiled", "pytorch")
     assert isinstance(res["gflops"], float) and isinstance(res["fps"], float)
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert re.fullmatch(rf"config {re.escape(config)}  hae=False emca=False  image 64x96  device cpu "
-                        r"\(msda backend (compiled|pytorch)\)", lines[0])
+    thread_line, *lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"CPU threads: \d+ \((OMP_NUM_THREADS|--threads); \d+ cores available\)", thread_line)
+    assert re.fullmatch(rf"config {re.escape(config)}  hae=False emca=False  input 1x3x64x96 \(--image-size\)  device "
+                        r"cpu \(msda backend (compiled|pytorch), \d+ CPU threads\)", lines[0])
     assert lines[1] == (f"parameters: {res['params_trainable'] / 1e6:.2f}M trainable, "
                         f"{res['params_total'] / 1e6:.2f}M total")
     assert lines[2] == f"GFLOPs (multiply-adds, fvcore convention = FLOPs/2): {res['gflops']:.1f}"
@@ -87,7 +90,8 @@ def test_train_step_table(tiny_cfg, capsys):
     assert all(r["image_size"] == [64, 96] for r in rows)
     assert all(isinstance(r["time_s"], float) and isinstance(r["peak_mib"], float) for r in rows)
     assert rows[1]["params_total"] > rows[0]["params_total"]  # HAE and EMCA add parameters
-    lines = capsys.readouterr().out.strip().splitlines()
+    thread_line, *lines = capsys.readouterr().out.strip().splitlines()
+    assert thread_line.startswith("CPU threads: ")
     assert lines[1] == ("| variant | fwd+bwd time (s) | vs dino | peak memory (MiB) | params (M) "
                         "| params delta vs dino |")
     delta = rows[1]["params_total"] - rows[0]["params_total"]
@@ -102,8 +106,8 @@ def test_train_step_table(tiny_cfg, capsys):
     assert lines[0].startswith(f"train step: {config}, image 64x96, batch 1")
 
 
-def test_bad_variant():
-    with pytest.raises(SystemExit, match="choose from"):
+def test_bad_variant(capsys):
+    with user_error(capsys, "choose from"):
         benchmark.main(["--train-step", "--variants", "dino,foo"])
 
 

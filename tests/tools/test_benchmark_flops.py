@@ -12,7 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.common.backbones.table import BACKBONES
 from tools import benchmark
-from tools.common import build_eval_model, count_parameters, tool_args
+from tools.common import ToolError, build_eval_model, count_parameters, tool_args
+
+from cli_errors import user_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_SWIN = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
@@ -102,8 +104,8 @@ def test_flops_only_lines_and_backbone_table(tiny_cfg, tiny_timm_specs, capsys):
     assert set(res) == {"config", "backbone", "use_hae", "use_emca", "image_size", "device", "params_trainable",
                         "params_total", "gflops", "msda_backend"}
     lines = capsys.readouterr().out.strip().splitlines()
-    assert re.fullmatch(rf"config {re.escape(config)}  hae=False emca=False  image 64x96  device cpu \(msda backend "
-                        r"(compiled|pytorch)\)  counted on fake tensors, FPS not measured", lines[0])
+    assert re.fullmatch(rf"config {re.escape(config)}  hae=False emca=False  input 1x3x64x96  device cpu \(msda "
+                        r"backend (compiled|pytorch)\)  counted on fake tensors, FPS not measured", lines[0])
     assert lines[1:] == [f"backbone resnet18  parameters: {res['params_trainable'] / 1e6:.2f}M trainable, "
                          f"{res['params_total'] / 1e6:.2f}M total",
                          f"GFLOPs (multiply-adds, fvcore convention = FLOPs/2): {res['gflops']:.1f}"]
@@ -116,8 +118,8 @@ def test_flops_only_lines_and_backbone_table(tiny_cfg, tiny_timm_specs, capsys):
 
 @pytest.mark.parametrize("argv", [["--backbones", "swin_T_224_1k"], ["--flops-only", "--train-step"],
                                   ["--flops-only", "--backbones", ","]])
-def test_flops_only_bad_flags(argv):
-    with pytest.raises(SystemExit, match="benchmark.py: error: --"):
+def test_flops_only_bad_flags(argv, capsys):
+    with user_error(capsys, "^benchmark.py: error: --"):
         benchmark.main(argv)
 
 
@@ -133,6 +135,6 @@ def test_a_forward_that_reads_values_is_a_one_line_error(monkeypatch, tiny_cfg):
 
     monkeypatch.setattr(benchmark, "fake_model", fake_model)
     config, opts = tiny_cfg
-    with pytest.raises(SystemExit, match=r"^benchmark.py: error: --flops-only: the forward reads a tensor's values "
-                                         r"\(.*\); count on real tensors instead: leave out --flops-only$"):
+    with pytest.raises(ToolError, match=r"^--flops-only: the forward reads a tensor's values "
+                                        r"\(.*\); count on real tensors instead: leave out --flops-only$"):
         benchmark.count_gflops_fake(tool_args(config, opts), 8, 8)

@@ -6,6 +6,8 @@ import torch
 
 from tools import benchmark_msda
 
+from cli_errors import user_error
+
 
 def test_level_shapes_match_dino_strides():
     assert benchmark_msda.level_shapes(800, 1333) == [(100, 167), (50, 84), (25, 42), (13, 21)]
@@ -45,8 +47,8 @@ def test_table_and_summary_lines(capsys):
         assert last.endswith("n/a (compiled backend unavailable)")
 
 
-def test_cuda_without_gpu_is_one_line_error():
+def test_cuda_without_gpu_is_one_line_error(capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(SystemExit, match="no CUDA device is visible"):
+    with user_error(capsys, "no CUDA device is visible"):
         benchmark_msda.main(["--device", "cuda"])

@@ -1,5 +1,6 @@
 """tools/inference.py on a tiny checkpoint: detections JSON, drawn PNGs, class names, errors."""
 import json
+import re
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ from PIL import Image
 
 from tools import inference
 from util import visualize as draw
+
+from cli_errors import user_error
 
 
 def run(cfg, ckpt, inp, out, *extra):
@@ -51,8 +54,8 @@ def test_draw_uses_threshold_and_display_nms():
     result = {"scores": torch.tensor([0.9, 0.8, 0.1]), "labels": torch.tensor([1, 1, 2]),
               "boxes": torch.tensor([[100.0, 100, 400, 400], [100, 100, 400, 410], [450, 450, 600, 600]])}
     px = lambda im: torch.from_numpy(__import__("numpy").array(im)).permute(2, 0, 1)  # noqa: E731
-    (drawn, n_drawn), (raw, n_raw) = inference.draw(image, result, {1: "a"}, 0.5), \
-        inference.draw(image, result, {1: "a"}, 0.5, nms=False)
+    (drawn, n_drawn), (raw, n_raw) = draw.draw_prediction(image, result, {1: "a"}, 0.5), \
+        draw.draw_prediction(image, result, {1: "a"}, 0.5, nms_iou=None)
     assert (n_drawn, n_raw) == (1, 2)
     drawn, raw = px(drawn), px(raw)
     assert drawn[:, 600, 450].sum() == 0  # the low-score box (edge at x=450) was not drawn
@@ -89,19 +92,21 @@ def test_config_comes_from_the_checkpoint(tiny_cfg, stored_config_checkpoint, im
     dets = inference.main(["--checkpoint", stored_config_checkpoint, "--input", str(image_dir / "img0.png"),
                            "--output", str(tmp_path / "a"), "--threshold", "0"])
     assert len(dets) == 10 and "model config: the one stored in" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exc:
+    with user_error(capsys) as err:
         inference.main(["-c", tiny_cfg[0], "--checkpoint", stored_config_checkpoint, "--input",
                         str(image_dir / "img0.png"), "--output", str(tmp_path / "b")])
-    msg = str(exc.value)
-    assert "\n" not in msg and len(msg.replace(stored_config_checkpoint, "").replace(str(tmp_path), "")) < 420
-    assert f"it was trained with {tiny_cfg[0]}, this run uses {tiny_cfg[0]}" in msg
-    assert "differing keys: enc_layers=1 (now 3), dec_layers=1 (now 3)" in msg and "tensors have other shapes" in msg
-    assert "; leave out -c (the tool then uses the config stored in the checkpoint) (full list in" in msg
+    msg = err["line"]
+    assert len(msg.replace(stored_config_checkpoint, "").replace(str(tmp_path), "")) < 540
+    assert f"it was trained with {tiny_cfg[0]}, this run's model comes from {tiny_cfg[0]}" in msg
+    assert "differing keys: hidden_dim=32 (now 128), dec_layers=1 (now 3), enc_layers=1 (now 3) (+3 more)" in msg
+    assert ("; leave out -c (the model is then built from the config stored in the checkpoint), or add --options "
+            "hidden_dim=32 dec_layers=1 enc_layers=1 nheads=4 dim_feedforward=64 num_queries=10 (full list in") in msg
+    assert "tensors differ" in msg
     assert "shape mismatches" in (tmp_path / "b" / "load_error.txt").read_text()
 
 
-def test_checkpoint_without_config_needs_c(tiny_checkpoint, image_dir, tmp_path):
-    with pytest.raises(SystemExit, match="stores no config .*pass -c"):
+def test_checkpoint_without_config_needs_c(tiny_checkpoint, image_dir, tmp_path, capsys):
+    with user_error(capsys, "stores no config .*pass -c"):
         inference.main(["--checkpoint", tiny_checkpoint, "--input", str(image_dir), "--output", str(tmp_path)])
 
 
@@ -109,18 +114,17 @@ def test_checkpoint_without_config_needs_c(tiny_checkpoint, image_dir, tmp_path)
                                      (["--checkpoint", "/nope.pth"], "--checkpoint /nope.pth"),
                                      (["--threshold", "2"], "must be in"),
                                      (["--names-from", "/nope.json"], "--names-from")])
-def test_bad_input_is_one_line_error(tiny_cfg, tiny_checkpoint, image_dir, tmp_path, bad, msg):
+def test_bad_input_is_one_line_error(tiny_cfg, tiny_checkpoint, image_dir, tmp_path, bad, msg, capsys):
     argv = {"--input": str(image_dir), "--checkpoint": tiny_checkpoint, "--threshold": "0.3"}
     argv[bad[0]] = bad[1]
     extra = [] if bad[0] in argv and bad[0] != "--names-from" else bad
-    with pytest.raises(SystemExit) as exc:
+    with user_error(capsys, re.escape(msg)):
         run(tiny_cfg, argv["--checkpoint"], argv["--input"], tmp_path, "--threshold", argv["--threshold"], *extra)
-    assert msg in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_empty_folder(tiny_cfg, tiny_checkpoint, tmp_path):
+def test_empty_folder(tiny_cfg, tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="has no images"):
+    with user_error(capsys, "has no images"):
         run(tiny_cfg, tiny_checkpoint, tmp_path / "empty", tmp_path / "o")
 
 
@@ -146,3 +150,49 @@ def test_detections_are_a_direct_forward_rounded_as_results_json(tiny_cfg, tiny_
         assert g["image_id"] == e["image_id"] and g["category_id"] == e["category_id"]
         assert g["score"] == pytest.approx(e["score"], abs=1.1e-5)
         assert g["bbox"] == pytest.approx(e["bbox"], abs=1.1e-3)  # xywh via box_convert: last-digit ties
+
+
+def _annotation_with_boxes(tmp_path, image_dir):
+    """A COCO annotation file listing the two test images with one box each (class 3, then class 5)."""
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({
+        "images": [{"id": 10, "file_name": "img0.png", "width": 80, "height": 60},
+                   {"id": 11, "file_name": "img1.png", "width": 50, "height": 70}],
+        "annotations": [{"id": 1, "image_id": 10, "category_id": 3, "bbox": [10, 10, 50, 30]},
+                        {"id": 2, "image_id": 11, "category_id": 5, "bbox": [5, 20, 30, 30]}],
+        "categories": [{"id": 3, "name": "three"}, {"id": 5, "name": "five"}]}))
+    return str(path)
+
+
+def test_gt_overlays_the_ground_truth_and_gives_names_and_ids(tiny_cfg, tiny_checkpoint, image_dir, tmp_path,
+                                                             capsys):
+    gt = _annotation_with_boxes(tmp_path, image_dir)
+    dets = run(tiny_cfg, tiny_checkpoint, image_dir, tmp_path / "a", "--threshold", "0.99", "--gt", gt)
+    assert {d["image_id"] for d in dets} <= {10, 11}
+    out = capsys.readouterr().out
+    assert f"over the dashed ground truth of {gt}" in out and f"class names: {gt}" in out
+    picture = torch.from_numpy(__import__("numpy").array(Image.open(tmp_path / "a" / "img0.png"))).permute(2, 0, 1)
+    scale = draw.MIN_SIDE / 80  # upscaled for drawing
+    edge = picture[:, round(25 * scale), round(10 * scale) - 3:round(10 * scale) + 3]  # the box's left edge
+    assert any(col.tolist() == [int(draw.class_color(3)[i:i + 2], 16) for i in (1, 3, 5)] for col in edge.T)
+    (tmp_path / "gt_one.json").write_text(json.dumps({**json.loads(open(gt).read()), "images": [
+        {"id": 10, "file_name": "img0.png", "width": 80, "height": 60}]}))
+    with user_error(capsys, "--gt .*gt_one.json does not list img1.png"):
+        run(tiny_cfg, tiny_checkpoint, image_dir, tmp_path / "b", "--gt", str(tmp_path / "gt_one.json"))
+
+
+def test_a_picture_without_boxes_says_so():
+    image = Image.new("RGB", (640, 640), "black")
+    result = {"scores": torch.tensor([0.13, 0.05]), "labels": torch.tensor([1, 2]),
+              "boxes": torch.tensor([[100.0, 100, 400, 400], [450, 450, 600, 600]])}
+    picture, count = draw.draw_prediction(image, result, {}, 0.2)
+    px = torch.from_numpy(__import__("numpy").array(picture)).permute(2, 0, 1)
+    assert count == 0 and (px[:, 2:6, 2:6] == 255).all()  # the note's white label in the top-left corner
+    notes = []
+    real = draw.draw_detections
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(draw, "draw_detections", lambda *a, **kw: notes.append(a[6]) or real(*a, **kw))
+        draw.draw_prediction(image, result, {}, 0.2)
+        draw.draw_prediction(image, {k: v[:0] for k, v in result.items()}, {}, 0.2)
+        draw.draw_prediction(image, result, {}, 0.1)
+    assert notes == ["no box above 0.2 (highest score 0.13)", "no box above 0.2 (no detections)", None]

@@ -8,6 +8,7 @@ import pytest
 
 import run_with_submitit
 
+from cli_errors import user_error
 from tiny_configs import RUN, options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,11 +39,14 @@ def test_unknown_variant():
 
 def test_single_gpu_script_end_to_end(tmp_path):
     """The README options reach main.py and --options passthrough overrides them (tiny synthetic run on CPU)."""
+    from datasets.synthetic import ensure_synthetic_dataset
     out = tmp_path / "out"
+    # the script's COCO_PATH is read (a synthetic config switches to it): a small COCO-format folder
+    coco = ensure_synthetic_dataset(str(tmp_path / "coco"), num_train=4, num_val=2, image_size=96, seed=0)
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_single_gpu.sh"), "augdetr4", "/unused",
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_single_gpu.sh"), "augdetr4", coco,
                            str(out), "-c", "config/DINO/DINO_synthetic.py", "--device", "cpu", "--num_workers", "0",
-                           "--options", *TINY, "num_hae_layers=1", f"synthetic_dir={tmp_path / 'data'}"],
+                           "--options", *TINY, "num_hae_layers=1"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "config_args_all.json") as f:
@@ -52,17 +56,17 @@ def test_single_gpu_script_end_to_end(tmp_path):
     assert (out / "checkpoint.pth").is_file()
 
 
-def test_submitit_missing_is_one_line_error(monkeypatch):
+def test_submitit_missing_is_one_line_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "submitit", None)  # makes `import submitit` raise ImportError
-    with pytest.raises(SystemExit, match=r"pip install submitit"):
+    with user_error(capsys, r"pip install submitit"):
         run_with_submitit.main(["--nodes", "1", "--ngpus", "1"])
 
 
-def test_submitit_args_split():
+def test_submitit_args_split(capsys):
     opts, rest = run_with_submitit.get_parser().parse_known_args(
         ["--nodes", "2", "--ngpus", "4", "--partition", "p", "-c", "x.py", "--use_hae"])
     assert (opts.nodes, opts.ngpus, opts.partition) == (2, 4, "p") and rest == ["-c", "x.py", "--use_hae"]
-    with pytest.raises(SystemExit, match=">= 1"):
+    with user_error(capsys, ">= 1"):
         run_with_submitit.main(["--nodes", "0"])
 
 

@@ -5,6 +5,8 @@ import pytest
 
 from tools import plot_logs
 
+from cli_errors import user_error
+
 
 def write_log(path, epochs):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,12 +38,12 @@ def test_half_written_last_line_is_skipped(tmp_path):
 
 @pytest.mark.parametrize("content,msg", [('not json\n{"epoch": 0}\n', r"log.txt:1: line is not JSON"),
                                          ('{"x": 1}\n', "no epoch lines")])
-def test_bad_logs(tmp_path, content, msg):
+def test_bad_logs(tmp_path, content, msg, capsys):
     p = tmp_path / "log.txt"
     p.write_text(content)
-    with pytest.raises(SystemExit, match=msg):
+    with user_error(capsys, msg):
         plot_logs.main([str(p), "--out", str(tmp_path / "o.png")])
-    with pytest.raises(SystemExit, match="no such file"):
+    with user_error(capsys, "no such file"):
         plot_logs.main([str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o.png")])
-    with pytest.raises(SystemExit, match="one per log"):
+    with user_error(capsys, "one per log"):
         plot_logs.main([write_log(tmp_path / "a" / "log.txt", 1), "--out", "x.png", "--labels", "a", "b"])

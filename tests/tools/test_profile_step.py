@@ -5,6 +5,8 @@ import pytest
 
 from tools import profile_step
 
+from cli_errors import user_error
+
 TINY = ["--image-size", "128", "128", "--batch", "1", "--repeats", "1", "--options", "enc_layers=1", "dec_layers=1",
         "num_queries=20", "dn_number=4", "hidden_dim=32", "dim_feedforward=64", "backbone=resnet18"]
 
@@ -29,11 +31,11 @@ def test_op_kinds(name, kind):
     assert profile_step.kind_of(name) == kind
 
 
-def test_against_an_unknown_revision_is_one_line():
-    with pytest.raises(SystemExit, match="--against no-such-rev: not a commit of"):
+def test_against_an_unknown_revision_is_one_line(capsys):
+    with user_error(capsys, "--against no-such-rev: not a commit of"):
         profile_step.main(["--against", "no-such-rev"])
 
 
-def test_bad_sizes_are_refused():
-    with pytest.raises(SystemExit, match="--image-size >= 32"):
+def test_bad_sizes_are_refused(capsys):
+    with user_error(capsys, "--image-size >= 32"):
         profile_step.main(["--image-size", "8", "8"])

@@ -25,23 +25,36 @@ def progress(stream, tmp_path, n=3, print_freq=2):
     return stream.getvalue(), (tmp_path / "info.txt").read_text()
 
 
-def test_terminal_gets_compact_lines_info_txt_the_full_ones(tmp_path):
-    console, info = progress(Terminal(), tmp_path)
-    lines = [x for x in console.splitlines() if "Epoch: [4]" in x and "total time" not in x]
+@pytest.mark.parametrize("stream", [Terminal(), io.StringIO()])  # a terminal, and a pipe / SLURM log alike
+def test_console_gets_compact_lines_info_txt_the_full_ones(tmp_path, stream):
+    console, info = progress(stream, tmp_path)
+    lines = [x for x in console.splitlines() if "epoch 4 " in x]
     assert len(lines) == 2  # iterations 0 and 2 (print_freq 2, the last)
-    assert "Epoch: [4] 1/3  eta 0:00:00  loss 0.0000  lr 1.00e-04  " in lines[0]
-    assert "Epoch: [4] 3/3" in lines[1] and "loss 2.0000" in lines[1]
-    assert lines[1].split("  ")[-2].endswith(" it/s") and lines[1].endswith(" MiB")
+    assert "] epoch 4 1/3 eta 0:00:00 loss 0.00 lr 1.0e-04 " in lines[0]
+    assert "epoch 4 3/3" in lines[1] and "loss 2.00" in lines[1]
+    assert re.search(r" \d+\.\d\d it/s \d+ MiB$", lines[1])
     assert "loss_bbox" not in console and not re.search(r"time: [0-9.]+s", console)
     assert "Epoch: [4] total time" in console
     assert info.count("loss_bbox: 0.2500 (0.2500)") == 2 and "it/s" not in info  # full lines only
-    assert "Epoch: [4] [2/3] eta: 0:00:00  loss: 2.0000 (1.0000)" in info
+    assert "Epoch: [4] [2/3] eta: 0:00:00  loss: 2.0000 (1.0000)  lr: 1.00e-04 (1.00e-04)" in info
 
 
-def test_pipe_gets_the_full_lines_as_info_txt(tmp_path):
-    console, info = progress(io.StringIO(), tmp_path)
-    assert "it/s" not in console and console.count("loss_bbox: 0.2500") == 2
-    assert [x.split("] ", 1)[1] for x in console.splitlines()] == [x.split("] ", 1)[1] for x in info.splitlines()]
+def test_console_line_fits_120_columns_with_the_main_terms_and_a_small_lr(tmp_path):
+    """A DINO training line (about 50 loss terms) stays short on the console; lr 2.5e-5 is not 0.0000."""
+    terms = {f"loss_{k}{s}": 0.5 for k in ("ce", "bbox", "giou") for s in ["", "_0", "_1", "_2", "_3", "_4",
+                                                                            "_interm", "_dn", "_dn_0", "_dn_1"]}
+    terms.update({f"{k}_unscaled": v for k, v in terms.items()})
+    stream = io.StringIO()
+    log = setup_logger(str(tmp_path), stream=stream)
+    meters = MetricLogger(log, 1)
+    for _ in meters.log_every([0], "Epoch: [11]", 9999):  # the first of 9999 iterations
+        meters.update(loss=23.4567, lr=2.5e-5, **dict(terms, loss_ce_unscaled=0.812, loss_bbox_unscaled=0.0456,
+                                                      loss_giou_unscaled=0.3012))
+    line = stream.getvalue().splitlines()[0]
+    assert len(line) <= 120, (len(line), line)
+    assert re.fullmatch(r"\[\d\d/\d\d \d\d:\d\d:\d\d\] epoch 11 1/9999 eta \d+:\d\d:\d\d loss 23.46 "
+                        r"\(ce 0.812 l1 0.046 giou 0.301\) lr 2.5e-05 [\d.]+ it/s \d+ MiB", line), line
+    assert "lr: 2.50e-05 (2.50e-05)" in (tmp_path / "info.txt").read_text()
 
 
 def test_file_only_records_skip_the_console(tmp_path):
@@ -62,7 +75,7 @@ def test_compact_line_without_lr_or_loss(tmp_path):
     for _ in meters.log_every([0], "Predict:", 1):
         pass
     out = log.handlers[0].stream.getvalue()
-    assert "Predict: 1/1  eta 0:00:00  " in out and "loss" not in out and " lr " not in out
+    assert "Predict: 1/1 eta 0:00:00 " in out and "loss" not in out and " lr " not in out
 
 
 @pytest.mark.parametrize("stream,coloured", [(Terminal(), True), (io.StringIO(), False)])

@@ -1,8 +1,11 @@
 """Loading the compiled msda kernels: the installed `msda_ext`, else a just-in-time build.
 
-The JIT build goes to ~/.cache/augdetr_msda/<torch>-<cuda>/<cpu|cuda>/ (or $MSDA_CACHE_DIR),
-guarded by a file lock so that two processes starting together build it once.
-CUDA sources are compiled only when a GPU is visible and CUDA_HOME is set.
+The JIT build goes to ~/.cache/augdetr_msda/<torch>-<cuda>/<source hash>/<cpu|cuda>/ (or
+$MSDA_CACHE_DIR/<source hash>/<cpu|cuda>/), guarded by a file lock so that two processes starting
+together build it once. The sources are compiled from a copy in that folder, so two checkouts of the
+same sources share one build, and checkouts with other sources get their own folder instead of
+rebuilding each other's (torch's build key includes the source paths). A build says so on stderr in
+one line, with how long it took. CUDA sources are compiled only when a GPU is visible and CUDA_HOME is set.
 """
 import contextlib
 import fcntl
@@ -11,7 +14,10 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -42,22 +48,49 @@ def has_kernel(device_type: str) -> bool:
 
 
 def cache_dir(with_cuda: bool) -> Path:
+    """<root>/<source hash>/<cpu|cuda>, root = $MSDA_CACHE_DIR or ~/.cache/augdetr_msda/<torch>-<cuda>."""
     root = os.environ.get("MSDA_CACHE_DIR")
     if root is None:
         tag = f"{torch.__version__}-{torch.version.cuda or 'nocuda'}".replace("+", "_")
         root = Path.home() / ".cache" / "augdetr_msda" / tag
-    return Path(root) / ("cuda" if with_cuda else "cpu")
+    return Path(root) / source_hash() / ("cuda" if with_cuda else "cpu")
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def _file_lock(path: Path, on_wait=None):
+    """Exclusive lock on `path`; on_wait() is called once when another process holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _say(text: str, end: str = "\n") -> None:
+    """Build progress on stderr (the only output of a first run before its first iteration)."""
+    print(text, end=end, file=sys.stderr, flush=True)
+
+
+def _copy_sources(build_dir: Path, paths) -> list:
+    """The sources and their headers copied into build_dir/src (once: the folder is keyed by their hash);
+    returns the copied source paths."""
+    src = build_dir / "src"
+    if not src.is_dir():
+        tmp = build_dir / f".src-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for path in SRC_DIR.iterdir():
+            if path.is_file() and path.suffix in (".cpp", ".cu", ".h", ".cuh"):
+                shutil.copy2(path, tmp / path.name)
+        os.replace(tmp, src)
+    return [str(src / Path(p).name) for p in paths]
 
 
 def jit_build(with_cuda: Optional[bool] = None, verbose: bool = False) -> Path:
@@ -73,23 +106,43 @@ def jit_build(with_cuda: Optional[bool] = None, verbose: bool = False) -> Path:
             _state["cuda_note"] = ("a CUDA device is visible but the just-in-time build found no CUDA toolkit "
                                    "(CUDA_HOME unset and no nvcc on PATH), so it built the CPU kernel only")
     build_dir = cache_dir(with_cuda)
-    sources = [str(p) for p in CPU_SOURCES + (CUDA_SOURCES if with_cuda else [])]
     name = "msda_ext_jit_cuda" if with_cuda else "msda_ext_jit_cpu"
-    _state["library"] = str(build_dir / f"{name}.so")
-    with _file_lock(build_dir / ".msda.lock"):
-        cpp_extension.load(
-            name=name,
-            sources=sources,
-            # the hash changes the build flags whenever any source or header changes, so
-            # torch rebuilds instead of reusing a library built from older headers
-            extra_cflags=CXX_FLAGS + [f"-DMSDA_SOURCE_HASH={source_hash()}"],
-            extra_cuda_cflags=NVCC_FLAGS,
-            extra_ldflags=LD_FLAGS,
-            extra_include_paths=[str(SRC_DIR)],
-            build_directory=str(build_dir),
-            is_python_module=False,
-            verbose=verbose,
-        )
+    library = build_dir / f"{name}.so"
+    _state["library"] = str(library)
+    what = "CPU and CUDA kernels" if with_cuda else "CPU kernel"
+
+    def waiting():
+        _say(f"msda: another process is compiling the deformable-attention {what} into {build_dir}; waiting")
+
+    with _file_lock(build_dir / ".msda.lock", on_wait=waiting):
+        before = library.stat().st_mtime_ns if library.is_file() else None
+        if before is None:
+            _say(f"msda: compiling the deformable-attention {what} (first use of these sources with torch "
+                 f"{torch.__version__}; cached in {build_dir}) ...", end="")
+        start = time.perf_counter()
+        try:
+            cpp_extension.load(
+                name=name,
+                sources=_copy_sources(build_dir, CPU_SOURCES + (CUDA_SOURCES if with_cuda else [])),
+                # the hash changes the build flags whenever any source or header changes, so
+                # torch rebuilds instead of reusing a library built from older headers
+                extra_cflags=CXX_FLAGS + [f"-DMSDA_SOURCE_HASH={source_hash()}"],
+                extra_cuda_cflags=NVCC_FLAGS,
+                extra_ldflags=LD_FLAGS,
+                extra_include_paths=[str(build_dir / "src")],
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=verbose,
+            )
+        except Exception:
+            if before is None:
+                _say(f" failed after {time.perf_counter() - start:.1f} s")
+            raise
+        took = time.perf_counter() - start
+        if before is None:
+            _say(f" done in {took:.1f} s")
+        elif library.stat().st_mtime_ns != before:  # torch or its flags changed under the same sources
+            _say(f"msda: recompiled the deformable-attention {what} in {took:.1f} s (cached in {build_dir})")
     return build_dir
 
 
