@@ -12,7 +12,7 @@ The first tests check the emulator's own rules.
 import pytest
 import torch
 
-from models.dino.ops import ms_deform_attn_pytorch
+from models.dino.ops import ms_deform_attn_pytorch, sass_report
 from tests.ops import msda_cases as cases
 from tests.ops.conftest import make_inputs
 
@@ -79,6 +79,14 @@ def test_emu_blocks_run_in_seeded_shuffled_order(emu):
     assert orders[0][16:17].view(torch.float64).item() == 16 * 96  # atomicAdd from every thread
 
 
+def test_emu_vector_load_reads_and_faults_when_misaligned(emu):
+    """The kernels' 16-byte loads (MSDA_VECTOR_ACCESS) fail the launch off the 16-byte grid, as on a GPU
+    (the host CPU would read it): a plan that let a misaligned tensor onto the vector path fails."""
+    assert emu.shim_selftest("vector_load", 0)[:2].view(torch.float32).tolist() == [4, 5, 6, 7]
+    with pytest.raises(RuntimeError, match=r"16-byte vector access at .* not 16-byte aligned"):
+        emu.shim_selftest("vector_load_misaligned", 0)
+
+
 def test_emu_float4_atomic_adds_and_faults_when_misaligned(emu):
     got = emu.shim_selftest("float4_atomic", 0)[:4].view(torch.float32)  # 8 floats; the atomic hits 4..7
     assert got.tolist() == [0, 0, 0, 0, 1, 2, 3, 4]
@@ -88,27 +96,58 @@ def test_emu_float4_atomic_adds_and_faults_when_misaligned(emu):
 
 # ---- the msda kernels ----
 
-def test_emu_plan_picks_vector_path_index_width_and_group(emu, monkeypatch):
-    """The host's choice of kernel variant: 16-byte vectors when D allows and pointers are aligned,
-    int32 unless forced, G = lanes per (query, head), locations copied only when not in (x, y) pairs."""
-    def plan(d, dtype=torch.float32, transform=None):
+def test_emu_plan_picks_path_chunk_width_index_width_and_group(emu, monkeypatch):
+    """The host's choice of kernel variant: 16-byte vectors when D allows and pointers are aligned, else
+    scalar chunks (forward: the widest of 8 (fp16 / bf16), 4, 2, 1 <= D; backward: 4, masked, or 1 for
+    D = 1); int32 unless forced; lanes per task (forward: one per chunk up to 32, any number; backward:
+    a power of two); locations copied only when not in (x, y) pairs."""
+    def plan(d, dtype=torch.float32, transform=None, backward=False):
         (value, shapes, starts, loc, attn), _ = cases.odd_problem(d)
         value, loc, attn = value.to(dtype), loc.float(), attn.float()
         if transform:
             value, loc, attn = transform(value, loc, attn)
-        return emu.plan_of(value, shapes, starts, loc, attn)
+        return emu.plan_of(value, shapes, starts, loc, attn, backward)
 
     monkeypatch.delenv("MSDA_FORCE_INDEX64", raising=False)
-    assert plan(32) == "int32 V=4 G=8 loc in place"
-    assert plan(32, torch.bfloat16) == "int32 V=8 G=4 loc in place"
-    assert plan(256) == "int32 V=4 G=32 loc in place"  # two passes of 128 channels
-    assert plan(8, torch.float16) == "int32 V=8 G=1 loc in place"
-    assert plan(5) == "int32 V=1 G=8 loc in place"
-    assert plan(32, transform=cases.misaligned_value) == "int32 V=1 G=32 loc in place"
-    assert plan(32, transform=cases.split_locations) == "int32 V=4 G=8 loc copied"
-    assert plan(32, transform=cases.strided_everything) == "int32 V=4 G=8 loc in place"
+    both = {  # (d, dtype, transform) -> forward's plan, backward's plan (without " loc in place")
+        (32, torch.float32, None): ("int32 vector V=4 G=8", "int32 vector V=4 G=8"),
+        (32, torch.bfloat16, None): ("int32 vector V=8 G=4", "int32 vector V=8 G=4"),
+        (256, torch.float32, None): ("int32 vector V=4 G=32", "int32 vector V=4 G=32"),  # two passes of 128
+        (8, torch.float16, None): ("int32 vector V=8 G=1", "int32 vector V=8 G=1"),
+        (1, torch.float32, None): ("int32 scalar V=1 G=1", "int32 scalar V=1 G=1"),
+        (2, torch.float32, None): ("int32 scalar V=2 G=1", "int32 scalar V=4 G=1"),
+        (3, torch.bfloat16, None): ("int32 scalar V=2 G=2", "int32 scalar V=4 G=1"),
+        (5, torch.float32, None): ("int32 scalar V=4 G=2", "int32 scalar V=4 G=2"),
+        (6, torch.float16, None): ("int32 scalar V=4 G=2", "int32 scalar V=4 G=2"),
+        (30, torch.bfloat16, None): ("int32 scalar V=8 G=4", "int32 scalar V=4 G=8"),
+        (33, torch.float32, None): ("int32 scalar V=4 G=9", "int32 scalar V=4 G=16"),
+        (71, torch.float16, None): ("int32 scalar V=8 G=9", "int32 scalar V=4 G=32"),
+        (300, torch.float32, None): ("int32 vector V=4 G=25", "int32 vector V=4 G=32"),  # 75 chunks, 3 passes
+        (32, torch.float32, cases.misaligned_value): ("int32 scalar V=4 G=8", "int32 scalar V=4 G=8"),
+        (32, torch.bfloat16, cases.misaligned_value): ("int32 scalar V=8 G=4", "int32 scalar V=4 G=8"),
+    }
+    for (d, dtype, transform), want in both.items():
+        got = tuple(plan(d, dtype, transform, backward) for backward in (False, True))
+        assert got == tuple(w + " loc in place" for w in want), (d, dtype)
+    assert plan(32, transform=cases.split_locations) == "int32 vector V=4 G=8 loc copied"
+    assert plan(32, transform=cases.strided_everything) == "int32 vector V=4 G=8 loc in place"
     monkeypatch.setenv("MSDA_FORCE_INDEX64", "1")
-    assert plan(32) == "int64 V=4 G=8 loc in place"
+    assert plan(32) == "int64 vector V=4 G=8 loc in place"
+    assert plan(5, backward=True) == "int64 scalar V=4 G=2 loc in place"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_emu_plan_matches_the_sass_reports_copy(emu, dtype):
+    """sass_report.plan_for (the executed-work table of README) follows plan_launch for every D <= 80."""
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}[dtype]
+    for d in range(1, 81):
+        (value, shapes, starts, loc, attn), _ = cases.odd_problem(d)
+        value, loc, attn = value.to(dtype), loc.to(value.dtype if dtype == torch.float64 else torch.float32), \
+            attn.to(torch.float64 if dtype == torch.float64 else torch.float32)
+        for kernel in ("forward", "backward"):
+            path, v, g, _ = sass_report.plan_for(d, name, kernel)
+            got = emu.plan_of(value, shapes, starts, loc, attn, kernel == "backward")
+            assert got == f"int32 {path} V={v} G={g} loc in place", (d, kernel)
 
 
 @pytest.mark.parametrize("d", D_VALUES)

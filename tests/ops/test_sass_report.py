@@ -9,6 +9,11 @@ from models.dino.ops import sass_report
 FWD = "_ZN4msda14forward_kernelIffiLi4EEEvPKT_PKlS5_PKT0_S8_PS1_NS_8GeometryIT1_EE"
 BWD = "_ZN4msda15backward_kernelIN3c108BFloat16EflLi8ELi0EEEvPKT_PKlS7_PKT0_SA_S5_PS8_SB_SB_NS_8GeometryIT1_EE"
 OLD = "_ZN4msda14forward_kernelIffEEvPKT_PKlS5_PKT0_S8_PS1_NS_5SizesENS_7StridesEi"
+# today's kernels: <scalar_t, acc_t, index_t, V, kVec[, kArch]>
+FWD_SCALAR = "_ZN4msda14forward_kernelIffiLi4ELb0EEEvPKT_PKlS5_PKT0_S8_PS1_NS_8GeometryIT1_EE"
+FWD_SCALAR8 = "_ZN4msda14forward_kernelIN3c104HalfEflLi8ELb0EEEvPKT_PKlS7_PKT0_SA_PS3_NS_8GeometryIT1_EE"
+BWD_VECTOR = ("_ZN4msda15backward_kernelIN3c108BFloat16EflLi8ELb1ELi0EEEvPKT_PKlS7_PKT0_SA_S5_PS8_SB_SB_"
+              "NS_8GeometryIT1_EE")
 
 # cuobjdump -sass layout: an outer loop 0x10..0x90 holding the point loop 0x20..0x80 (it floors a
 # coordinate), which holds a channel loop 0x40..0x50 without a floor (counted once, inside the point loop)
@@ -54,16 +59,24 @@ def test_point_loop_is_the_innermost_loop_with_a_floor():
 
 
 def test_kernel_variants_from_their_names():
-    names = sass_report.demangle_all([FWD, BWD, OLD])
+    names = sass_report.demangle_all([FWD, BWD, OLD, FWD_SCALAR, FWD_SCALAR8, BWD_VECTOR])
     if names[FWD] == FWD:
         pytest.skip("c++filt is not available")
-    assert sass_report.describe(names[FWD]) == {"kernel": "forward", "dtype": "fp32", "index": "int32", "V": 4,
-                                                "path": "vector"}
-    assert sass_report.describe(names[BWD]) == {"kernel": "backward", "dtype": "bf16", "index": "int64", "V": 8,
-                                                "path": "vector"}
+    described = {k: sass_report.describe(names[k]) for k in names}
+    assert described[FWD_SCALAR] == {"kernel": "forward", "dtype": "fp32", "index": "int32", "V": 4,
+                                     "path": "scalar"}
+    assert described[FWD_SCALAR8] == {"kernel": "forward", "dtype": "fp16", "index": "int64", "V": 8,
+                                      "path": "scalar"}
+    assert described[BWD_VECTOR] == {"kernel": "backward", "dtype": "bf16", "index": "int64", "V": 8,
+                                     "path": "vector"}
+    assert [sass_report.path_key(described[k]) for k in (FWD_SCALAR, FWD_SCALAR8, BWD_VECTOR)] == [
+        "scalar4", "scalar8", "vector"]
+    # issue 24's first version: <scalar_t, acc_t, index_t, V[, kArch]>, vector exactly when V > 1
+    assert described[FWD] == {"kernel": "forward", "dtype": "fp32", "index": "int32", "V": 4, "path": "vector"}
+    assert described[BWD] == {"kernel": "backward", "dtype": "bf16", "index": "int64", "V": 8, "path": "vector"}
     # the kernels before issue 24: <scalar_t, acc_t>, int64 indices, one channel per lane
-    assert sass_report.describe(names[OLD]) == {"kernel": "forward", "dtype": "fp32", "index": "int64", "V": 1,
-                                                "path": "scalar"}
+    assert described[OLD] == {"kernel": "forward", "dtype": "fp32", "index": "int64", "V": 1, "path": "scalar"}
+    assert sass_report.path_key(described[OLD]) == "scalar1"
 
 
 def test_rows_join_ptxas_figures_and_divide_by_channels():
@@ -93,16 +106,46 @@ def test_check_fails_on_spills_stack_counts_and_missing_kernels():
     assert any("no ceiling recorded" in f for f in failures[5]) and any("not found" in f for f in failures[5])
 
 
+SCALAR_WIDTHS = {("forward", "fp16"): (8, 4, 2, 1), ("forward", "bf16"): (8, 4, 2, 1), ("forward", "fp32"): (4, 2, 1),
+                 ("forward", "fp64"): (4, 2, 1)}
+
+
 def test_recorded_ceilings_cover_every_kernel_and_meet_the_issue_targets():
+    """One ceiling per kernel, dtype and path (the scalar chunk widths of ForwardWidths / BackwardWidths
+    in msda_cuda_kernels.cuh); issue 24's targets where they can hold: forward <= 30 per (point, channel)
+    for fp32 and no more for fp16 / bf16, on the vector path and the scalar chunks of 4 and 8 (every
+    D >= 4); backward <= 185 (half of the 371 measured before it) on every path. The forward's chunks
+    of 1 and 2 (D = 1, 2, 3) cannot share a point's work over enough channels to reach 30."""
     ceilings = sass_report.load_ceilings()
     assert set(ceilings) == {"forward", "backward"}
-    for kernel in ceilings.values():
-        assert set(kernel) == {"fp32", "fp64", "fp16", "bf16"}
-        assert all(set(paths) == {"vector", "scalar"} for paths in kernel.values())
-    # issue 24: forward <= 30 per (point, channel) for fp32 and no more for fp16 / bf16; backward at most
-    # half of the 371 measured before it
-    assert all(ceilings["forward"][d]["vector"] <= 30 for d in ("fp32", "fp16", "bf16"))
-    assert all(ceilings["backward"][d]["vector"] <= 371 / 2 for d in ("fp32", "fp16", "bf16"))
+    for kernel, dtypes in ceilings.items():
+        assert set(dtypes) == {"fp32", "fp64", "fp16", "bf16"}
+        for dtype, paths in dtypes.items():
+            widths = SCALAR_WIDTHS.get((kernel, dtype), (4, 1))
+            assert set(paths) == {"vector"} | {f"scalar{w}" for w in widths}, (kernel, dtype)
+    for dtype in ("fp32", "fp16", "bf16"):
+        fwd = ceilings["forward"][dtype]
+        assert all(limit <= 30 for path, limit in fwd.items() if path in ("vector", "scalar4", "scalar8"))
+        assert all(limit <= 371 / 2 for limit in ceilings["backward"][dtype].values())
+
+
+def test_executed_work_per_head_size():
+    """--heads: the point loop of the variant the host picks, times lanes and passes, over D."""
+    rows = [row(kernel=k, dtype="fp32", path=p, V=v, loop=loop, per_point_channel=loop / v)
+            for k, p, v, loop in [("forward", "scalar", 4, 80), ("forward", "scalar", 1, 60),
+                                  ("forward", "vector", 4, 72), ("backward", "scalar", 4, 240),
+                                  ("backward", "scalar", 1, 140), ("backward", "vector", 4, 160)]]
+    eff = {(e["D"], e["kernel"]): e for e in sass_report.effective_rows(rows, [1, 5, 32, 33]) if e["dtype"] == "fp32"}
+    assert eff[(1, "forward")]["per_point_channel"] == {"sm_90": 60.0}
+    assert eff[(5, "forward")]["per_point_channel"] == {"sm_90": 32.0}  # 2 lanes x 80 / 5
+    assert eff[(5, "backward")]["per_point_channel"] == {"sm_90": 96.0}
+    assert eff[(32, "forward")]["per_point_channel"] == {"sm_90": 18.0}  # 8 lanes x 72 / 32
+    assert (eff[(33, "forward")]["G"], eff[(33, "backward")]["G"]) == (9, 16)
+    assert eff[(33, "backward")]["per_point_channel"] == {"sm_90": round(16 * 240 / 33, 2)}
+    table = sass_report.format_effective(list(eff.values()))
+    assert "| 5 | fp32 | forward | scalar (4) | 2 x 1 | 32.0 |" in table
+    assert sass_report.plan_for(256, "fp32", "forward") == ("vector", 4, 32, 2)
+    assert sass_report.plan_for(300, "fp32", "forward") == ("vector", 4, 25, 3)
 
 
 def test_main_with_a_binary_and_log(tmp_path, monkeypatch, capsys):

@@ -105,14 +105,22 @@ def template_args(demangled):
 
 
 def describe(demangled):
-    """Kernel kind, dtype, index width and channels per access from its template arguments
-    (the kernels before issue 24 take <scalar_t, acc_t> only: int64, one channel)."""
+    """Kernel kind, dtype, index width, channels per chunk and path from its template arguments
+    <scalar_t, acc_t, index_t, V, kVec[, kArch]>: kVec true = 16-byte vector chunks, false = scalar
+    chunks of V elements. Older kernels: <scalar_t, acc_t> (before issue 24: int64, one channel) and
+    <scalar_t, acc_t, index_t, V[, kArch]> (its first version: vector exactly when V > 1)."""
     name, args = template_args(demangled)
     kind = name.replace("_kernel", "")
     dtype = DTYPES.get(args[0], args[0]) if args else "?"
     index = "int32" if len(args) > 2 and args[2] in ("int", "int32_t") else "int64"
     vec = int(args[3]) if len(args) > 3 and args[3].isdigit() else 1
-    return {"kernel": kind, "dtype": dtype, "index": index, "V": vec, "path": "vector" if vec > 1 else "scalar"}
+    vector = args[4] == "true" if len(args) > 4 and args[4] in ("true", "false") else vec > 1
+    return {"kernel": kind, "dtype": dtype, "index": index, "V": vec, "path": "vector" if vector else "scalar"}
+
+
+def path_key(row):
+    """The ceilings' key of a row's path: 'vector', or 'scalar' with its chunk width ('scalar4')."""
+    return row["path"] if row["path"] == "vector" else f"scalar{row['V']}"
 
 
 def demangle_all(names):
@@ -139,8 +147,65 @@ def report_rows(sass_text, ptxas_log):
         row["per_point_channel"] = round(loop[2] / row["V"], 2) if loop else None
         rows.append(row)
     order = {"forward": 0, "backward": 1}
-    return sorted(rows, key=lambda r: (order.get(r["kernel"], 2), r["dtype"], r["path"] != "vector", r["index"],
-                                       r["arch"]))
+    return sorted(rows, key=lambda r: (order.get(r["kernel"], 2), r["dtype"], r["path"] != "vector", -r["V"],
+                                       r["index"], r["arch"]))
+
+
+# ---- work per head size: the launch plan (msda_cuda_kernels.cuh's plan_launch) in Python ----
+
+ELEMENT_SIZE = {"fp32": 4, "fp64": 8, "fp16": 2, "bf16": 2}
+
+
+def plan_for(d, dtype, kernel):
+    """(path, V, G, passes) the host picks for D channels per head, aligned tensors: the same rules as
+    scalar_width and lanes_per_task in msda_cuda_kernels.cuh (tests/ops/test_cuda_emu.py compares
+    them with the emulator's plan_of)."""
+    size = ELEMENT_SIZE[dtype]
+    width = 16 // size
+    if d % width == 0:
+        path, v = "vector", width
+    elif kernel == "backward":
+        path, v = "scalar", 4 if d >= 2 else 1
+    else:
+        path, v = "scalar", next((w for w in (8, 4, 2) if w <= d and (w < 8 or size == 2)), 1)
+    chunks = max(-(-d // v), 1)
+    if kernel == "backward":
+        g = 1 << (min(chunks, 32) - 1).bit_length()
+    else:
+        g = -(-chunks // -(-chunks // 32))
+    return path, v, g, -(-chunks // g)
+
+
+def effective_rows(rows, head_sizes, index="int32"):
+    """Per head size D, dtype and kernel: the variant the host picks and its instructions per
+    (point, channel) as executed, i.e. the point loop times the group's lanes (idle ones included:
+    they issue with the warp) times the passes, over D. A chunk moved back to end at the head's last
+    channel (forward) or masked past it (backward) counts as full."""
+    loops = {(r["kernel"], r["dtype"], path_key(r), r["index"], r["arch"]): r["loop"] for r in rows}
+    archs = sorted({r["arch"] for r in rows})
+    out = []
+    for d in head_sizes:
+        for dtype in ("fp32", "bf16", "fp16", "fp64"):
+            for kernel in ("forward", "backward"):
+                path, v, g, passes = plan_for(d, dtype, kernel)
+                key = path if path == "vector" else f"scalar{v}"
+                per = {a: (round(loops[(kernel, dtype, key, index, a)] * g * passes / d, 2)
+                           if loops.get((kernel, dtype, key, index, a)) else None) for a in archs}
+                out.append({"D": d, "dtype": dtype, "kernel": kernel, "path": path, "V": v, "G": g, "passes": passes,
+                            "index": index, "per_point_channel": per})
+    return out
+
+
+def format_effective(eff):
+    archs = sorted(eff[0]["per_point_channel"]) if eff else []
+    cols = ["D", "dtype", "kernel", "path (V)", "lanes x passes"] + [f"executed per (point, channel) {a}"
+                                                                     for a in archs]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for e in eff:
+        per = " | ".join(str(e["per_point_channel"][a]) for a in archs)
+        lines.append(f"| {e['D']} | {e['dtype']} | {e['kernel']} | {e['path']} ({e['V']}) | {e['G']} x {e['passes']} "
+                     f"| {per} |")
+    return "\n".join(lines)
 
 
 # ---- output and checks ----
@@ -169,7 +234,7 @@ def check(rows, ceilings):
     seen = set()
     for r in rows:
         tag = f"{r['arch']} {r['kernel']} {r['dtype']} {r['path']} {r['index']}"
-        seen.add((r["kernel"], r["dtype"], r["path"]))
+        seen.add((r["kernel"], r["dtype"], path_key(r)))
         if r["regs"] is None:
             failures.append(f"{tag}: no ptxas -v figures")
         elif r["spills"] or r["stack"]:
@@ -177,7 +242,7 @@ def check(rows, ceilings):
         if r["per_point_channel"] is None:
             failures.append(f"{tag}: no point loop found in the SASS")
             continue
-        limit = ceilings.get(r["kernel"], {}).get(r["dtype"], {}).get(r["path"])
+        limit = ceilings.get(r["kernel"], {}).get(r["dtype"], {}).get(path_key(r))
         if limit is None:
             failures.append(f"{tag}: no ceiling recorded in {CEILINGS.name}")
         elif r["per_point_channel"] > limit:
@@ -264,6 +329,8 @@ def main(argv=None):
     parser.add_argument("--ptxas-log", help="with --binary: the build log holding ptxas -v output")
     parser.add_argument("--check", action="store_true", help="exit 1 on spills, stack frames, counts above ceilings")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--heads", help="also print the work as executed for these head sizes D, e.g. 1,5,32 "
+                                        "(int32 indices; the variant the host picks, idle lanes included)")
     args = parser.parse_args(argv)
     try:
         if args.binary:
@@ -280,6 +347,9 @@ def main(argv=None):
         print("sass_report: no msda kernel in the SASS", file=sys.stderr)
         return 1
     print(format_table(rows))
+    if args.heads:
+        print()
+        print(format_effective(effective_rows(rows, [int(d) for d in args.heads.split(",")])))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if not args.check:

@@ -21,13 +21,15 @@ at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& shapes_in,
   const Sizes& s = in.s;
   at::Tensor out = at::empty({s.N, s.Lq, s.Mv * s.D}, in.value.options());
   if (out.numel() == 0) return out;
-  const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), out.data_ptr()});
+  const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), out.data_ptr()}, Pass::kForward);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    with_variant<scalar_t>(plan, [&](auto index, auto vec) {
+    with_variant<scalar_t, ForwardWidths<scalar_t>>(plan, [&](auto index, auto vec, auto kvec) {
       using index_t = decltype(index);
-      forward_kernel<scalar_t, acc_t, index_t, decltype(vec)::value><<<plan.blocks, kThreads, 0, stream>>>(
+      constexpr int V = decltype(vec)::value;
+      constexpr bool kVec = decltype(kvec)::value;
+      forward_kernel<scalar_t, acc_t, index_t, V, kVec><<<plan.blocks, kThreads, 0, stream>>>(
           in.value.data_ptr<scalar_t>(), in.shapes.data_ptr<int64_t>(), in.starts.data_ptr<int64_t>(),
           plan.loc.data_ptr<acc_t>(), plan.attn.data_ptr<acc_t>(), out.data_ptr<scalar_t>(),
           geometry<index_t>(plan));
@@ -44,13 +46,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& v
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
   Grads g = backward_buffers(in, loc, grad_out_in);
   if (g.grad_out.numel() > 0) {
-    const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), g.grad_out.data_ptr(), g.value.data_ptr()});
+    const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), g.grad_out.data_ptr(), g.value.data_ptr()},
+                                  Pass::kBackward);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      with_variant<scalar_t>(plan, [&](auto index, auto vec) {
+      with_variant<scalar_t, BackwardWidths<scalar_t>>(plan, [&](auto index, auto vec, auto kvec) {
         using index_t = decltype(index);
-        backward_kernel<scalar_t, acc_t, index_t, decltype(vec)::value><<<plan.blocks, kThreads, 0, stream>>>(
+        constexpr int V = decltype(vec)::value;
+        constexpr bool kVec = decltype(kvec)::value;
+        backward_kernel<scalar_t, acc_t, index_t, V, kVec><<<plan.blocks, kThreads, 0, stream>>>(
             in.value.data_ptr<scalar_t>(), in.shapes.data_ptr<int64_t>(), in.starts.data_ptr<int64_t>(),
             plan.loc.data_ptr<acc_t>(), plan.attn.data_ptr<acc_t>(), g.grad_out.data_ptr<scalar_t>(),
             g.value.data_ptr<acc_t>(), g.loc.data_ptr<acc_t>(), g.attn.data_ptr<acc_t>(), geometry<index_t>(plan));

@@ -6,12 +6,17 @@
 // half / bfloat16 pair intrinsics, ... and runs every warp as 32 lanes on the CPU. So these
 // files may use only what that shim provides: no shared memory, no __syncthreads.
 //
-// Work split: a group of G lanes (a power of two <= 32) handles one (n, query, value head) task;
-// each lane owns V channels of the head at a time (one 16-byte vector: 4 fp32, 8 fp16 / bf16,
-// 2 fp64; V = 1 when D is not a multiple of that or a pointer is misaligned) and steps by G * V
-// channels. Per sampling point a lane computes the corners, bilinear weights and validity once
-// and uses them for its V channels. Corners outside the map are not read (they count as zeros,
-// as in grid_sample's zero padding) and not written.
+// Work split: a group of G <= 32 lanes (a power of two in the backward) handles one (n, query,
+// value head) task; each lane owns a chunk of V adjacent channels of the head at a time and steps
+// by G * V channels.
+// A chunk is one 16-byte vector (4 fp32, 8 fp16 / bf16, 2 fp64) when D is a multiple of that and
+// the pointers are aligned, else V elements read one by one (the scalar path, V chosen on the host
+// from D). Per sampling point a lane computes the corners, bilinear weights and validity once and
+// uses them for its V channels. Scalar path, D not a multiple of V: the forward moves the last
+// chunk back to end at the head's last channel (its first channels, computed twice, are stored by
+// the chunk before it); the backward masks the channels past the head's end instead (they must
+// not be scattered twice). Corners outside the map are not read (they count as zeros, as in
+// grid_sample's zero padding) and not written.
 // Index arithmetic is int32 when every offset fits (index_t, decided on the host), else int64;
 // locations and weights are read through their strides, which the point loop adds to its
 // pointers (no multiplications there). There is no batch chunking (im2col_step).
@@ -21,6 +26,8 @@
 #pragma once
 
 #include <cstdlib>
+#include <limits>
+#include <utility>
 
 #include "msda_common.h"
 #include "msda_cuda_vec.cuh"
@@ -34,11 +41,13 @@ template <typename index_t>
 struct Geometry {
   index_t tasks;  // N * Lq * Mv
   index_t Lq, Mv, Ml, D, S;
-  index_t row;    // Mv * D: elements between two tokens of value
+  int row;        // Mv * D: elements between two tokens of value (< 2^31, checked on the host)
   index_t sl[5];  // sampling_loc strides over (N, Lq, Ml, L, P), in (x, y) pairs
   index_t sa[5];  // attention_weights strides over (N, Lq, Ml, L, P)
+  int lp, ap;     // sl[4], sa[4] as int (the host copies a view whose point stride does not fit): the
+                  // point loop's pointer steps are then 32 x 32 -> 64-bit multiply-adds on either path
   int L, P;       // levels, points per level (int: the loop counters stay 32-bit on the int64 path)
-  int G, log2G;   // lanes per task, a power of two
+  int G, log2G;   // lanes per task: the backward's a power of two (log2G), the forward's any number
 };
 
 // The (n, query, value head) task t: where its value head, locations and weights start.
@@ -98,7 +107,7 @@ MSDA_DEV acc_t clamp_pixel(acc_t v, acc_t hi) {
 
 // (x, y) in [0, 1], pixel centres at (i + 0.5) / W (grid_sample, align_corners=False).
 template <typename acc_t, typename index_t>
-MSDA_DEV Sample<acc_t, index_t> sample_at(acc_t x, acc_t y, const Level<acc_t, index_t>& lv, index_t row) {
+MSDA_DEV Sample<acc_t, index_t> sample_at(acc_t x, acc_t y, const Level<acc_t, index_t>& lv, int row) {
   const acc_t w_im = clamp_pixel(x * lv.Wf - acc_t(0.5), lv.Wf);
   const acc_t h_im = clamp_pixel(y * lv.Hf - acc_t(0.5), lv.Hf);
   const acc_t fw = floor(w_im), fh = floor(h_im);
@@ -111,7 +120,12 @@ MSDA_DEV Sample<acc_t, index_t> sample_at(acc_t x, acc_t y, const Level<acc_t, i
   const bool c1 = static_cast<unsigned>(w0 + 1) < static_cast<unsigned>(lv.W);
   const bool r0 = static_cast<unsigned>(h0) < static_cast<unsigned>(lv.H);
   const bool r1 = static_cast<unsigned>(h0 + 1) < static_cast<unsigned>(lv.H);
-  const index_t o = static_cast<index_t>(h0) * lv.Wrow + static_cast<index_t>(w0) * row + lv.base;
+  // the pixel's index in the level, an int (the host keeps a level's pixels, and the rows just
+  // outside it, in int range), times the token stride: one 32 x 32 -> 64-bit multiply on the int64
+  // path. Unsigned arithmetic: a degenerate level (0 x huge) may wrap, defined, and is never read.
+  const unsigned upixel = static_cast<unsigned>(h0) * static_cast<unsigned>(lv.W) + static_cast<unsigned>(w0);
+  const int pixel = static_cast<int>(upixel);
+  const index_t o = static_cast<index_t>(pixel) * static_cast<index_t>(row) + lv.base;
   s.off[0] = o, s.off[1] = o + row, s.off[2] = o + lv.Wrow, s.off[3] = o + lv.Wrow + row;
   s.ok[0] = r0 && c0, s.ok[1] = r0 && c1, s.ok[2] = r1 && c0, s.ok[3] = r1 && c1;
   return s;
@@ -130,38 +144,51 @@ struct PairOf<double> {
 
 // out[t, j : j + V] for the lane's channel chunks j; the point loop is kept rolled (unroll 1):
 // one iteration is one point, which is what the static SASS report counts (sass_report.py).
-template <typename scalar_t, typename acc_t, typename index_t, int V>
+template <typename scalar_t, typename acc_t, typename index_t, int V, bool kVec>
 __global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
                                const int64_t* __restrict__ starts, const acc_t* __restrict__ loc,
                                const acc_t* __restrict__ attn, scalar_t* __restrict__ out, Geometry<index_t> g) {
   using Pair = typename PairOf<acc_t>::type;
+  using C = Chunk<scalar_t, acc_t, V, kVec>;
   const index_t gid = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const index_t t = gid >> g.log2G;
-  if (t >= g.tasks) return;  // no shuffles in the forward, early exit is safe
-  const index_t lane = gid & ((index_t(1) << g.log2G) - 1);
+  const index_t t = gid / g.G;  // G lanes per task, a group of any size (no shuffles here)
+  if (t >= g.tasks) return;     // no shuffles in the forward, early exit is safe
+  const index_t lane = gid - t * g.G;
   const Task<index_t> task = task_of(t, g);
-  for (index_t j = lane * V; j < g.D; j += index_t(V) << g.log2G) {
+  for (index_t j = lane * V; j < g.D; j += index_t(V) * g.G) {
+    // the chunk read: [j, j + V), or the head's last V channels when j + V passes D (scalar path;
+    // the host picks V <= D), so every read channel lies in the head and no load needs a mask
+    const index_t c = j + V <= g.D ? j : g.D - V;
     acc_t acc[V] = {};
     for (int l = 0; l < g.L; ++l) {
-      const Level<acc_t, index_t> lv = level_of<acc_t>(shapes, starts, l, task.value + j, true, g);
+      const Level<acc_t, index_t> lv = level_of<acc_t>(shapes, starts, l, task.value + c, true, g);
       const Pair* xy = reinterpret_cast<const Pair*>(loc) + task.loc + l * g.sl[3];
       const acc_t* a = attn + task.attn + l * g.sa[3];
 #pragma unroll 1
-      for (int p = 0; p < g.P; ++p, xy += g.sl[4], a += g.sa[4]) {
-        const Pair c = *xy;
-        const Sample<acc_t, index_t> s = sample_at(c.x, c.y, lv, g.row);
+      for (int p = 0; p < g.P; ++p, xy += g.lp, a += g.ap) {
+        const Pair xyp = *xy;
+        const Sample<acc_t, index_t> s = sample_at(xyp.x, xyp.y, lv, g.row);
         const acc_t ay0 = *a * s.wy[0], ay1 = *a * s.wy[1];
         const acc_t w[4] = {ay0 * s.wx[0], ay0 * s.wx[1], ay1 * s.wx[0], ay1 * s.wx[1]};
+        // corners outside the map add nothing and are not read (the pointer to one is never formed):
+        // their loads and multiply-adds are predicated off, except for fp16 / bf16 vectors, whose 8
+        // conversions per corner nvcc puts behind a branch (4 more instructions per corner, sm_90):
+        // those read zeros instead of a missing corner and convert and add them unconditionally
         MSDA_UNROLL
         for (int k = 0; k < 4; ++k) {
           acc_t x[V];
-          Chunk<scalar_t, acc_t, V>::load_if(s.ok[k], value, s.off[k], x);
+          if constexpr (kVec && sizeof(scalar_t) == 2) {
+            C::load_if(s.ok[k], value, s.off[k], x);
+          } else {
+            if (!s.ok[k]) continue;
+            C::load(value + s.off[k], x);
+          }
           MSDA_UNROLL
           for (int i = 0; i < V; ++i) acc[i] += w[k] * x[i];
         }
       }
     }
-    Chunk<scalar_t, acc_t, V>::store(out + t * g.D + j, acc);
+    C::store(out + t * g.D + c, acc, static_cast<int>(j - c));
   }
 }
 
@@ -190,18 +217,29 @@ MSDA_DEV void point_grads(const Sample<acc_t, index_t>& s, const acc_t (&dot)[4]
   out[2] = row1 - row0;
 }
 
+// Channels of the chunk at j that belong to the head: V on the vector path (a constant, so no
+// masks), D - j (< V) for the scalar path's last chunk.
+template <int V, bool kVec, typename index_t>
+MSDA_DEV int channels_in_head(index_t j, index_t D) {
+  if (kVec || V == 1) return V;
+  return D - j < V ? static_cast<int>(D - j) : V;
+}
+
 // One pass over the points per chunk of G * V channels (one pass when D <= G * V, as for DINO's
 // D = 32): the grad_output chunk is loaded once per pass, and every lane of the group runs the
 // same passes (uniform shuffles). Lanes with no channels in a pass (j >= D) and lanes past the
 // last task (inactive: they replay the last task) read and scatter nothing (level_of's live).
-// Lane 0 of the group owns the task's grad_loc / grad_attn: later passes add to the first's.
-template <typename scalar_t, typename acc_t, typename index_t, int V, int kArch = 0>
+// Lane 0 of the group owns the task's grad_loc / grad_attn and adds each pass's share to them.
+// A scalar chunk past the head's end masks its channels from n on: they read zeros (so they add
+// nothing to the dot products, even where value is infinite) and scatter nothing.
+template <typename scalar_t, typename acc_t, typename index_t, int V, bool kVec, int kArch = 0>
 __global__ void backward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
                                 const int64_t* __restrict__ starts, const acc_t* __restrict__ loc,
                                 const acc_t* __restrict__ attn, const scalar_t* __restrict__ grad_out,
                                 acc_t* grad_value, acc_t* __restrict__ grad_loc, acc_t* __restrict__ grad_attn,
                                 Geometry<index_t> g) {
   using Pair = typename PairOf<acc_t>::type;
+  using C = Chunk<scalar_t, acc_t, V, kVec>;
   const index_t gid = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const bool active = (gid >> g.log2G) < g.tasks;
   const index_t t = active ? gid >> g.log2G : g.tasks - 1;
@@ -212,38 +250,39 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value, const int64_
   for (index_t j0 = 0; j0 < g.D; j0 += index_t(V) << g.log2G) {
     const index_t j = j0 + lane * V;
     const bool live = active && j < g.D;
+    const int n = channels_in_head<V, kVec>(j, g.D);
     acc_t gd[V];
-    Chunk<scalar_t, acc_t, V>::load_if(live, grad_out, t * g.D + j, gd);
+    C::load_if(live, grad_out, t * g.D + j, gd, n);
     index_t o = t * g.L * g.P;  // this task's (level, point) entries of grad_loc / grad_attn
     for (int l = 0; l < g.L; ++l) {
       const Level<acc_t, index_t> lv = level_of<acc_t>(shapes, starts, l, task.value + j, live, g);
       const Pair* xy = reinterpret_cast<const Pair*>(loc) + task.loc + l * g.sl[3];
       const acc_t* a = attn + task.attn + l * g.sa[3];
 #pragma unroll 1
-      for (int p = 0; p < g.P; ++p, xy += g.sl[4], a += g.sa[4], ++o) {
-        const Pair c = *xy;
+      for (int p = 0; p < g.P; ++p, xy += g.lp, a += g.ap, ++o) {
+        const Pair xyp = *xy;
         const acc_t wa = *a;
-        const Sample<acc_t, index_t> s = sample_at(c.x, c.y, lv, g.row);
+        const Sample<acc_t, index_t> s = sample_at(xyp.x, xyp.y, lv, g.row);
         const acc_t ay[2] = {wa * s.wy[0], wa * s.wy[1]};
         acc_t dot[4] = {0, 0, 0, 0};
         MSDA_UNROLL
         for (int k = 0; k < 4; ++k) {
+          if (!s.ok[k]) continue;  // outside the map: nothing read, nothing scattered
           acc_t x[V];
-          Chunk<scalar_t, acc_t, V>::load_if(s.ok[k], value, s.off[k], x);
+          C::load(value + s.off[k], x, n);
           MSDA_UNROLL
           for (int i = 0; i < V; ++i) dot[k] += gd[i] * x[i];
-          if (s.ok[k]) scatter_add<kArch>(grad_value + s.off[k], ay[k >> 1] * s.wx[k & 1], gd);
+          scatter_add<kArch, kVec>(grad_value + s.off[k], ay[k >> 1] * s.wx[k & 1], gd, n);
         }
         acc_t sums[3];
         point_grads(s, dot, sums);
         group_sum3(sums, g.G);
-        const Pair dxy{wa * lv.Wf * sums[1], wa * lv.Hf * sums[2]};
-        if (writer && j0 == 0) {
-          grad_attn[o] = sums[0];
-          gl[o] = dxy;
-        } else if (writer) {
-          grad_attn[o] += sums[0];
-          gl[o] = Pair{gl[o].x + dxy.x, gl[o].y + dxy.y};
+        // the buffers start zeroed and only this lane adds to its entries, so an add serves the first
+        // pass and the later ones alike (one code path, no load of the previous pass's value)
+        if (writer) {
+          atomicAdd(grad_attn + o, sums[0]);
+          atomicAdd(&gl[o].x, wa * lv.Wf * sums[1]);
+          atomicAdd(&gl[o].y, wa * lv.Hf * sums[2]);
         }
       }
     }
@@ -272,12 +311,16 @@ inline bool index64_forced() {
   return e != nullptr && e[0] == '1';
 }
 
+// Which kernel a plan is for: the scalar path picks its chunk width per kernel (scalar_width).
+enum class Pass { kForward, kBackward };
+
 // How one call runs: which kernel variant, how many blocks, and the locations / weights as read.
 struct Plan {
   Sizes s;
   bool wide = false;  // int64 index arithmetic
-  bool vec = false;   // V = 16 / sizeof(value element) channels per access, else 1
-  int log2G = 0;
+  bool vec = false;   // 16-byte vector chunks, else scalar chunks
+  int V = 1;          // channels per chunk
+  int G = 1, log2G = 0;  // lanes per task; log2G: the backward's (G = 1 << log2G)
   int64_t blocks = 0;
   at::Tensor loc, attn;
 };
@@ -298,24 +341,60 @@ inline int ceil_log2(int64_t n) {
   return k;
 }
 
+// Scalar chunk widths. A point's own work (its location and weight, corners, bilinear weights,
+// bounds: about 50-80 instructions) is shared by the chunk's channels, each of which adds a load,
+// a conversion (fp16 / bf16) and a multiply-add per corner; 4 channels bring the forward under issue
+// 24's 30 instructions per (point, channel), 8 for fp16 / bf16 (their conversions). The forward takes
+// the widest built width <= D (ForwardWidths), the backward a masked chunk of 4 for D >= 2 and 1
+// for D = 1 (BackwardWidths). Heads of 1-3 channels cannot share a point's work enough: their
+// forward stays above 30 per (point, channel) (README, "Work per sampled point").
+inline int scalar_width(int64_t D, int64_t element_size, Pass pass) {
+  if (pass == Pass::kBackward) return D >= 2 ? 4 : 1;
+  for (int w : {8, 4, 2})
+    if (w <= D && (w < 8 || element_size == 2)) return w;
+  return 1;
+}
+
+// Lanes per task for a head of `chunks` chunks, at most a warp. The backward's groups sum with
+// butterfly shuffles, so they are a power of two (lanes past the last chunk idle). The forward's
+// need not be: it spreads the chunks evenly over the fewest passes (a lane per chunk up to 32),
+// so that no lane of a group idles in the point loop, e.g. 9 lanes for 9 chunks, not 16.
+inline int lanes_per_task(int64_t chunks, Pass pass) {
+  chunks = std::max<int64_t>(chunks, 1);
+  if (pass == Pass::kBackward) return 1 << ceil_log2(std::min<int64_t>(chunks, 32));
+  const int64_t passes = (chunks + 31) / 32;
+  return static_cast<int>((chunks + passes - 1) / passes);
+}
+
 // vector_ptrs: every pointer the kernel reads or writes in V-channel vectors (value, output or
 // grad_output, grad_value), which must be 16-byte aligned for the vector path.
 inline Plan plan_launch(const Inputs& in, const at::Tensor& loc, const at::Tensor& attn,
-                        std::initializer_list<const void*> vector_ptrs) {
+                        std::initializer_list<const void*> vector_ptrs, Pass pass) {
   Plan p;
   p.s = in.s;
   const Sizes& s = in.s;
   const int64_t width = 16 / in.value.element_size();
   p.vec = s.D % width == 0;
   for (const void* ptr : vector_ptrs) p.vec = p.vec && aligned16(ptr);
-  const int64_t chunks = s.D / (p.vec ? width : 1);
-  p.log2G = ceil_log2(std::min<int64_t>(std::max<int64_t>(chunks, 1), 32));
-  const int64_t threads = s.N * s.Lq * s.Mv << p.log2G;
+  p.V = p.vec ? static_cast<int>(width) : scalar_width(s.D, in.value.element_size(), pass);
+  p.G = lanes_per_task((s.D + p.V - 1) / p.V, pass);
+  p.log2G = ceil_log2(p.G);
+  const int64_t threads = s.N * s.Lq * s.Mv * p.G;
   p.blocks = (threads + kThreads - 1) / kThreads;
   TORCH_CHECK(p.blocks < (int64_t(1) << 31), "msda: ", threads, " threads exceed the CUDA grid limit");
   TORCH_CHECK(s.L < (int64_t(1) << 31) && s.P < (int64_t(1) << 31), "msda: too many levels or points");
+  // sample_at's int pixel index: a level's pixels, plus the two rows and columns around it, stay
+  // below 2^31 when an image has fewer than 2^30 tokens (a level's width and height are at most S)
+  TORCH_CHECK(s.S < (int64_t(1) << 30) && s.Mv * s.D < (int64_t(1) << 31), "msda: value has ", s.S,
+              " tokens per image and ", s.Mv * s.D, " channels per token; the CUDA kernels handle fewer than 2^30 ",
+              "and 2^31");
   p.loc = s.N * s.Lq > 0 ? pairable_locations(loc) : loc;
   p.attn = attn;
+  // the kernels step over points with int strides (Geometry::lp, ap); a view whose point stride is
+  // larger (a huge tensor transposed point-axis-first) is read from a contiguous copy
+  const int64_t int_max = std::numeric_limits<int>::max();
+  if (std::abs(p.loc.stride(4)) / 2 > int_max) p.loc = p.loc.contiguous();
+  if (std::abs(p.attn.stride(4)) > int_max) p.attn = p.attn.contiguous();
   const int64_t largest = std::max({in.value.numel(), s.N * s.Lq * s.Mv * s.D, extent(p.loc), extent(attn),
                                     s.N * s.Lq * s.Mv * s.L * s.P * 2, p.blocks * kThreads});
   p.wide = index64_forced() || largest > kInt32Limit;
@@ -332,22 +411,39 @@ Geometry<index_t> geometry(const Plan& p) {
   g.tasks = static_cast<index_t>(s.N * s.Lq * s.Mv);
   g.Lq = s.Lq, g.Mv = s.Mv, g.Ml = s.Ml, g.D = s.D, g.S = s.S;
   g.L = static_cast<int>(s.L), g.P = static_cast<int>(s.P);
-  g.row = static_cast<index_t>(s.Mv * s.D);
+  g.row = static_cast<int>(s.Mv * s.D);
   for (int i = 0; i < 5; ++i) g.sl[i] = stride(p.loc, i, 2), g.sa[i] = stride(p.attn, i, 1);
-  g.G = 1 << p.log2G, g.log2G = p.log2G;
+  g.lp = static_cast<int>(g.sl[4]), g.ap = static_cast<int>(g.sa[4]);
+  g.G = p.G, g.log2G = p.log2G;
   return g;
 }
 
-// Calls f(index_t{}, std::integral_constant<int, V>{}) for the plan's kernel variant.
-template <typename scalar_t, typename F>
+// The scalar chunk widths each kernel is built for: what scalar_width can return for that pass.
+template <typename scalar_t>
+using ForwardWidths = std::conditional_t<sizeof(scalar_t) == 2, std::integer_sequence<int, 8, 4, 2, 1>,
+                                         std::integer_sequence<int, 4, 2, 1>>;
+template <typename scalar_t>
+using BackwardWidths = std::integer_sequence<int, 4, 1>;
+
+// f(integral_constant<int, W>) for the width W among the built ones that equals v.
+template <typename F, int W, int... Ws>
+void with_width(int v, std::integer_sequence<int, W, Ws...>, F&& f) {
+  if (v == W) return f(std::integral_constant<int, W>{});
+  if constexpr (sizeof...(Ws) > 0) return with_width(v, std::integer_sequence<int, Ws...>{}, std::forward<F>(f));
+  TORCH_CHECK(false, "msda: no kernel built for scalar chunks of ", v, " channels");
+}
+
+// Calls f(index_t{}, integral_constant<int, V>, bool_constant<kVec>) for the plan's kernel variant;
+// Widths: the scalar chunk widths built for the kernel (ForwardWidths or BackwardWidths of scalar_t).
+template <typename scalar_t, typename Widths, typename F>
 void with_variant(const Plan& p, F&& f) {
-  constexpr int kVec = Vec16<scalar_t>::width;
-  if (p.wide) {
-    if (p.vec) return f(int64_t{}, std::integral_constant<int, kVec>{});
-    return f(int64_t{}, std::integral_constant<int, 1>{});
-  }
-  if (p.vec) return f(int32_t{}, std::integral_constant<int, kVec>{});
-  f(int32_t{}, std::integral_constant<int, 1>{});
+  constexpr int kVecWidth = Vec16<scalar_t>::width;
+  auto with_index = [&](auto vec, auto kvec) {
+    if (p.wide) return f(int64_t{}, vec, kvec);
+    f(int32_t{}, vec, kvec);
+  };
+  if (p.vec) return with_index(std::integral_constant<int, kVecWidth>{}, std::true_type{});
+  with_width(p.V, Widths{}, [&](auto vec) { with_index(vec, std::false_type{}); });
 }
 
 }  // namespace msda

@@ -1,9 +1,12 @@
-// Channel chunks for the msda CUDA kernels: V channels of one head read, written or
-// scattered with one memory access, converted to / from the accumulation type.
+// Channel chunks for the msda CUDA kernels: V adjacent channels of one head read, written or
+// scattered together, converted to / from the accumulation type.
 //
-// Vector paths move 16 bytes per access: 4 fp32, 2 fp64, or 8 fp16 / bf16 (as 4 half / bfloat16
-// pairs, converted with the pair intrinsics). V == 1 is the scalar fallback, used when D is not
-// a multiple of the vector width or a pointer is not 16-byte aligned (decided on the host).
+// Two kinds of chunk (kVec). Vector chunks move 16 bytes per access: 4 fp32, 2 fp64, or 8 fp16 / bf16
+// (as 4 half / bfloat16 pairs, converted with the pair intrinsics); they need D a multiple of the
+// vector width and 16-byte aligned pointers. Scalar chunks (the fallback for any other D or
+// alignment) read V elements one by one: the kernel still computes a point's corners, weights and
+// validity once for the V channels. A scalar chunk may hold fewer than V channels of the head
+// (n < V): its loads and scatters then leave the channels past n alone (masked).
 // Like msda_cuda_kernels.cuh, this file is compiled by nvcc and, for the SIMT emulator, by the host
 // compiler; the emulator's emu/simt_vector_types.h supplies the CUDA types and intrinsics used here.
 #pragma once
@@ -23,6 +26,13 @@
 #define MSDA_CUDA_ARCH __CUDA_ARCH__
 #else
 #define MSDA_CUDA_ARCH 0
+#endif
+
+// Called before every 16-byte vector load or store with its address. The GPU faults on a misaligned
+// one; the host CPU would not, so the emulator defines this to fail the launch the same way
+// (emu/simt_vector_types.h); the GPU build compiles it away.
+#ifndef MSDA_VECTOR_ACCESS
+#define MSDA_VECTOR_ACCESS(p, bytes)
 #endif
 
 namespace msda {
@@ -107,32 +117,57 @@ struct Vec16<at::Half> : Vec16Pairs<__half2> {};
 template <>
 struct Vec16<at::BFloat16> : Vec16Pairs<__nv_bfloat162> {};
 
-// V channels of scalar_t starting at an element offset: one vector access (V > 1) or one element.
+// V channels of scalar_t starting at an element offset. load, load_if and scatter_add take n, the
+// chunk's channels that belong to the head (element i is touched only when i < n; i = 0 always is,
+// as a chunk is only used by a lane that has channels). Vector chunks are always full (n unused).
+template <typename scalar_t, typename acc_t, int V, bool kVec>
+struct Chunk;
+
 template <typename scalar_t, typename acc_t, int V>
-struct Chunk {
+struct Chunk<scalar_t, acc_t, V, true> {
   using T = Vec16<scalar_t>;
   using raw_t = typename T::raw_t;
-  static_assert(V == T::width, "a chunk is one 16-byte vector or one element");
+  static_assert(V == T::width, "a vector chunk is one 16-byte vector");
 
-  static MSDA_DEV void load(const scalar_t* p, acc_t (&x)[V]) { T::unpack(*reinterpret_cast<const raw_t*>(p), x); }
-  // Zeros when !ok, without touching memory: the pointer to a corner outside the map is never formed.
+  static MSDA_DEV void load(const scalar_t* p, acc_t (&x)[V], int = V) {
+    MSDA_VECTOR_ACCESS(p, sizeof(raw_t));
+    T::unpack(*reinterpret_cast<const raw_t*>(p), x);
+  }
+  // Zeros when !ok, without touching memory.
   template <typename index_t>
-  static MSDA_DEV void load_if(bool ok, const scalar_t* base, index_t off, acc_t (&x)[V]) {
+  static MSDA_DEV void load_if(bool ok, const scalar_t* base, index_t off, acc_t (&x)[V], int = V) {
     raw_t r{};
-    if (ok) r = *reinterpret_cast<const raw_t*>(base + off);
+    if (ok) {
+      MSDA_VECTOR_ACCESS(base + off, sizeof(raw_t));
+      r = *reinterpret_cast<const raw_t*>(base + off);
+    }
     T::unpack(r, x);
   }
-  static MSDA_DEV void store(scalar_t* p, const acc_t (&x)[V]) { *reinterpret_cast<raw_t*>(p) = T::pack(x); }
+  static MSDA_DEV void store(scalar_t* p, const acc_t (&x)[V], int = 0) {
+    MSDA_VECTOR_ACCESS(p, sizeof(raw_t));
+    *reinterpret_cast<raw_t*>(p) = T::pack(x);
+  }
 };
 
-template <typename scalar_t, typename acc_t>
-struct Chunk<scalar_t, acc_t, 1> {
-  static MSDA_DEV void load(const scalar_t* p, acc_t (&x)[1]) { x[0] = static_cast<acc_t>(*p); }
-  template <typename index_t>
-  static MSDA_DEV void load_if(bool ok, const scalar_t* base, index_t off, acc_t (&x)[1]) {
-    x[0] = ok ? static_cast<acc_t>(base[off]) : acc_t(0);
+template <typename scalar_t, typename acc_t, int V>
+struct Chunk<scalar_t, acc_t, V, false> {
+  // Channels i >= n read as zeros (element 0 is always read).
+  static MSDA_DEV void load(const scalar_t* p, acc_t (&x)[V], int n = V) {
+    MSDA_UNROLL
+    for (int i = 0; i < V; ++i) x[i] = i == 0 || i < n ? static_cast<acc_t>(p[i]) : acc_t(0);
   }
-  static MSDA_DEV void store(scalar_t* p, const acc_t (&x)[1]) { *p = static_cast<scalar_t>(x[0]); }
+  template <typename index_t>
+  static MSDA_DEV void load_if(bool ok, const scalar_t* base, index_t off, acc_t (&x)[V], int n = V) {
+    MSDA_UNROLL
+    for (int i = 0; i < V; ++i) x[i] = ok && (i == 0 || i < n) ? static_cast<acc_t>(base[off + i]) : acc_t(0);
+  }
+  // Elements i >= skip: the first skip channels of a chunk moved back to end at the head's last
+  // channel belong to the chunk before it (forward_kernel).
+  static MSDA_DEV void store(scalar_t* p, const acc_t (&x)[V], int skip = 0) {
+    MSDA_UNROLL
+    for (int i = 0; i < V; ++i)
+      if (i >= skip) p[i] = static_cast<scalar_t>(x[i]);
+  }
 };
 
 // float4 for float; a template so that the name is looked up only where the sm_90 branch is kept.
@@ -141,23 +176,25 @@ struct Float4Of {
   using type = float4;
 };
 
-// grad_value[p + i] += w * g[i], i < V, atomically (other queries scatter into the same pixels).
-// fp32 on sm_90 and later: one 16-byte vector atomic (RED.E.ADD.F32x4) per 4 channels; before sm_90
-// and for fp64 the architecture has no vector float atomics, so one atomic per channel. fp16 / bf16
-// values also scatter into fp32: a pixel collects hundreds of contributions per image, which an
-// 8-bit (bf16) or 11-bit (fp16) mantissa would round away, so the pair atomics of those types are
-// not used. kArch: the emulator's choice (800, 900); 0 = the architecture being compiled.
-template <int kArch, typename acc_t, int V>
-MSDA_DEV void scatter_add(acc_t* p, acc_t w, const acc_t (&g)[V]) {
+// grad_value[p + i] += w * g[i], i < n, atomically (other queries scatter into the same pixels).
+// fp32 vector chunks on sm_90 and later: one 16-byte vector atomic (RED.E.ADD.F32x4) per 4 channels;
+// before sm_90 and for fp64 the architecture has no vector float atomics, and scalar chunks are not
+// 16-byte aligned, so one atomic per channel. fp16 / bf16 values also scatter into fp32: a pixel
+// collects hundreds of contributions per image, which an 8-bit (bf16) or 11-bit (fp16) mantissa
+// would round away, so the pair atomics of those types are not used. kArch: the emulator's choice
+// (800, 900); 0 = the architecture being compiled.
+template <int kArch, bool kVec, typename acc_t, int V>
+MSDA_DEV void scatter_add(acc_t* p, acc_t w, const acc_t (&g)[V], int n) {
   constexpr int arch = kArch ? kArch : MSDA_CUDA_ARCH;
-  if constexpr (arch >= 900 && std::is_same<acc_t, float>::value && V % 4 == 0) {
+  if constexpr (kVec && arch >= 900 && std::is_same<acc_t, float>::value && V % 4 == 0) {
     using F4 = typename Float4Of<acc_t>::type;
     MSDA_UNROLL
     for (int i = 0; i < V; i += 4) atomicAdd(reinterpret_cast<F4*>(p + i), F4{w * g[i], w * g[i + 1], w * g[i + 2],
                                                                                w * g[i + 3]});
   } else {
     MSDA_UNROLL
-    for (int i = 0; i < V; ++i) atomicAdd(p + i, w * g[i]);
+    for (int i = 0; i < V; ++i)
+      if (kVec || i == 0 || i < n) atomicAdd(p + i, w * g[i]);
   }
 }
 

@@ -4,7 +4,8 @@
 // The launchers mirror msda_cuda.cu's: same input preparation, launch plan (kernel variant,
 // grid, block) and arguments. Also: set_seed (block / warp / lane orders), set_arch (which
 // architecture's device code the backward runs: 800 = scalar fp32 atomics, 900 = float4
-// atomics), and shim_selftest (small kernels that check the emulator's own rules).
+// atomics), plan_of (the kernel variant a call takes) and shim_selftest (small kernels that check
+// the emulator's own rules).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -55,10 +56,10 @@ at::Tensor forward_emu(const at::Tensor& value_in, const at::Tensor& shapes_in, 
   const Sizes& s = in.s;
   at::Tensor out = at::empty({s.N, s.Lq, s.Mv * s.D}, in.value.options());
   if (out.numel() == 0) return out;
-  const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), out.data_ptr()});
+  const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), out.data_ptr()}, Pass::kForward);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_forward_emu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    with_variant<scalar_t>(plan, [&](auto index, auto vec) {
+    with_variant<scalar_t, ForwardWidths<scalar_t>>(plan, [&](auto index, auto vec, auto kvec) {
       using index_t = decltype(index);
       const scalar_t* v = in.value.data_ptr<scalar_t>();
       const int64_t* shapes = in.shapes.data_ptr<int64_t>();
@@ -68,7 +69,8 @@ at::Tensor forward_emu(const at::Tensor& value_in, const at::Tensor& shapes_in, 
       scalar_t* o = out.data_ptr<scalar_t>();
       const Geometry<index_t> g = geometry<index_t>(plan);
       simt::launch(plan.blocks, kThreads, next_seed(), [=] {
-        forward_kernel<scalar_t, acc_t, index_t, decltype(vec)::value>(v, shapes, starts, lp, ap, o, g);
+        forward_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(kvec)::value>(v, shapes, starts, lp,
+                                                                                             ap, o, g);
       });
     });
   });
@@ -76,7 +78,7 @@ at::Tensor forward_emu(const at::Tensor& value_in, const at::Tensor& shapes_in, 
 }
 
 // The backward as compiled for `arch` (scatter_add's atomics differ).
-template <typename scalar_t, typename acc_t, typename index_t, int V>
+template <typename scalar_t, typename acc_t, typename index_t, int V, bool kVec>
 void launch_backward(const Plan& plan, const Inputs& in, const Grads& gr) {
   const scalar_t* v = in.value.data_ptr<scalar_t>();
   const int64_t* shapes = in.shapes.data_ptr<int64_t>();
@@ -90,11 +92,11 @@ void launch_backward(const Plan& plan, const Inputs& in, const Grads& gr) {
   const Geometry<index_t> g = geometry<index_t>(plan);
   if (g_arch.load() >= 900) {
     simt::launch(plan.blocks, kThreads, next_seed(), [=] {
-      backward_kernel<scalar_t, acc_t, index_t, V, 900>(v, shapes, starts, lp, ap, go, gv, gl, ga, g);
+      backward_kernel<scalar_t, acc_t, index_t, V, kVec, 900>(v, shapes, starts, lp, ap, go, gv, gl, ga, g);
     });
   } else {
     simt::launch(plan.blocks, kThreads, next_seed(), [=] {
-      backward_kernel<scalar_t, acc_t, index_t, V, 800>(v, shapes, starts, lp, ap, go, gv, gl, ga, g);
+      backward_kernel<scalar_t, acc_t, index_t, V, kVec, 800>(v, shapes, starts, lp, ap, go, gv, gl, ga, g);
     });
   }
 }
@@ -106,28 +108,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_emu(const at::Tensor& va
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
   Grads g = backward_buffers(in, loc, grad_out_in);
   if (g.grad_out.numel() > 0) {
-    const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), g.grad_out.data_ptr(), g.value.data_ptr()});
+    const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), g.grad_out.data_ptr(), g.value.data_ptr()},
+                                  Pass::kBackward);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_backward_emu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      with_variant<scalar_t>(plan, [&](auto index, auto vec) {
-        launch_backward<scalar_t, acc_t, decltype(index), decltype(vec)::value>(plan, in, g);
+      with_variant<scalar_t, BackwardWidths<scalar_t>>(plan, [&](auto index, auto vec, auto kvec) {
+        launch_backward<scalar_t, acc_t, decltype(index), decltype(vec)::value, decltype(kvec)::value>(plan, in, g);
       });
     });
   }
   return finish_backward(in, std::move(g));
 }
 
-// Which kernel variant a call would run (tests): "int32|int64 V=<channels per access> G=<lanes>".
+// Which kernel variant a call would run (tests): "int32|int64 vector|scalar V=<channels per chunk>
+// G=<lanes> loc in place|copied", for the forward or the backward (their scalar widths differ).
 std::string plan_of(const at::Tensor& value_in, const at::Tensor& shapes_in, const at::Tensor& starts_in,
-                    const at::Tensor& loc, const at::Tensor& attn) {
+                    const at::Tensor& loc, const at::Tensor& attn, bool backward) {
   const Inputs in = prepare_inputs(value_in, shapes_in, starts_in, loc, attn);
   const at::Tensor out = at::empty({in.s.N, in.s.Lq, in.s.Mv * in.s.D}, in.value.options());
-  const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), out.data_ptr()});
-  std::string v;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_plan_emu", [&] {
-    v = std::to_string(plan.vec ? Vec16<scalar_t>::width : 1);
-  });
-  return std::string(plan.wide ? "int64" : "int32") + " V=" + v + " G=" + std::to_string(1 << plan.log2G) +
+  const Plan plan = plan_launch(in, loc, attn, {in.value.data_ptr(), out.data_ptr()},
+                                backward ? Pass::kBackward : Pass::kForward);
+  return std::string(plan.wide ? "int64" : "int32") + (plan.vec ? " vector" : " scalar") +
+         " V=" + std::to_string(plan.V) + " G=" + std::to_string(plan.G) +
          (plan.loc.data_ptr() == loc.data_ptr() ? " loc in place" : " loc copied");
 }
 
@@ -166,6 +168,13 @@ void early_exit_kernel(int64_t* out) {
 // sm_90's float4 atomicAdd at `float_offset` floats into a 16-byte aligned buffer of 8 floats
 void vector_atomic_kernel(float* buf, int float_offset) {
   atomicAdd(reinterpret_cast<float4*>(buf + float_offset), float4{1.0f, 2.0f, 3.0f, 4.0f});
+}
+
+// a 16-byte vector load of 4 floats at `float_offset` floats into a 16-byte aligned buffer
+void vector_load_kernel(const float* buf, int float_offset, float* out) {
+  float x[4];
+  Chunk<float, float, 4, true>::load(buf + float_offset, x);
+  for (int i = 0; i < 4; ++i) out[i] = x[i];
 }
 
 void order_kernel(int64_t* out, int64_t* counter) {  // records the order the blocks ran in
@@ -209,6 +218,12 @@ at::Tensor shim_selftest(const std::string& name, int64_t seed) {
     float* buf = reinterpret_cast<float*>(o);  // 16-byte aligned (torch's allocator)
     const int offset = name == "float4_atomic" ? 4 : 1;
     simt::launch(1, 1, seed, [=] { vector_atomic_kernel(buf, offset); });
+  } else if (name == "vector_load" || name == "vector_load_misaligned") {  // out[:2] as 4 floats read
+    float src[12] __attribute__((aligned(16))) = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+    float* dst = reinterpret_cast<float*>(o);
+    const float* from = src;
+    const int offset = name == "vector_load" ? 4 : 1;
+    simt::launch(1, 1, seed, [=] { vector_load_kernel(from, offset, dst); });
   } else if (name == "order") {  // out[:16] = block order, out[16] (as double) = thread count
     int64_t counter = 0;
     int64_t* c = &counter;
@@ -231,7 +246,7 @@ TORCH_LIBRARY(msda_emu, m) {
   m.def("set_arch(int arch) -> ()", &set_arch);
   m.def("get_arch() -> int", &get_arch);
   m.def("plan_of(Tensor value, Tensor spatial_shapes, Tensor level_start_index, Tensor sampling_loc, "
-        "Tensor attn_weight) -> str", &plan_of);
+        "Tensor attn_weight, bool backward=False) -> str", &plan_of);
   m.def("shim_selftest(str name, int seed) -> Tensor", &shim_selftest);
 }
 

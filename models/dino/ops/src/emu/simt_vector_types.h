@@ -3,8 +3,9 @@
 // Include after the torch headers (the conversions are c10's) and after simt_shim.h.
 //
 // The vector types carry CUDA's alignment (8 / 16 bytes), so the UBSan build reports a vector
-// load or store through a misaligned pointer, as the GPU would fault on it; the float4 atomic
-// checks its alignment itself (an exception aborts the launch with a message). may_alias:
+// load or store through a misaligned pointer, as the GPU would fault on it; the kernels' 16-byte
+// loads and stores (MSDA_VECTOR_ACCESS) and the float4 atomic check their alignment themselves in
+// every build (an exception aborts the launch with a message). may_alias:
 // the kernels read value / gradient buffers of float, c10::Half, ... through these types.
 #pragma once
 
@@ -51,6 +52,9 @@ inline void check_vector_address(const void* p, size_t bytes, const char* what) 
 }
 
 }  // namespace simt
+
+// msda_cuda_vec.cuh's hook before each 16-byte vector load / store: a misaligned one fails the launch
+#define MSDA_VECTOR_ACCESS(p, bytes) simt::check_vector_address(p, bytes, "16-byte vector access")
 
 // round to nearest even, like the device intrinsics (c10's conversions round that way too)
 inline float2 __half22float2(__half2 h) { return {simt::half_to_float(h.x), simt::half_to_float(h.y)}; }
