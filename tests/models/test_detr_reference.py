@@ -1,18 +1,16 @@
 """DETR against the official code's outputs (tests/data/detr_reference/, its README says how they were made).
 
 The official facebookresearch/detr ran R50 and R50-DC5 on two padded images with every weight drawn by a
-rule keyed by parameter name; `fill_by_rule` below is that rule, applied to this project's DETR (whose
-state_dict has the official keys), and the outputs must agree: every decoder layer's logits and boxes and
-the post-processed detections within the float32 noise the fixture measured (ATOL), the 25 loss terms within
-1e-5 relative, the matcher's assignments and the post-processed labels exactly.
+rule keyed by parameter name. `fill_by_rule` (tests/detr_reference.py) applies that rule to this project's
+DETR, whose state_dict has the official keys, and the outputs must agree: every decoder layer's logits and
+boxes and the post-processed detections within the float32 noise the fixture measured (ATOL), the 25 loss
+terms within 1e-5 relative, the matcher's assignments and the post-processed labels exactly.
 
     python tests/models/test_detr_reference.py     # prints the largest differences per variant
 """
 import functools
-import math
 import os
 import sys
-import zlib
 from typing import Dict
 
 import pytest
@@ -22,58 +20,15 @@ if __name__ == "__main__":  # run as a script: make the repository and tests/ im
     _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path[:0] = [_root, os.path.join(_root, "tests")]
 
+from detr_reference import DATA, fill_by_rule, read_keys, rule_value  # noqa: E402
 from tiny_configs import config_args  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "detr_reference")
-SALT = "fixture-v1"
 VARIANTS = {"r50": "DETR/detr_r50.py", "r50_dc5": "DETR/detr_r50_dc5.py"}
 # The fixture's float32 noise (its fp32 vs fp64 run): logits 9.4e-6, boxes 9.8e-7, loss terms 4.4e-7 relative.
 # The issue's bound is max(1e-4, 3 x noise) on outputs and 1e-4 on losses; the tolerances here are the tighter
 # ones the fixture's README suggests (boxes and post-processed boxes 1e-5, losses 1e-5).
 ATOL = {"pred_logits": 1e-4, "pred_boxes": 1e-5, "scores": 1e-4, "boxes/size": 1e-5}
 LOSS_RTOL = 1e-5
-
-
-def rule_value(key: str, shape) -> torch.Tensor:
-    """The fixture's value of state_dict entry `key` (its README, section "Weights: the rule")."""
-    g = torch.Generator().manual_seed(zlib.crc32((SALT + key).encode()))
-    shape = tuple(shape)
-    if key.endswith("running_var"):
-        return 1 + 0.1 * torch.rand(shape, generator=g)
-    if key.endswith("running_mean"):
-        return 0.1 * torch.randn(shape, generator=g)
-    if len(shape) >= 2:
-        if key.endswith(("query_embed.weight", "level_embed")):  # embedding tables at the official N(0, 1)
-            return torch.randn(shape, generator=g)
-        value = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
-        if key.endswith("in_proj_weight"):  # rows [q; k; v]: sharper attention
-            value[: 2 * shape[0] // 3] *= 4
-        elif key.endswith(("out_proj.weight", "output_proj.weight", "linear2.weight")):
-            value *= 0.5  # the last linear of each residual branch
-        return value
-    if key.endswith("weight"):  # norm scales
-        return 1 + 0.1 * torch.randn(shape, generator=g)
-    return 0.1 * torch.randn(shape, generator=g)  # biases
-
-
-@torch.no_grad()
-def fill_by_rule(model: torch.nn.Module) -> torch.nn.Module:
-    for key, tensor in model.state_dict().items():
-        if tensor.is_floating_point():
-            tensor.copy_(rule_value(key, tensor.shape))
-    return model
-
-
-def read_keys():
-    """(key, shape, first element, sum) of every row of keys_r50.tsv, in order."""
-    rows = []
-    with open(os.path.join(DATA, "keys_r50.tsv")) as f:
-        for line in f:
-            if line.startswith("#") or line.startswith("key\t"):
-                continue
-            key, shape, _, _, _, total, first = line.rstrip("\n").split("\t")
-            rows.append((key, tuple(int(s) for s in shape.split("x")), float(first), float(total)))
-    return rows
 
 
 @functools.lru_cache(maxsize=None)
