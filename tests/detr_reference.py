@@ -62,3 +62,15 @@ def official_r50_state() -> Dict[str, torch.Tensor]:
     """A DETR R50 state_dict in the official layout, made from the official key list alone (not from this
     project's model), with the rule's values."""
     return {key: rule_value(key, shape) for key, shape, _, _ in read_keys()}
+
+
+def write_official_r50(path: str) -> Dict[str, torch.Tensor]:
+    """Save official_r50_state() at `path` as DETR's main.py stores its checkpoints: {'model', 'args'} with an
+    argparse Namespace (a subset of DETR's arguments) and no integrity digest; returns the state."""
+    import argparse
+    state = official_r50_state()
+    stored = argparse.Namespace(backbone="resnet50", dilation=False, hidden_dim=256, enc_layers=6, dec_layers=6,
+                                dim_feedforward=2048, nheads=8, num_queries=100, pre_norm=False, lr=1e-4,
+                                epochs=500, lr_drop=400, dataset_file="coco", masks=False)
+    torch.save({"model": state, "args": stored}, path)
+    return state

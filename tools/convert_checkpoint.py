@@ -6,8 +6,9 @@ Only the backbone's keys change (models.convert_state, which runs the registered
 `backbone.0.<original Swin/ConvNeXt key>` become `backbone.0.body.<timm key>`, the output norms
 `backbone.0.norm{k}` stay, recomputed buffers (relative_position_index) are dropped. OUT holds
 {'model', 'args' (IN's, when it has them), 'converted_from'}, with this project's integrity digest;
-the optimizer state is not carried over. A ResNet checkpoint needs no conversion (DINO and this project
-name its keys alike): it is written unchanged and the tool says so. ConvNeXt needs the config (-c)
+the optimizer state is not carried over. A ResNet DINO checkpoint and an official DETR one
+(facebookresearch/detr) need no conversion (this project names their keys alike): they are written
+unchanged and the tool says so; --verify then checks they load strictly. ConvNeXt needs the config (-c)
 it was trained with, for its backbone and return_interm_indices; --verify builds that config's model
 and loads OUT into it with strict=True. main.py --resume / --pretrain_model_path convert on load.
 """
@@ -23,7 +24,7 @@ from tools.common import ToolError, tool_args  # noqa: E402
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("input", help="official DINO checkpoint (.pth)")
+    p.add_argument("input", help="official DINO (or DETR) checkpoint (.pth)")
     p.add_argument("output", help="converted checkpoint to write (.pth)")
     p.add_argument("-c", "--config", default=None,
                    help="config the checkpoint was trained with (needed for ConvNeXt and --verify)")
@@ -50,8 +51,8 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     except ValueError as err:
         raise ToolError(f"{opts.input}: {err}") from None
     if not lines:
-        lines = [f"{opts.input} is not an official DINO Swin/ConvNeXt checkpoint (a ResNet one, or already in this "
-                 f"project's layout): its model is written unchanged"]
+        lines = [f"{opts.input} is not an official DINO Swin/ConvNeXt checkpoint (an official DINO ResNet or DETR "
+                 f"one, or already in this project's layout): its model is written unchanged"]
     out = {"model": state, "converted_from": os.path.abspath(opts.input)}
     if saved:
         out["args"] = saved

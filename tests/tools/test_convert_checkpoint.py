@@ -134,3 +134,17 @@ def test_bad_invocations_are_one_line(tmp_path):
         convert_checkpoint.main([str(tmp_path / "a.pth"), str(tmp_path / "a.pth")])
     with pytest.raises(ToolError, match="--verify needs -c CONFIG"):
         convert_checkpoint.main([str(tmp_path / "a.pth"), str(tmp_path / "b.pth"), "--verify"])
+
+
+def test_official_detr_file_is_written_unchanged_and_verifies(tmp_path):
+    """An official DETR R50 file (official key list, tests/detr_reference.py) needs no conversion; --verify
+    loads it strictly into config/DETR/detr_r50.py's model."""
+    from detr_reference import write_official_r50
+    path = str(tmp_path / "detr-r50-e632da11.pth")
+    state = write_official_r50(path)
+    out = tmp_path / "detr_r50.pth"
+    lines = convert_checkpoint.main([path, str(out), "-c", "config/DETR/detr_r50.py", "--verify", "--options",
+                                     "backbone_weights=None"])
+    assert "written unchanged" in lines[0] and lines[-1].startswith(f"verified: {out} loads with strict=True")
+    converted = load_checkpoint(str(out))  # now with this project's integrity digest
+    assert list(converted["model"]) == list(state) and converted["args"]["num_queries"] == 100
