@@ -47,7 +47,9 @@ def evaluate_once(run: Run) -> dict:
     if run.main_proc:  # marked, so tools that read training epochs skip it
         append_log_record(run.log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **run.data_counts,
                                          "mode": "eval", "checkpoint": run.resumed_from, "debug": args.debug,
-                                         "n_parameters": run.n_parameters})
+                                         "n_parameters": run.n_parameters,
+                                         # images per process per batch: padding changes AP (DETR's most of all)
+                                         "val_batch_size": args.val_batch_size})
     return test_stats
 
 

@@ -71,6 +71,6 @@ def write_official_r50(path: str) -> Dict[str, torch.Tensor]:
     state = official_r50_state()
     stored = argparse.Namespace(backbone="resnet50", dilation=False, hidden_dim=256, enc_layers=6, dec_layers=6,
                                 dim_feedforward=2048, nheads=8, num_queries=100, pre_norm=False, lr=1e-4,
-                                epochs=500, lr_drop=400, dataset_file="coco", masks=False)
+                                epochs=500, lr_drop=400, dataset_file="coco", masks=False, batch_size=2)
     torch.save({"model": state, "args": stored}, path)
     return state

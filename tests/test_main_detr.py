@@ -60,6 +60,7 @@ def test_official_file_evaluates_with_resume(tmp_path, official_r50, syn, capsys
     with open(tmp_path / "out" / "log.txt") as f:
         record = json.loads(f.readlines()[-1])
     assert record["mode"] == "eval" and record["checkpoint"] == path and len(record["test_coco_eval_bbox"]) == 12
+    assert record["val_batch_size"] == 2  # as DETR R50 was trained (its stored batch_size): no padding warning
     assert record["n_parameters"] == 41_302_368  # DETR R50's trainable parameters (stem and layer1 frozen)
 
 
@@ -102,3 +103,17 @@ def test_synthetic_config_trains_resumes_and_evaluates(tmp_path, syn):
     assert [r["epoch"] for r in records] == [0, 1]
     assert {"train_loss_ce", "train_cardinality_error_unscaled", "test_coco_eval_bbox"} <= set(records[-1])
     assert os.path.isfile(tmp_path / "run" / "predictions.png")
+
+
+def test_eval_warns_when_batching_more_images_than_trained():
+    """Padding the model never saw changes DETR's AP: --eval with more images per batch than the stored
+    training batch size says so; DINO's usual evaluation (1 image, trained with 2) and files without stored
+    args stay quiet."""
+    from argparse import Namespace
+
+    from engine.run import warn_unseen_padding
+    line = warn_unseen_padding(Namespace(val_batch_size=2), {"batch_size": 1}, "detr-r50-dc5.pth")
+    assert "trained with 1 image(s) per process" in line and "--options val_batch_size=1" in line
+    assert warn_unseen_padding(Namespace(val_batch_size=1), {"batch_size": 2}, "dino.pth") is None
+    assert warn_unseen_padding(Namespace(val_batch_size=2), {"batch_size": 2}, "detr-r50.pth") is None
+    assert warn_unseen_padding(Namespace(val_batch_size=4), None, "state_dict_only.pth") is None
