@@ -52,12 +52,12 @@ if [[ "$MODE" == coco ]]; then
   evaluate DETR detr config/DETR/detr_r50.py detr-r50-e632da11.pth
   evaluate "Deformable DETR" deformable_detr config/DeformableDETR/deformable_detr.py r50_deformable_detr-checkpoint.pth
   evaluate DINO dino config/DINO/DINO_4scale.py dino_r50_4scale.pth "${DINO_OPTIONS[@]}"
-  evaluate AugDETR augdetr config/DINO/DINO_4scale.py augdetr_r50_4scale.pth "${DINO_OPTIONS[@]}" use_hae=True use_emca=True
+  evaluate AugDETR augdetr config/AugDETR/AugDETR_4scale.py augdetr_r50_4scale.pth
 else
   evaluate DETR detr config/DETR/detr_synthetic.py detr_synthetic.pth
   evaluate "Deformable DETR" deformable_detr config/DeformableDETR/deformable_detr_synthetic.py deformable_detr_synthetic.pth
   evaluate DINO dino config/DINO/DINO_synthetic.py dino_synthetic.pth
-  evaluate AugDETR augdetr config/DINO/DINO_synthetic.py augdetr_synthetic.pth use_hae=True use_emca=True
+  evaluate AugDETR augdetr config/AugDETR/AugDETR_synthetic.py augdetr_synthetic.pth
 fi
 cd "$REPO_ROOT"
 python tools/collect_results.py "${RUNS[@]}" --names "${NAMES[@]}" --table1
