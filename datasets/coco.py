@@ -285,8 +285,9 @@ def build(image_set: str, args, root: Optional[str] = None) -> CocoDetection:
     if not ann_file.is_file():
         raise DataError(f"annotation file {ann_file} is missing; coco_path must hold annotations/{ann_name}")
     transforms = transforms_from_args("train" if image_set == "train" else "val", args)  # test: val's
+    # dn_labelbook_size is DINO's key: a detector without denoising queries (DETR) has none to check
+    labelbook = vars(args)["dn_labelbook_size"] if "dn_labelbook_size" in vars(args) else None
     return CocoDetection(img_folder, ann_file, transforms=transforms,
-                         # dn_labelbook_size: DINO's key; detectors without denoising queries (DETR) lack it
-                         num_classes=args.num_classes, dn_labelbook_size=getattr(args, "dn_labelbook_size", None),
+                         num_classes=args.num_classes, dn_labelbook_size=labelbook,
                          skip_bad_images=args.skip_bad_images,
                          images_only=image_set == "test")
