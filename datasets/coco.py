@@ -121,7 +121,7 @@ def check_category_ids(data: Dict[str, Any], ann_file: str, num_classes: Optiona
     if not all_ids:
         return
     top = max(all_ids)
-    fix = f"set --options num_classes={top + 1} dn_labelbook_size={top + 1}"
+    fix = f"set --options num_classes={top + 1}" + (f" dn_labelbook_size={top + 1}" if dn_labelbook_size else "")
     if num_classes is not None and top >= num_classes:
         raise DataError(f"annotation file {ann_file}: category id {top} >= num_classes={num_classes} "
                         f"(labels are raw ids, so num_classes must be max id + 1); {fix}")
@@ -299,7 +299,9 @@ def build(image_set: str, args, root: Optional[str] = None) -> CocoDetection:
     (transforms and classes from ``args``)."""
     img_folder, ann_file = split_files(args.coco_path if root is None else root, image_set)
     transforms = transforms_from_args("train" if image_set == "train" else "val", args)  # test: val's
+    # dn_labelbook_size is DINO's key: a detector without denoising queries (DETR) has none to check
+    labelbook = vars(args)["dn_labelbook_size"] if "dn_labelbook_size" in vars(args) else None
     return CocoDetection(img_folder, ann_file, transforms=transforms,
-                         num_classes=args.num_classes, dn_labelbook_size=args.dn_labelbook_size,
+                         num_classes=args.num_classes, dn_labelbook_size=labelbook,
                          skip_bad_images=args.skip_bad_images,
                          images_only=image_set == "test")

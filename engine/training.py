@@ -56,7 +56,9 @@ def evaluate_once(run: Run) -> dict:
     if run.main_proc:  # marked, so tools that read training epochs skip it
         append_log_record(run.log_path, {**{f"test_{k}": v for k, v in test_stats.items()}, **run.data_counts,
                                          "mode": "eval", "checkpoint": run.resumed_from, "debug": args.debug,
-                                         "n_parameters": run.n_parameters})
+                                         "n_parameters": run.n_parameters,
+                                         # images per process per batch: padding changes AP (DETR's most of all)
+                                         "val_batch_size": args.val_batch_size})
         record = write_epoch_metrics(run, evaluator, mode="eval", checkpoint=run.resumed_from)
         if wants_per_class(args.per_class, record):
             for line in per_class_lines(record):

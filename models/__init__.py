@@ -7,7 +7,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from util.config_schema import KeyGroup
 
-from . import dino as _dino  # noqa: F401  registers 'dino' (the first entry)
+from . import detr as _detr  # noqa: F401  registers 'detr'
+from . import dino as _dino  # noqa: F401  registers 'dino' (engine/config.py's default detector)
 from .common.backbones import official_dino as _official_dino  # noqa: F401  registers its state converter
 from .common.schema import model_keys
 from .registry import CHECKPOINT_CONFIGS, DETECTORS, EVAL_RECORDERS, STATE_CONVERTERS, Detector, EvalRecorder

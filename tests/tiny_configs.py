@@ -42,10 +42,20 @@ def options(base: Dict[str, Any] = RUN, **overrides) -> List[str]:
     return [f"{k}={_format(v)}" for k, v in dict(base, **overrides).items()]
 
 
+# DETR's tiny model: MODEL's sizes without the deformable family's keys (DETR refuses them), and no dropout
+# (DINO's value), so that its training numbers draw nothing at random
+DETR_MODEL: Dict[str, Any] = dict({k: v for k, v in MODEL.items() if k not in ("dn_labelbook_size", "dn_number",
+                                                                               "msda_backend")}, dropout=0.0)
+
+# the tiny run of DETR (RUN's sizes and data) for main.py and the tools
+DETR_RUN: Dict[str, Any] = dict({k: v for k, v in RUN.items() if k not in ("dn_labelbook_size", "dn_number")},
+                                dropout=0.0)
+
 # every registered detector's tiny model: (its config file under config/, the sizes); tests/models/
 # test_golden.py checks that each detector of models/registry.py has one
 TINY_MODELS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "dino": ("DINO/DINO_4scale.py", MODEL),
+    "detr": ("DETR/detr_r50.py", DETR_MODEL),
 }
 
 

@@ -7,6 +7,9 @@ Training-step mode:
     python tools/benchmark.py --train-step --variants dino,hae,emca,augdetr [--image-size 800 1333] [-c CONFIG]
         [--device cpu|cuda]: per variant the median step time and peak memory at that size, and
         the augdetr/dino time ratio with both variants' figures
+    python tools/benchmark.py --train-step --variants dino,detr --image-size 800 1333
+        a variant may also be another detector: its modelname (its defaults file, detr -> config/DETR/detr_r50.py)
+        or a config file (NAME=FILE names the row), timed in the same process, each with its ratio to dino
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions,
 SDPA) plus two formulas registered here for deformable attention:
@@ -30,7 +33,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch._subclasses.fake_tensor as fake_tensor
@@ -267,11 +270,30 @@ def peak_memory_step(step, device: torch.device) -> int:
     return peak
 
 
+def variant_config(variant: str, config_file: str) -> Tuple[str, str, Dict[str, Any]]:
+    """A --variants entry -> (row name, config file, config-key flags it adds): an AugDETR variant of VARIANTS
+    (CONFIG_FILE with its flags), a registered detector's modelname (its defaults file), or a config file
+    (FILE or NAME=FILE). ValueError (one line) for anything else."""
+    from models import DETECTORS
+    if variant in VARIANTS:
+        return variant, config_file, VARIANTS[variant]
+    name, _, path = variant.rpartition("=")
+    if path.endswith(".py"):
+        if not os.path.isfile(path):
+            raise ValueError(f"--variants {variant}: config file {path} not found")
+        return name or os.path.splitext(os.path.basename(path))[0], path, {}
+    if variant in DETECTORS:
+        return variant, DETECTORS[variant].defaults_file, {}
+    raise ValueError(f"--variants {variant}: choose from {', '.join(VARIANTS)}, a modelname "
+                     f"({', '.join(sorted(DETECTORS))}) or a config file (NAME=FILE.py)")
+
+
 def make_train_step(name: str, opts, device: torch.device, h: int, w: int):
-    """Build one variant and return (step function, model)."""
+    """Build one variant (opts.variant_configs[name]: config file, flags) and return (step function, model)."""
     from engine import total_loss
     from models import build_model
-    args = tool_args(opts.config_file, opts.options, opts.device, dict(config_flags(opts), **VARIANTS[name]))
+    config_file, flags = opts.variant_configs[name]
+    args = tool_args(config_file, opts.options, opts.device, dict(config_flags(opts), **flags))
     torch.manual_seed(0)
     model, criterion, _ = build_model(args)
     model.to(device).train()
@@ -317,6 +339,12 @@ def run_train_step(opts) -> List[Dict]:
         print(f"| {r['variant']} | {r['time_s']:.3f} | {r['time_s'] / base['time_s']:.2f}x | {r['peak_mib']:.0f} | "
               f"{r['params_total'] / 1e6:.3f} | {r['params_total'] - base['params_total']:+,d} |")
     by = {r["variant"]: r for r in rows}
+    for r in rows:  # the other detectors (a modelname or config file), against the base row
+        config_file = opts.variant_configs[r["variant"]][0]
+        if r["variant"] not in VARIANTS and r is not base:
+            print(f"{r['variant']}/{base['variant']} train-step time ratio at {h}x{w}: "
+                  f"{r['time_s'] / base['time_s']:.3f} ({r['variant']} {config_file} {r['time_s']:.3f} s, "
+                  f"{r['peak_mib']:.0f} MiB; {base['variant']} {base['time_s']:.3f} s, {base['peak_mib']:.0f} MiB)")
     if "augdetr" in by and "dino" in by:
         d, a = by["dino"], by["augdetr"]
         print(f"augdetr/dino train-step time ratio at {h}x{w}: {a['time_s'] / d['time_s']:.3f} "
@@ -343,7 +371,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="with --flops-only: one count per backbone (option backbone=NAME), printed as a table")
     p.add_argument("--train-step", action="store_true", help="time one training step per variant instead")
     p.add_argument("--variants", default="dino,hae,emca,augdetr",
-                   help=f"comma list of {', '.join(VARIANTS)} (train-step mode)")
+                   help=f"comma list of {', '.join(VARIANTS)} (-c's config with AugDETR's flags), a modelname (its "
+                        f"defaults file, e.g. detr) or a config file (NAME=FILE.py) (train-step mode)")
     p.add_argument("--repeats", type=int, default=TRAIN_STEP_DEFAULTS["repeats"],
                    help="timed training steps per variant; the median is reported (default 3)")
     return p
@@ -364,13 +393,18 @@ def main(argv: Optional[List[str]] = None):
     if opts.flops_only and opts.train_step:
         fail("benchmark.py", "--flops-only counts an inference forward; leave out --train-step")
     if opts.train_step:
-        opts.variants = [v.strip() for v in opts.variants.split(",") if v.strip()]
-        bad = [v for v in opts.variants if v not in VARIANTS]
-        if bad or not opts.variants:
-            fail("benchmark.py", f"--variants {bad or '(empty)'}: choose from {', '.join(VARIANTS)}")
+        entries = [v.strip() for v in opts.variants.split(",") if v.strip()]
+        if not entries:
+            fail("benchmark.py", f"--variants (empty): choose from {', '.join(VARIANTS)}")
         if opts.config_file is None:  # the AugDETR cost table's setting: DINO-4scale R50 at a CPU-sized 320x480
             opts.config_file = TRAIN_STEP_DEFAULTS["config"]
             opts.image_size = opts.image_size or TRAIN_STEP_DEFAULTS["image_size"]
+        try:
+            resolved = [variant_config(v, opts.config_file) for v in entries]
+        except ValueError as err:
+            fail("benchmark.py", str(err))
+        opts.variants = [name for name, _, _ in resolved]
+        opts.variant_configs = {name: (config, flags) for name, config, flags in resolved}
         return run_guarded("benchmark.py", lambda: run_train_step(opts), TOOL_ERRORS)
     opts.config_file = opts.config_file or DEFAULT_CONFIG
     return run_guarded("benchmark.py", lambda: run_flops_only(opts) if opts.flops_only else run_inference(opts),

@@ -2,6 +2,7 @@
 
     python tools/collect_results.py logs/table4/*/ [--names DINO +HAE +EMCA AugDETR] [--epoch last|best]
     python tools/collect_results.py dino aug align align_aug --pairs   # + the base/+AugDETR/gain table
+    python tools/collect_results.py out/detr out/ddetr --names DETR "Deformable DETR" --table1   # --eval runs
 
 Reads each run's log.txt (JSON lines written by main.py) and prints AP, AP50, AP75, APs,
 APm, APl (x100) from `test_coco_eval_bbox` of the last (or best) evaluated epoch; a
@@ -18,6 +19,12 @@ from util.cli import ArgumentParser, fail  # noqa: E402
 from util.log_records import LogRecordError, read_log_records, training_epochs  # noqa: E402
 
 COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+# AugDETR's Table 1 (AP, APs, APm, APl on COCO val2017: the official DETR R50 500-epoch and Deformable DETR
+# multi-scale 50-epoch checkpoints, as their READMEs report them); --table1 prints them beside measured rows
+TABLE1_COLUMNS = ["AP", "APs", "APm", "APl"]
+TABLE1_STATS = [0, 3, 4, 5]  # their places in test_coco_eval_bbox
+PAPER_TABLE1 = {"DETR": (500, (42.0, 20.5, 45.8, 61.1)), "Deformable DETR": (50, (44.5, 27.1, 47.6, 59.6))}
 
 
 def read_stats(run_dir: str, which: str = "last") -> Optional[dict]:
@@ -46,6 +53,32 @@ def table(run_dirs: List[str], names: Optional[List[str]] = None, which: str = "
     return "\n".join(lines)
 
 
+def read_eval(run_dir: str) -> Optional[dict]:
+    """The last --eval line (mode 'eval') of a run's log.txt with test_coco_eval_bbox, or None."""
+    path = run_dir if run_dir.endswith(".txt") else os.path.join(run_dir, "log.txt")
+    rows = [r for r in read_log_records(path, missing_ok=True)
+            if r.get("mode") == "eval" and "test_coco_eval_bbox" in r]
+    return rows[-1] if rows else None
+
+
+def table1(run_dirs: List[str], names: List[str]) -> str:
+    """AugDETR's Table 1: per --eval run, AP / APs / APm / APl (x100) and the images per batch it was
+    evaluated with (padding moves DETR's AP), beside the paper's numbers for the rows it has (DETR,
+    Deformable DETR); a run without an --eval line says n/a."""
+    head = " | ".join(TABLE1_COLUMNS)
+    lines = [f"| method | eval images/batch | {head} | paper: epochs | {head} |", "|---|---|" + "---|" * 9]
+    for name, d in zip(names, run_dirs):
+        row = read_eval(d)
+        # COCO's -1 means the split has no objects of that size: '-'
+        stats = [] if row is None else [row["test_coco_eval_bbox"][i] for i in TABLE1_STATS]
+        measured = [f"{100 * v:.1f}" if v >= 0 else "-" for v in stats] or ["n/a"] * 4
+        batch = "-" if row is None else str(row.get("val_batch_size", "?"))
+        epochs, paper = PAPER_TABLE1.get(name, ("-", ("-",) * 4))
+        lines.append(f"| {name} | {batch} | " + " | ".join(measured) + f" | {epochs} | "
+                     + " | ".join(str(v) for v in paper) + " |")
+    return "\n".join(lines)
+
+
 def gain_table(run_dirs: List[str], names: Optional[List[str]] = None, which: str = "last") -> str:
     """The paper's main table: runs in (base detector, base detector + AugDETR) pairs -> one row per
     pair with both APs and the gain; a pair with a missing run says n/a."""
@@ -70,12 +103,18 @@ def main(argv=None) -> int:
     p.add_argument("--epoch", choices=["last", "best"], default="last", help="which evaluated epoch to report")
     p.add_argument("--pairs", action="store_true",
                    help="runs come in (base, base + AugDETR) pairs: also print each pair's AP and gain")
+    p.add_argument("--table1", action="store_true",
+                   help="AugDETR's Table 1 instead: each run's last --eval line (AP, APs, APm, APl) beside the "
+                        "paper's numbers for the rows named 'DETR' and 'Deformable DETR' (scripts/table1.sh)")
     args = p.parse_args(argv)
     if args.names and len(args.names) != len(args.runs):
         p.error(f"{len(args.names)} --names for {len(args.runs)} runs")
     if args.pairs and len(args.runs) % 2:
         p.error(f"--pairs needs an even number of runs, (base, +AugDETR) pairs; got {len(args.runs)}")
     try:
+        if args.table1:
+            print(table1(args.runs, args.names or [os.path.basename(os.path.normpath(d)) for d in args.runs]))
+            return 0
         print(table(args.runs, args.names, args.epoch))
         if args.pairs:
             print()

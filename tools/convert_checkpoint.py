@@ -6,9 +6,10 @@ ConvNeXt backbone, or the earlier AugDETR reproduction's (emirhanbayar/AugDETR).
 The keys change as the registered converters say (models.convert_state):
 * official DINO Swin/ConvNeXt: DINO's `backbone.0.<original Swin/ConvNeXt key>` become
   `backbone.0.body.<timm key>`, the output norms `backbone.0.norm{k}` stay, recomputed buffers
-  (relative_position_index) are dropped. A ResNet checkpoint needs no conversion (DINO and this project
-  name its keys alike): it is written unchanged and the tool says so. ConvNeXt needs the config (-c) it
-  was trained with, for its backbone and return_interm_indices.
+  (relative_position_index) are dropped. A ResNet DINO checkpoint and an official DETR one
+  (facebookresearch/detr) need no conversion (this project names their keys alike): they are written
+  unchanged and the tool says so. ConvNeXt needs the config (-c) it was trained with, for its backbone
+  and return_interm_indices.
 * the AugDETR reproduction's: its hybrid encoder layers' `*_std` tensors and its decoder layers'
   `encoder_mixing_weights` are renamed. Without -c, OUT stores the config that reproduces its outputs
   (its stored args with use_hae, num_hybrid_layers, use_emca, plus the options its behaviour needs, such
@@ -32,7 +33,7 @@ from util.cli import ArgumentParser, run_guarded  # noqa: E402
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("input", help="official DINO or earlier AugDETR reproduction checkpoint (.pth)")
+    p.add_argument("input", help="official DINO or DETR, or earlier AugDETR reproduction checkpoint (.pth)")
     p.add_argument("output", help="converted checkpoint to write (.pth)")
     p.add_argument("-c", "--config", default=None,
                    help="config the checkpoint was trained with (needed for ConvNeXt, and for --verify unless "
@@ -68,7 +69,8 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
         raise ToolError(f"{opts.input}: {err}") from None
     if not lines:
         lines = [f"{opts.input} is not an official DINO Swin/ConvNeXt checkpoint nor the AugDETR reproduction's "
-                 f"(a ResNet one, or already in this project's layout): its model is written unchanged"]
+                 f"(an official DINO ResNet or DETR one, or already in this project's layout): its model is written "
+                 f"unchanged"]
     out = {"model": state, "converted_from": os.path.abspath(opts.input)}
     if reproduced is not None:
         out["args"] = dict(reproduced, **{k: getattr(args, k) for k in reproduced if hasattr(args, k)})

@@ -6,8 +6,9 @@ index. `SetCriterion.set_specs()` lists the sets a model of its configuration pr
 weight table (`weight_dict`) is derived from them and the per-kind weights the detector's builder
 gives. Matched sets are Hungarian-matched to the ground truth and get a sigmoid focal classification
 loss, an L1 box loss and a GIoU loss; denoising sets are supervised by their known assignment. A variant
-overrides `match` (how one set is matched, by its kind) and `set_losses` (its losses), never by loss-key
-names. All losses are normalised by the number of ground-truth boxes across all processes. Loss keys
+overrides `match` (how one set is matched, by its kind), `set_losses` (its losses) or `class_loss` (only
+the classification term: `SoftmaxSetCriterion`, DETR's cross-entropy with a no-object class), never by
+loss-key names. All losses are normalised by the number of ground-truth boxes across all processes. Loss keys
 are DINO's: a term plus its set's suffix ('', '_i', '_interm', '_dn', '_dn_i').
 """
 from dataclasses import dataclass
@@ -100,17 +101,14 @@ class SetCriterion(nn.Module):
 
     def set_losses(self, outputs: Dict[str, Tensor], targets: List[Dict], indices: List[Tuple[Tensor, Tensor]],
                    num_boxes: float, log: bool = False) -> Dict[str, Tensor]:
-        """Focal, L1 and GIoU losses of one prediction set for given (query, target) indices."""
+        """Classification (class_loss), L1 and GIoU losses of one prediction set for given (query, target)
+        indices."""
         logits = outputs["pred_logits"]  # (B, Q, K)
         batch_idx, src_idx, tgt_labels, src_boxes, tgt_boxes = self.matched_pairs(outputs, targets, indices)
         logits = at_least_fp32(logits)
-        onehot = torch.zeros_like(logits)
-        onehot[batch_idx, src_idx, tgt_labels] = 1.0
-        loss_ce = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
-                                     reduction="sum") / num_boxes
         l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none")
         losses = {
-            "loss_ce": loss_ce,
+            "loss_ce": self.class_loss(logits, (batch_idx, src_idx, tgt_labels), num_boxes),
             "loss_bbox": l1.sum() / num_boxes,
             "loss_giou": generalized_box_iou_loss(box_convert(src_boxes, "cxcywh", "xyxy"),
                                                   box_convert(tgt_boxes, "cxcywh", "xyxy"),
@@ -119,6 +117,14 @@ class SetCriterion(nn.Module):
         if log:
             losses.update(self.log_terms(logits, batch_idx, src_idx, tgt_labels, l1, num_boxes))
         return losses
+
+    def class_loss(self, logits: Tensor, matched: Tuple[Tensor, Tensor, Tensor], num_boxes: float) -> Tensor:
+        """Sigmoid focal loss of logits (B, Q, K) against one-hot targets at the matched (image, query, label)
+        triples, summed / num_boxes."""
+        onehot = torch.zeros_like(logits)
+        onehot[matched] = 1.0
+        return sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
+                                  reduction="sum") / num_boxes
 
     @staticmethod
     def matched_pairs(outputs: Dict[str, Tensor], targets: List[Dict], indices: List[Tuple[Tensor, Tensor]]
@@ -232,6 +238,36 @@ class SetCriterion(nn.Module):
             for spec in sorted((s for s in self.specs if s.kind is SetKind.DENOISING), key=_dn_log_order):
                 losses.update({k + spec.suffix: zero for k in LOSS_NAMES})
         return (losses, final_indices) if return_indices else losses
+
+
+class SoftmaxSetCriterion(SetCriterion):
+    """DETR's losses: softmax cross-entropy over num_classes classes plus a no-object class (the last logit,
+    index num_classes), which every unmatched query is trained towards with weight eos_coef (the classes
+    weigh 1). The cross-entropy is the weighted mean over all queries of the batch, not divided by the number
+    of boxes; L1 and GIoU are SetCriterion's. Every set also logs cardinality_error: the L1 error of the
+    number of queries predicting a real class against the number of boxes, per image."""
+
+    def __init__(self, num_classes: int, matcher: nn.Module, specs: Sequence[SetSpec],
+                 weights: Mapping[SetKind, Mapping[str, float]], eos_coef: float = 0.1):
+        super().__init__(num_classes, matcher, specs, weights)
+        class_weight = torch.ones(num_classes + 1)
+        class_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", class_weight)
+
+    def class_loss(self, logits: Tensor, matched: Tuple[Tensor, Tensor, Tensor], num_boxes: float) -> Tensor:
+        batch_idx, src_idx, labels = matched
+        target = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target[batch_idx, src_idx] = labels
+        return F.cross_entropy(logits.transpose(1, 2), target, self.empty_weight.to(logits))
+
+    def set_losses(self, outputs: Dict[str, Tensor], targets: List[Dict], indices: List[Tuple[Tensor, Tensor]],
+                   num_boxes: float, log: bool = False) -> Dict[str, Tensor]:
+        losses = super().set_losses(outputs, targets, indices, num_boxes, log)
+        with torch.no_grad():
+            predicted = (outputs["pred_logits"].argmax(-1) != self.num_classes).sum(1).float()  # (B,)
+            boxes = torch.as_tensor([float(len(t["labels"])) for t in targets], device=predicted.device)
+            losses["cardinality_error"] = F.l1_loss(predicted, boxes)
+        return losses
 
 
 def _dn_log_order(spec: SetSpec) -> int:

@@ -1,4 +1,9 @@
-"""Hungarian matching between predictions and ground truth (scipy's linear_sum_assignment)."""
+"""Hungarian matching between predictions and ground truth (scipy's linear_sum_assignment).
+
+`HungarianMatcher` prices a query's class with the focal cost of sigmoid probabilities (DINO, Deformable
+DETR); `SoftmaxHungarianMatcher` with minus its softmax probability (DETR, whose classes share one softmax
+with a no-object class). The box costs are the same.
+"""
 from typing import Dict, List, Tuple
 
 import torch
@@ -28,6 +33,11 @@ class HungarianMatcher(nn.Module):
         self.cost_giou = cost_giou
         self.focal_alpha = focal_alpha
 
+    def class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Cost of giving each query each target's class: logits (Q, K), labels (n,) -> (Q, n), the focal cost
+        of the sigmoid probabilities."""
+        return focal_class_cost(logits.float().sigmoid(), self.focal_alpha)[:, labels]
+
     @torch.no_grad()
     def forward(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]) -> List[Tuple[Tensor, Tensor]]:
         """outputs: 'pred_logits' (B, Q, K), 'pred_boxes' (B, Q, 4) cxcywh; targets: 'labels', 'boxes'.
@@ -41,10 +51,9 @@ class HungarianMatcher(nn.Module):
                 empty = torch.empty(0, dtype=torch.int64)
                 indices.append((empty, empty))
                 continue
-            prob = logits.float().sigmoid()
             boxes = boxes.float()
             tgt_boxes = t["boxes"].to(boxes)
-            cost = (self.cost_class * focal_class_cost(prob, self.focal_alpha)[:, t["labels"]]
+            cost = (self.cost_class * self.class_cost(logits, t["labels"])
                     + self.cost_bbox * torch.cdist(boxes, tgt_boxes, p=1)
                     - self.cost_giou * generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"),
                                                            box_convert(tgt_boxes, "cxcywh", "xyxy")))
@@ -54,6 +63,17 @@ class HungarianMatcher(nn.Module):
             i, j = linear_sum_assignment(cost.cpu().numpy())
             indices.append((torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)))
         return indices
+
+
+class SoftmaxHungarianMatcher(HungarianMatcher):
+    """DETR's matching: the class cost is -p(class), p the softmax over the K - 1 classes and the no-object
+    class (the last logit); DETR weighs it 1 against L1 5 and GIoU 2."""
+
+    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0):
+        super().__init__(cost_class, cost_bbox, cost_giou)
+
+    def class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return -logits.float().softmax(-1)[:, labels]
 
 
 def build_matcher(args) -> HungarianMatcher:

@@ -67,6 +67,8 @@ CASES: Dict[str, Case] = {
     "augdetr": Case("dino", dict(use_hae=True, use_emca=True, num_hae_layers=1)),
     "aligndetr": Case("dino", dict(criterion_type="aligndetr", o2m_k=[2, 2, 1])),
     "swin": Case("dino", dict(backbone="swin_T_224_1k"), tiny_backbone=TINY_SWIN),
+    "detr": Case("detr", {}),
+    "detr_pre_norm": Case("detr", dict(pre_norm=True)),
 }
 # gradient norms recorded besides the total (prefix match on parameter names; the sum of squares
 # of all matching gradients): backbone, input projection, encoder, two-stage head, decoder, heads
@@ -168,9 +170,9 @@ def grad_norms(model: nn.Module) -> Dict[str, float]:
 
 
 def postprocess_summary(outputs: Dict, post, nms_iou: float) -> Dict[str, float]:
-    """Top-k scores and boxes of PostProcess (with `nms_iou` > 0: per-class NMS) as sums per image."""
-    from models.common.postprocess import PostProcess
-    pp = PostProcess(post.num_select if nms_iou <= 0 else NMS_SELECT, nms_iou)
+    """Scores and boxes of the case's kind of post-processor (PostProcess: the top-k (query, class) pairs;
+    DETR's SoftmaxPostProcess: one per query), with `nms_iou` > 0 per-class NMS, as sums per image."""
+    pp = type(post)(post.num_select if nms_iou <= 0 else NMS_SELECT, nms_iou)
     results = pp(outputs, torch.tensor([[480, 640], [300, 400]]))
     out = {}
     for i, r in enumerate(results):

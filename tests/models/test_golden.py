@@ -204,6 +204,27 @@ SWITCHES = {
     "aligndetr_alpha": ("dino", dict(criterion_type="aligndetr", o2m_k=[2, 2, 1]), dict(aligndetr_alpha=0.5)),
     "aligndetr_gamma": ("dino", dict(criterion_type="aligndetr", o2m_k=[2, 2, 1]), dict(aligndetr_gamma=1.0)),
     "aligndetr_tau": ("dino", dict(criterion_type="aligndetr", o2m_k=[2, 2, 1]), dict(aligndetr_tau=0.5)),
+    # DETR: the common model keys on its own model, its keys, and what its own code reads (aux outputs, the
+    # softmax matcher's class cost, the softmax post-processor's selection)
+    "num_classes_detr": ("detr", {}, dict(num_classes=8)),
+    "backbone_detr": ("detr", {}, dict(backbone="resnet34")),
+    "batch_norm_type_detr": ("detr", {}, dict(batch_norm_type="BatchNorm2d")),
+    "dilation_detr": ("detr", dict(backbone="resnet50"), dict(dilation=True)),
+    "return_interm_indices_detr": ("detr", {}, dict(return_interm_indices=[2])),
+    "pe_temperatureH_detr": ("detr", {}, dict(pe_temperatureH=20)),
+    "pe_temperatureW_detr": ("detr", {}, dict(pe_temperatureW=20)),
+    "enc_layers_detr": ("detr", {}, dict(enc_layers=1)),
+    "dec_layers_detr": ("detr", {}, dict(dec_layers=3)),
+    "dim_feedforward_detr": ("detr", {}, dict(dim_feedforward=32)),
+    "hidden_dim_detr": ("detr", {}, dict(hidden_dim=64)),
+    "nheads_detr": ("detr", {}, dict(nheads=2)),
+    "num_queries_detr": ("detr", {}, dict(num_queries=8, num_select=8)),
+    "transformer_activation_detr": ("detr", {}, dict(transformer_activation="gelu")),
+    "pre_norm": ("detr", {}, dict(pre_norm=True)),
+    "eos_coef": ("detr", {}, dict(eos_coef=0.5)),
+    "aux_loss_detr": ("detr", {}, dict(aux_loss=False)),
+    "set_cost_class_detr": ("detr", {}, dict(set_cost_class=0.0)),
+    "num_select_detr": ("detr", {}, dict(num_select=5)),
 }
 
 

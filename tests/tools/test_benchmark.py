@@ -1,10 +1,12 @@
 """tools/benchmark.py on a tiny model: parameter counts, FLOP formulas, and the output format of the
 inference and train-step modes (smoke tests: no speed is asserted)."""
+import os
 import re
 
 import pytest
 import torch
 
+from models.registry import CONFIG_DIR
 from tools import benchmark
 
 from cli_errors import user_error
@@ -109,6 +111,28 @@ def test_train_step_table(tiny_cfg, capsys):
 def test_bad_variant(capsys):
     with user_error(capsys, "choose from"):
         benchmark.main(["--train-step", "--variants", "dino,foo"])
+    with user_error(capsys, "config file config/none.py not found"):
+        benchmark.main(["--train-step", "--variants", "dino,x=config/none.py"])
+
+
+def test_train_step_other_detectors_side_by_side(capsys, monkeypatch):
+    """A modelname (its defaults file) and a NAME=FILE variant run in the same process as dino; each prints its
+    ratio to dino's time, with both figures (sizes both detectors take; no speed is asserted)."""
+    from tiny_configs import DETR_RUN, options
+    monkeypatch.setenv("MSDA_BACKEND", "pytorch")
+    tiny = options(DETR_RUN, backbone_weights=None)
+    rows = benchmark.main(["--train-step", "-c", "config/DINO/DINO_synthetic.py", "--variants",
+                           "dino,detr,small=config/DETR/detr_synthetic.py", "--image-size", "64", "96",
+                           "--repeats", "1", "--options", *tiny])
+    assert [r["variant"] for r in rows] == ["dino", "detr", "small"]
+    assert rows[1]["params_total"] != rows[2]["params_total"]  # detr_r50.py's ResNet-50 vs the synthetic ResNet-18
+    lines = capsys.readouterr().out.strip().splitlines()
+    d, r = rows[0], rows[1]
+    assert lines[-2] == (f"detr/dino train-step time ratio at 64x96: {r['time_s'] / d['time_s']:.3f} "
+                         f"(detr {os.path.join(CONFIG_DIR, 'DETR', 'detr_r50.py')} {r['time_s']:.3f} s, "
+                         f"{r['peak_mib']:.0f} MiB; dino {d['time_s']:.3f} s, {d['peak_mib']:.0f} MiB)")
+    assert lines[-1].startswith("small/dino train-step time ratio at 64x96: ")
+    assert "(small config/DETR/detr_synthetic.py " in lines[-1]
 
 
 def test_cpu_peak_memory_counts_nested_allocations_once():

@@ -215,3 +215,17 @@ def test_main_evaluates_a_reproduction_checkpoint_converted_on_load(tmp_path, re
                     for f in files if f == "info.txt")
     assert "converted on load: the earlier AugDETR reproduction's checkpoint" in log
     assert "this config differs from the reproduction in emca_gate_input=content_pos" in log
+
+
+def test_official_detr_file_is_written_unchanged_and_verifies(tmp_path):
+    """An official DETR R50 file (official key list, tests/detr_reference.py) needs no conversion; --verify
+    loads it strictly into config/DETR/detr_r50.py's model."""
+    from detr_reference import write_official_r50
+    path = str(tmp_path / "detr-r50-e632da11.pth")
+    state = write_official_r50(path)
+    out = tmp_path / "detr_r50.pth"
+    lines = convert_checkpoint.main([path, str(out), "-c", "config/DETR/detr_r50.py", "--verify", "--options",
+                                     "backbone_weights=None"])
+    assert "written unchanged" in lines[0] and lines[-1].startswith(f"verified: {out} loads with strict=True")
+    converted = load_checkpoint(str(out))  # now with this project's integrity digest
+    assert list(converted["model"]) == list(state) and converted["args"]["num_queries"] == 100
