@@ -195,8 +195,9 @@ def resume(run: Run) -> None:
 
 def load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
     """Load ckpt['model'] (converted from another layout, e.g. an official DINO Swin file, when it is
-    one); when the tensors do not fit, say which config the checkpoint was trained with and how it
-    differs from this run's (the full tensor list goes to info.txt)."""
+    one); when the tensors do not fit, say which config the checkpoint was trained with (or, for an
+    official release, which config it loads into) and how it differs from this run's (the full tensor
+    list goes to info.txt)."""
     args = run.args
     ckpt["model"], converted = models.convert_state(ckpt["model"], args)
     for line in converted:
@@ -207,4 +208,5 @@ def load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
     except CheckpointError as err:
         log.info("full load error: %s", err, extra={FILE_ONLY: True})
         config = {k: getattr(args, k) for k in args.config_keys}
-        raise misfit_error(err, path, ckpt.get("args"), dict(vars(args)), model_keys(config), strict) from None
+        raise misfit_error(err, path, ckpt.get("args"), dict(vars(args)), model_keys(config), strict,
+                           origin=models.checkpoint_origin(ckpt["model"], ckpt.get("args"))) from None

@@ -10,11 +10,12 @@ from util.config_schema import KeyGroup
 from . import dino as _dino  # noqa: F401  registers 'dino' (the first entry)
 from .common.backbones import official_dino as _official_dino  # noqa: F401  registers its state converter
 from .common.schema import model_keys
-from .registry import DETECTORS, EVAL_RECORDERS, STATE_CONVERTERS, Detector, EvalRecorder
+from .registry import CHECKPOINT_ORIGINS, DETECTORS, EVAL_RECORDERS, STATE_CONVERTERS, Detector, EvalRecorder
 
 __all__ = ["DETECTORS", "Detector", "EvalRecorder", "all_key_groups", "apply_runtime_config", "build_criterion",
-           "build_model", "convert_state", "detector", "dn_group_count", "eval_recorders", "frozen_random_layers",
-           "key_groups", "msda_backend_info", "msda_backends", "refused_keys", "select_msda_backend"]
+           "build_model", "checkpoint_origin", "convert_state", "detector", "dn_group_count", "eval_recorders",
+           "frozen_random_layers", "key_groups", "msda_backend_info", "msda_backends", "refused_keys",
+           "select_msda_backend"]
 
 
 def detector(name: str) -> Detector:
@@ -74,6 +75,17 @@ def convert_state(state: Dict[str, Any], args: Optional[Any] = None) -> Tuple[Di
         state, done = convert(state, args)
         lines += done
     return state, lines
+
+
+def checkpoint_origin(state: Dict[str, Any], saved: Optional[Any] = None) -> Optional[Tuple[str, str]]:
+    """(what the file is, the config it loads into) for a checkpoint the registered recognisers know (an
+    official release without this project's stored config), else None. saved: the checkpoint's 'args'."""
+    saved = saved if isinstance(saved, dict) else None
+    for origin in CHECKPOINT_ORIGINS:
+        found = origin(state, saved)
+        if found is not None:
+            return found
+    return None
 
 
 def frozen_random_layers(args) -> List[str]:

@@ -8,6 +8,9 @@ the config key groups it reads besides the common model group (models/common/sch
 Options register what the entry points must do for them without naming them there:
 * `register_state_converter`: a function that turns a checkpoint of another layout into this
   project's (official DINO Swin files, ...), applied on load and by tools/convert_checkpoint.py;
+* `register_checkpoint_origin`: a function that recognises a checkpoint without this project's stored
+  config (an official release) and names the config it loads into, for the one-line error when it does
+  not fit the model in use;
 * `register_eval_recorder`: something to record during an evaluation, switched on by a command-line
   flag (EMCA's fusion weights: --save_emca_weights).
 """
@@ -62,6 +65,17 @@ STATE_CONVERTERS: List[StateConverter] = []
 def register_state_converter(convert: StateConverter) -> StateConverter:
     STATE_CONVERTERS.append(convert)
     return convert
+
+
+# checkpoint origins: (model state, its stored args or None) -> (what the file is, e.g. "an official Deformable
+# DETR ++ two-stage file", the config it loads into, relative to the repository root) or None
+CheckpointOrigin = Callable[[Dict[str, Any], Optional[Dict[str, Any]]], Optional[Tuple[str, str]]]
+CHECKPOINT_ORIGINS: List[CheckpointOrigin] = []
+
+
+def register_checkpoint_origin(origin: CheckpointOrigin) -> CheckpointOrigin:
+    CHECKPOINT_ORIGINS.append(origin)
+    return origin
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,15 @@ def options(base: Dict[str, Any] = RUN, **overrides) -> List[str]:
     return [f"{k}={_format(v)}" for k, v in dict(base, **overrides).items()]
 
 
+# Deformable DETR's: the same sizes without DINO's denoising keys, dropout off as in DINO's
+DEFORMABLE_DETR_MODEL: Dict[str, Any] = dict(
+    {k: v for k, v in MODEL.items() if not k.startswith("dn_")}, dropout=0.0)
+
 # every registered detector's tiny model: (its config file under config/, the sizes); tests/models/
 # test_golden.py checks that each detector of models/registry.py has one
 TINY_MODELS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "dino": ("DINO/DINO_4scale.py", MODEL),
+    "deformable_detr": ("DeformableDETR/deformable_detr.py", DEFORMABLE_DETR_MODEL),
 }
 
 

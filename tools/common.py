@@ -3,7 +3,8 @@
 Every model tool takes the same config arguments as main.py (`-c`, `--options` and the config-key flags
 such as `--use_hae`, from engine/cli.py) plus `--device`. `load_tool_model` is what inference.py and
 export_onnx.py use: with a checkpoint that stores its config (this project's: ckpt['args'] holds
-'config_file' and every config key) `-c` may be left out and the model is built from the stored keys; a
+'config_file' and every config key) `-c` may be left out and the model is built from the stored keys (an
+official release the models package recognises, e.g. a Deformable DETR file, uses its config); a
 checkpoint that does not fit the model in use is one short line (util.checkpoint.misfit_error, the same
 as main.py's) and the full tensor list goes to a file the line names.
 """
@@ -22,6 +23,7 @@ from util.checkpoint import CheckpointError, load_checkpoint, load_model_state, 
 from util.slconfig import ConfigError, parse_option_value
 
 Options = Union[None, Sequence[str], Dict[str, Any]]
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ToolError(ValueError):
@@ -111,12 +113,17 @@ def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: O
                     ) -> Tuple[Any, torch.nn.Module, Dict, str]:
     """(args, model in eval mode, postprocessors, a line saying which config built the model).
 
-    config None: the checkpoint's stored config (ToolError when it has none). Weights from
+    config None: the checkpoint's stored config, or for a recognised official release (models.checkpoint_origin)
+    the config it loads into (ToolError when it has neither). Weights from
     `checkpoint` (strict). When they do not fit, the full load error is written to error_file and a
     short CheckpointError says which config the checkpoint was trained with and the fix."""
     ckpt = load_checkpoint(checkpoint) if checkpoint else None
     saved = stored_config(ckpt)
-    if config is None:
+    known = models.checkpoint_origin(ckpt["model"], ckpt.get("args")) if ckpt is not None and saved is None else None
+    if config is None and known is not None:  # an official release: the config it loads into
+        args = tool_args(os.path.join(REPO_ROOT, known[1]), options, device, flags)
+        origin = f"model config: {known[1]} ({checkpoint} is {known[0]})"
+    elif config is None:
         if checkpoint is None:
             raise ToolError("-c CONFIG is required without --checkpoint")
         if saved is None:
@@ -137,24 +144,26 @@ def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: O
         try:
             load_model_state(model, state, source=checkpoint, strict=True)
         except CheckpointError as err:
-            raise _misfit(err, checkpoint, saved, config, args, error_file) from None
+            raise _misfit(err, checkpoint, saved, config, args, error_file, known) from None
     return args, model.to(torch.device(args.device)).eval(), postprocessors, origin
 
 
 def _misfit(err: CheckpointError, checkpoint: str, saved: Optional[Dict], config: Optional[str], args,
-            error_file: Optional[str]) -> CheckpointError:
-    """The short misfit error; the full load error goes to error_file (default: a temp file)."""
+            error_file: Optional[str], origin: Optional[Tuple[str, str]] = None) -> CheckpointError:
+    """The short misfit error; the full load error goes to error_file (default: a temp file). origin: what a
+    file without a stored config is and the config it loads into (an official release), if recognised."""
     if error_file is None:
         error_file = os.path.join(tempfile.gettempdir(), os.path.basename(checkpoint) + ".load_error.txt")
     os.makedirs(os.path.dirname(os.path.abspath(error_file)), exist_ok=True)
     with open(error_file, "w") as f:
         f.write(f"{err}\n")
     if saved is None:
-        fix = "pass -c <the config it was trained with>"
+        fix = f"pass -c {origin[1]}" if origin else "pass -c <the config it was trained with>"
     elif config is None:
         fix = "drop the --options / flags that change these keys"
     else:
         fix = "leave out -c (the tool then uses the config stored in the checkpoint)" + (
             f" or use -c {saved['config_file']}" if saved["config_file"] != config else "")
     current = dict(vars(args))
-    return misfit_error(err, checkpoint, saved, current, model_keys(current), fix=fix, full_list=error_file)
+    return misfit_error(err, checkpoint, saved, current, model_keys(current), fix=fix, full_list=error_file,
+                        origin=origin)

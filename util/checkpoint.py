@@ -283,21 +283,29 @@ def load_model_state(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
 
 
 def misfit_error(err: CheckpointError, path: str, saved: Any, current: Dict[str, Any], model_keys: Sequence[str],
-                 strict: bool = True, fix: Optional[str] = None, full_list: str = "info.txt") -> CheckpointError:
+                 strict: bool = True, fix: Optional[str] = None, full_list: str = "info.txt",
+                 origin: Optional[Tuple[str, str]] = None) -> CheckpointError:
     """A short CheckpointError for weights that do not fit (`err` is load_model_state's long one; the
     caller logs it): the config the checkpoint was trained with (its stored args), the one in use
     (current['config_file']), the first three differing `model_keys` (those that change the model's
-    tensors), how many tensors have other shapes, and `fix` (default: use -c <its config>). Shared by
-    main.py and the tools."""
+    tensors), how many tensors have other shapes, and `fix` (default: use -c <its config>). A file
+    without a stored config that the caller recognised (`origin`: what it is, the config it loads into,
+    e.g. an official Deformable DETR release, models.checkpoint_origin) is named with that config. Shared
+    by main.py and the tools."""
     saved = saved if isinstance(saved, dict) else {}
     diffs = [(k, saved[k], current[k]) for k in model_keys
              if k in saved and k in current and not same_value(current[k], saved[k])]
     shown = ", ".join(f"{k}={old!r} (now {new!r})" for k, old, new in diffs[:3])
     count = re.search(r"(\d+) shape mismatches", str(err))
-    trained = saved.get("config_file", "an unknown config (no config stored in the checkpoint)")
+    if "config_file" in saved:
+        trained, known = saved["config_file"], saved["config_file"]
+    elif origin is not None:
+        trained, known = f"{origin[1]} ({origin[0]})", origin[1]
+    else:
+        trained, known = "an unknown config (no config stored in the checkpoint)", None
     if fix is None:
-        fix = (f"use -c {trained}" + (" with the same --options" if diffs else "") if "config_file" in saved
-               else "use the config it was trained with")
+        fix = (f"use -c {known}" + (" with the same --options" if diffs and "config_file" in saved else "")
+               if known else "use the config it was trained with")
         if not strict:
             fix += ", or --finetune_ignore SUBSTRING to skip those weights"
     return CheckpointError(

@@ -202,7 +202,24 @@ SWITCHES = {
     "aligndetr_alpha": ("dino", dict(criterion_type="aligndetr", o2m_k=[2, 2, 1]), dict(aligndetr_alpha=0.5)),
     "aligndetr_gamma": ("dino", dict(criterion_type="aligndetr", o2m_k=[2, 2, 1]), dict(aligndetr_gamma=1.0)),
     "aligndetr_tau": ("dino", dict(criterion_type="aligndetr", o2m_k=[2, 2, 1]), dict(aligndetr_tau=0.5)),
+    "pe_offset": ("dino", {}, dict(pe_offset=-0.5)),
+    # Deformable DETR's own keys
+    "with_box_refine": ("deformable_detr", {}, dict(with_box_refine=True)),
+    "two_stage": ("deformable_detr", dict(with_box_refine=True), dict(two_stage=True)),
+    "pe_offset_deformable_detr": ("deformable_detr", {}, dict(pe_offset=0.0)),
+    "use_emca_two_stage": ("deformable_detr", dict(with_box_refine=True, two_stage=True), EMCA),
 }
+
+
+def _shared_switches(detector: str):
+    """DINO's switches of the keys `detector` has too, on its tiny model (name: DINO's + '_' + detector)."""
+    from engine.config import schema_for
+    keys = schema_for(detector).keys
+    return {f"{name}_{detector}": (detector, base, flip) for name, (owner, base, flip) in list(SWITCHES.items())
+            if owner == "dino" and set(base) | set(flip) <= set(keys) and f"{name}_{detector}" not in SWITCHES}
+
+
+SWITCHES.update(_shared_switches("deformable_detr"))
 
 
 @functools.lru_cache(maxsize=None)
