@@ -121,7 +121,8 @@ def check_category_ids(data: Dict[str, Any], ann_file: str, num_classes: Optiona
     if not all_ids:
         return
     top = max(all_ids)
-    fix = f"set --options num_classes={top + 1} dn_labelbook_size={top + 1}"
+    fix = f"set --options num_classes={top + 1}" + (f" dn_labelbook_size={top + 1}" if dn_labelbook_size is not None
+                                                     else "")
     if num_classes is not None and top >= num_classes:
         raise DataError(f"annotation file {ann_file}: category id {top} >= num_classes={num_classes} "
                         f"(labels are raw ids, so num_classes must be max id + 1); {fix}")
@@ -285,7 +286,9 @@ def build(image_set: str, args, root: Optional[str] = None) -> CocoDetection:
     if not ann_file.is_file():
         raise DataError(f"annotation file {ann_file} is missing; coco_path must hold annotations/{ann_name}")
     transforms = transforms_from_args("train" if image_set == "train" else "val", args)  # test: val's
+    # only detectors with denoising queries (DINO's group) have a label book to check the ids against
+    labelbook = getattr(args, "dn_labelbook_size", None)
     return CocoDetection(img_folder, ann_file, transforms=transforms,
-                         num_classes=args.num_classes, dn_labelbook_size=args.dn_labelbook_size,
+                         num_classes=args.num_classes, dn_labelbook_size=labelbook,
                          skip_bad_images=args.skip_bad_images,
                          images_only=image_set == "test")

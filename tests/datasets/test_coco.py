@@ -169,6 +169,18 @@ def test_category_id_beyond_num_classes(make_coco):
     assert len(build("val", data_args(coco_path=root, num_classes=10, dn_labelbook_size=9))) == 1
 
 
+def test_detector_without_a_label_book_checks_num_classes_only(make_coco):
+    """A detector without denoising queries (Deformable DETR) has no dn_labelbook_size key: the dataset builds,
+    and the fix names num_classes only."""
+    root = make_coco([("a.png", rgb())], [ann(1, [1, 1, 5, 5], cat=9)], categories=[{"id": 9, "name": "x"}])
+    args = data_args(coco_path=root)
+    del args.dn_labelbook_size
+    with pytest.raises(DataError, match=r"--options num_classes=10$"):
+        build("val", args)
+    args.num_classes = 10
+    assert len(build("val", args)) == 1
+
+
 # ---------------------------------------------------------------- image files
 
 
