@@ -6,6 +6,10 @@ Training-step mode:
     python tools/benchmark.py --train-step --variants dino,hae,emca,augdetr [--image-size 800 1333] [-c CONFIG]
         [--device cpu|cuda]: per variant the median step time and peak memory at that size, and
         the augdetr/dino time ratio with both variants' figures
+    A variant may also be another detector: its modelname (its defaults file, e.g. deformable_detr) or
+    LABEL=CONFIG_FILE; the time ratio of each such variant to the first variant is printed, e.g. Deformable
+    DETR next to DINO in one process:
+    python tools/benchmark.py --train-step --variants dino,deformable_detr --image-size 800 1333
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions,
 SDPA) plus two formulas registered here for deformable attention:
@@ -251,11 +255,37 @@ def peak_memory_step(step, device: torch.device) -> int:
     return peak
 
 
+def variant_config(name: str, config_file: str) -> Tuple[str, Dict]:
+    """(config file, config-key flags) of a --variants entry: a VARIANTS name (its flags on config_file), a
+    registered detector's modelname (its defaults file) or LABEL=CONFIG_FILE."""
+    from models import detector
+    if name in VARIANTS:
+        return config_file, VARIANTS[name]
+    if "=" in name:
+        return name.split("=", 1)[1], {}
+    return detector(name).defaults_file, {}
+
+
+def check_variants(names: List[str]) -> Optional[str]:
+    """The first --variants entry that is none of the three forms, or None."""
+    from models import DETECTORS
+    for name in names:
+        file_ok = "=" in name and os.path.isfile(name.split("=", 1)[1])
+        if name not in VARIANTS and name not in DETECTORS and not file_ok:
+            return name
+    return None
+
+
+def variant_label(name: str) -> str:
+    return name.split("=", 1)[0]
+
+
 def make_train_step(name: str, opts, device: torch.device, h: int, w: int):
     """Build one variant and return (step function, model)."""
     from engine import total_loss
     from models import build_model
-    args = tool_args(opts.config_file, opts.options, opts.device, dict(config_flags(opts), **VARIANTS[name]))
+    config_file, flags = variant_config(name, opts.config_file)
+    args = tool_args(config_file, opts.options, opts.device, dict(config_flags(opts), **flags))
     torch.manual_seed(0)
     model, criterion, _ = build_model(args)
     model.to(device).train()
@@ -274,7 +304,7 @@ def run_train_step(opts) -> List[Dict]:
     robin), so that a change of machine load during the run affects every variant alike."""
     device = torch.device(opts.device)
     h, w = opts.image_size
-    steps = {name: make_train_step(name, opts, device, h, w) for name in opts.variants}
+    steps = {variant_label(name): make_train_step(name, opts, device, h, w) for name in opts.variants}
     for step, _ in steps.values():
         step()  # warm-up (allocator, kernel selection)
     times: Dict[str, List[float]] = {name: [] for name in steps}
@@ -300,6 +330,12 @@ def run_train_step(opts) -> List[Dict]:
         print(f"| {r['variant']} | {r['time_s']:.3f} | {r['time_s'] / base['time_s']:.2f}x | {r['peak_mib']:.0f} | "
               f"{r['params_total'] / 1e6:.3f} | {r['params_total'] - base['params_total']:+,d} |")
     by = {r["variant"]: r for r in rows}
+    for name in opts.variants:  # another detector next to the first variant
+        r, label = by[variant_label(name)], variant_label(name)
+        if name not in VARIANTS and r is not rows[0]:
+            print(f"{label}/{rows[0]['variant']} train-step time ratio at {h}x{w}: "
+                  f"{r['time_s'] / rows[0]['time_s']:.3f} ({rows[0]['variant']} {rows[0]['time_s']:.3f} s, "
+                  f"{rows[0]['peak_mib']:.0f} MiB; {label} {r['time_s']:.3f} s, {r['peak_mib']:.0f} MiB)")
     if "augdetr" in by and "dino" in by:
         d, a = by["dino"], by["augdetr"]
         print(f"augdetr/dino train-step time ratio at {h}x{w}: {a['time_s'] / d['time_s']:.3f} "
@@ -325,7 +361,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="with --flops-only: one count per backbone (option backbone=NAME), printed as a table")
     p.add_argument("--train-step", action="store_true", help="time one training step per variant instead")
     p.add_argument("--variants", default="dino,hae,emca,augdetr",
-                   help=f"comma list of {', '.join(VARIANTS)} (train-step mode)")
+                   help=f"comma list of {', '.join(VARIANTS)} (flags on -c), a detector's modelname (its defaults "
+                        f"file) or LABEL=CONFIG_FILE (train-step mode)")
     p.add_argument("--repeats", type=int, default=TRAIN_STEP_DEFAULTS["repeats"],
                    help="timed training steps per variant; the median is reported (default 3)")
     return p
@@ -346,9 +383,10 @@ def main(argv: Optional[List[str]] = None):
         sys.exit("benchmark.py: error: --flops-only counts an inference forward; leave out --train-step")
     if opts.train_step:
         opts.variants = [v.strip() for v in opts.variants.split(",") if v.strip()]
-        bad = [v for v in opts.variants if v not in VARIANTS]
+        bad = check_variants(opts.variants)
         if bad or not opts.variants:
-            sys.exit(f"benchmark.py: error: --variants {bad or '(empty)'}: choose from {', '.join(VARIANTS)}")
+            sys.exit(f"benchmark.py: error: --variants {bad or '(empty)'}: choose from {', '.join(VARIANTS)}, a "
+                     f"detector's modelname or LABEL=CONFIG_FILE")
         opts.config_file = opts.config_file or TRAIN_STEP_DEFAULTS["config"]
         opts.image_size = opts.image_size or TRAIN_STEP_DEFAULTS["image_size"]
         return run_train_step(opts)
