@@ -207,16 +207,21 @@ SWITCHES = {
     "with_box_refine": ("deformable_detr", {}, dict(with_box_refine=True)),
     "two_stage": ("deformable_detr", dict(with_box_refine=True), dict(two_stage=True)),
     "pe_offset_deformable_detr": ("deformable_detr", {}, dict(pe_offset=0.0)),
+    "cls_loss_coef_deformable_detr": ("deformable_detr", {}, dict(cls_loss_coef=1.0)),  # DINO's flip is its default
     "use_emca_two_stage": ("deformable_detr", dict(with_box_refine=True, two_stage=True), EMCA),
 }
 
 
 def _shared_switches(detector: str):
-    """DINO's switches of the keys `detector` has too, on its tiny model (name: DINO's + '_' + detector)."""
+    """DINO's switches of the model keys (Key.model) `detector` has too, on its tiny model (name: DINO's + '_' +
+    detector); loss and post-processing keys are the shared criterion's, switched on DINO (each switch here
+    costs a training measurement)."""
     from engine.config import schema_for
-    keys = schema_for(detector).keys
+    schema = schema_for(detector)
+    keys, model_keys = set(schema.keys), set(schema.model_keys())
     return {f"{name}_{detector}": (detector, base, flip) for name, (owner, base, flip) in list(SWITCHES.items())
-            if owner == "dino" and set(base) | set(flip) <= set(keys) and f"{name}_{detector}" not in SWITCHES}
+            if owner == "dino" and set(base) | set(flip) <= keys and set(flip) & model_keys
+            and f"{name}_{detector}" not in SWITCHES}
 
 
 SWITCHES.update(_shared_switches("deformable_detr"))
