@@ -12,7 +12,7 @@ from engine.run import load_weights
 from models import build_model, checkpoint_origin
 from tools import convert_checkpoint
 from tools.common import load_tool_model
-from util.checkpoint import CheckpointError, load_model_state
+from util.checkpoint import CheckpointError, load_checkpoint, load_model_state
 
 from official_rule_weights import fixture_path, read_keys, rule_state
 from tiny_configs import config_args
@@ -85,12 +85,19 @@ def test_resume_path_loads_strictly_with_thop_counters(tmp_path):
     the weights are the file's (the six aliased class heads are one module)."""
     src = save_official(tmp_path / "refine.pth", "box_refine")
     args = config_args("DeformableDETR/deformable_detr_refine.py", msda_backend="pytorch", **QUERIES)
-    args.config_keys = [k for k in vars(args)]
+    args.config_keys, args.config_file = list(vars(args)), "config/DeformableDETR/deformable_detr_refine.py"
     model, _, _ = build_model(args)
     run = types.SimpleNamespace(args=args, model_without_ddp=model)
-    load_weights(run, torch.load(src, weights_only=False), src, strict=True)
+    load_weights(run, load_checkpoint(src), src, strict=True)
     expected = official_state("box_refine")
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    # a two-stage file there: one line naming its config and the official flags that differ
+    other = save_official(tmp_path / "two_stage.pth", "two_stage")
+    with pytest.raises(CheckpointError) as err:
+        load_weights(run, load_checkpoint(other), other, strict=True)
+    message = str(err.value)
+    assert "\n" not in message and "two_stage=True (now False)" in message and "this run uses config/" in message
+    assert "use -c config/DeformableDETR/deformable_detr_two_stage.py" in message
 
 
 def test_official_multiscale_file_loads_into_the_augdetr_variant_with_only_new_parameters_missing():
