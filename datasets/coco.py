@@ -286,9 +286,8 @@ def build(image_set: str, args, root: Optional[str] = None) -> CocoDetection:
     if not ann_file.is_file():
         raise DataError(f"annotation file {ann_file} is missing; coco_path must hold annotations/{ann_name}")
     transforms = transforms_from_args("train" if image_set == "train" else "val", args)  # test: val's
-    # only detectors with denoising queries (DINO's group) have a label book to check the ids against
-    labelbook = getattr(args, "dn_labelbook_size", None)
-    return CocoDetection(img_folder, ann_file, transforms=transforms,
-                         num_classes=args.num_classes, dn_labelbook_size=labelbook,
+    # ids are checked against num_classes only: a detector with a denoising label book (DINO) has
+    # dn_labelbook_size >= num_classes - 1 by its config check, and the others have none
+    return CocoDetection(img_folder, ann_file, transforms=transforms, num_classes=args.num_classes,
                          skip_bad_images=args.skip_bad_images,
                          images_only=image_set == "test")
