@@ -88,12 +88,13 @@ def _given_as(key: str, origin: Dict[str, Any]) -> str:
 
 
 def suggested_fix(diffs: Sequence[Tuple[str, Any, Any]], explained: int, saved_config: Optional[str],
-                  origin: Dict[str, Any], strict: bool) -> str:
-    """The fix of the misfit (see the module docstring); `explained` leading diffs cause it."""
+                  origin: Dict[str, Any], strict: bool, release: Optional[Tuple[str, str]] = None) -> str:
+    """The fix of the misfit (see the module docstring); `explained` leading diffs cause it. `release`: what a
+    file without a stored config is and the config it loads into, when a recogniser knows it."""
     culprits = list(diffs[:explained] or diffs)
     given = set(origin.get("options") or {}) | set(origin.get("flags") or {})
     if saved_config is None:
-        fix = "use -c <the config it was trained with>"
+        fix = f"use -c {release[1]}" if release else "use -c <the config it was trained with>"
     elif origin.get("source") == "checkpoint":
         dropped = [_given_as(k, origin) for k, _, _ in culprits if k in given]
         fix = (f"drop {' and '.join(dropped)}" if dropped else
@@ -113,9 +114,12 @@ def suggested_fix(diffs: Sequence[Tuple[str, Any, Any]], explained: int, saved_c
 
 
 def misfit_error(path: str, saved: Any, args: argparse.Namespace, ckpt_state: Dict[str, Any],
-                 model_state: Dict[str, Any], strict: bool = True, full_list: str = "info.txt") -> CheckpointError:
+                 model_state: Dict[str, Any], strict: bool = True, full_list: str = "info.txt",
+                 release: Optional[Tuple[str, str]] = None) -> CheckpointError:
     """The one-line CheckpointError for weights `ckpt_state` that do not fit the run's model (`model_state`);
-    the caller keeps load_model_state's full error in `full_list`."""
+    the caller keeps load_model_state's full error in `full_list`. `release`: (what the file is, the config
+    it loads into) for a file without a stored config that models.checkpoint_origin recognises (an official
+    release, e.g. Deformable DETR's), so the message names that config."""
     saved = saved if isinstance(saved, dict) else {}
     current = {k: getattr(args, k) for k in args.config_keys}
     stored = saved.get("config_file") if all(k in saved for k in ("config_file", "modelname")) else None
@@ -127,10 +131,11 @@ def misfit_error(path: str, saved: Any, args: argparse.Namespace, ckpt_state: Di
     rest = len(diffs) - min(len(diffs), SHOWN)
     others = "" if not rest else f" (+{rest} more" + (", none of them changing tensor shapes)" if
                                                       explained <= SHOWN else ")")
-    trained = saved.get("config_file", "an unknown config (no config stored in the checkpoint)")
+    trained = saved.get("config_file") or (f"{release[1]} ({release[0]})" if release else
+                                           "an unknown config (no config stored in the checkpoint)")
     return CheckpointError(
         f"{path} does not fit this model: it was trained with {trained}, this run's model comes from {what}"
         + (f"; differing keys: {shown}{others}" if diffs else "")
         + (f"; {mismatch(model_shapes, ckpt_shapes)} tensors differ (missing, extra or of another shape)" if strict
            else f"; {mismatch(model_shapes, ckpt_shapes, strict)} tensors have other shapes")
-        + f"; {suggested_fix(diffs, explained, stored, origin, strict)} (full list in {full_list})")
+        + f"; {suggested_fix(diffs, explained, stored, origin, strict, release)} (full list in {full_list})")

@@ -281,8 +281,9 @@ def warn_unseen_padding(args, saved: Any, path: str) -> Optional[str]:
 
 def load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
     """Load ckpt['model'] (converted from another layout, e.g. an official DINO Swin file, when it is
-    one); when the tensors do not fit, say which config the checkpoint was trained with and how it
-    differs from this run's (the full tensor list goes to info.txt)."""
+    one); when the tensors do not fit, say which config the checkpoint was trained with (or, for an
+    official release, which config it loads into) and how it differs from this run's (the full tensor
+    list goes to info.txt)."""
     args = run.args
     ckpt["model"], converted = models.convert_state(ckpt["model"], args)
     for line in converted:
@@ -293,4 +294,4 @@ def load_weights(run: Run, ckpt: dict, path: str, strict: bool) -> None:
     except CheckpointError as err:
         log.info("full load error: %s", err, extra={FILE_ONLY: True})
         raise misfit_error(path, ckpt.get("args"), args, ckpt["model"], run.model_without_ddp.state_dict(),
-                           strict) from None
+                           strict, release=models.checkpoint_origin(ckpt["model"], ckpt.get("args"))) from None

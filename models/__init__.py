@@ -11,11 +11,19 @@ from . import detr as _detr  # noqa: F401  registers 'detr'
 from . import dino as _dino  # noqa: F401  registers 'dino' (engine/config.py's default detector)
 from .common.backbones import official_dino as _official_dino  # noqa: F401  registers its state converter
 from .common.schema import model_keys
-from .registry import CHECKPOINT_CONFIGS, DETECTORS, EVAL_RECORDERS, STATE_CONVERTERS, Detector, EvalRecorder
+from .registry import (
+    CHECKPOINT_CONFIGS,
+    CHECKPOINT_ORIGINS,
+    DETECTORS,
+    EVAL_RECORDERS,
+    STATE_CONVERTERS,
+    Detector,
+    EvalRecorder,
+)
 
 __all__ = ["DETECTORS", "Detector", "EvalRecorder", "all_key_groups", "apply_runtime_config", "build_criterion",
-           "build_model", "checkpoint_config", "convert_state", "detector", "dn_group_count", "eval_recorders",
-           "frozen_random_layers", "key_groups", "msda_backend_info", "msda_backends", "refused_keys",
+           "build_model", "checkpoint_config", "checkpoint_origin", "convert_state", "detector", "dn_group_count",
+           "eval_recorders", "frozen_random_layers", "key_groups", "msda_backend_info", "msda_backends", "refused_keys",
            "select_msda_backend"]
 
 
@@ -86,6 +94,16 @@ def checkpoint_config(saved: Dict[str, Any], state: Dict[str, Any]) -> Optional[
         config = derive(saved, state)
         if config is not None:
             return config
+
+
+def checkpoint_origin(state: Dict[str, Any], saved: Optional[Any] = None) -> Optional[Tuple[str, str]]:
+    """(what the file is, the config it loads into) for a checkpoint the registered recognisers know (an
+    official release without this project's stored config), else None. saved: the checkpoint's 'args'."""
+    saved = saved if isinstance(saved, dict) else None
+    for origin in CHECKPOINT_ORIGINS:
+        found = origin(state, saved)
+        if found is not None:
+            return found
     return None
 
 

@@ -11,6 +11,9 @@ Options register what the entry points must do for them without naming them ther
   tools/convert_checkpoint.py;
 * `register_checkpoint_config`: a function that gives the config reproducing such a checkpoint from the
   args it stores (the AugDETR reproduction's), used by the tools;
+* `register_checkpoint_origin`: a function that recognises a checkpoint without this project's stored
+  config (an official release) and names the config it loads into, for the one-line error when it does
+  not fit the model in use;
 * `register_eval_recorder`: something to record during an evaluation, switched on by a command-line
   flag (EMCA's fusion weights: --save_emca_weights).
 """
@@ -77,6 +80,17 @@ CHECKPOINT_CONFIGS: List[CheckpointConfig] = []
 def register_checkpoint_config(derive: CheckpointConfig) -> CheckpointConfig:
     CHECKPOINT_CONFIGS.append(derive)
     return derive
+
+
+# checkpoint origins: (model state, its stored args or None) -> (what the file is, e.g. "an official Deformable
+# DETR ++ two-stage file", the config it loads into, relative to the repository root) or None
+CheckpointOrigin = Callable[[Dict[str, Any], Optional[Dict[str, Any]]], Optional[Tuple[str, str]]]
+CHECKPOINT_ORIGINS: List[CheckpointOrigin] = []
+
+
+def register_checkpoint_origin(origin: CheckpointOrigin) -> CheckpointOrigin:
+    CHECKPOINT_ORIGINS.append(origin)
+    return origin
 
 
 @dataclass(frozen=True)

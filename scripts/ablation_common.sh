@@ -1,6 +1,8 @@
 # Shared by scripts/ablation_table*.sh; not run directly.
 # Usage of every ablation script: `scripts/ablation_tableN.sh --help` (ablation_usage below): COCO mode,
 # --synthetic, and the quick mode SYNTHETIC_EPOCHS=N.
+# A script for another base detector sets, after sourcing this file, CONFIG (its COCO config),
+# SYNTHETIC_CONFIG (its synthetic config, passed with -c first) and DINO_OPTIONS=() (no DINO options).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"  # DINO_OPTIONS (the seed README's), REPO_ROOT
 CONFIG=config/DINO/DINO_4scale.py; with_backbone  # COCO mode; BACKBONE=NAME as in _common.sh
@@ -62,13 +64,14 @@ run_variant() {
     if [[ -n "${SYNTHETIC_EPOCHS:-}" ]]; then
       opts=(epochs="$SYNTHETIC_EPOCHS" lr_drop="$(( SYNTHETIC_EPOCHS - 1 ))" "${opts[@]}")
     fi
-    python main.py --output_dir "$out" "${flags[@]}" ${opts[@]:+--options "${opts[@]}"} "${EXTRA_ARGS[@]}"
-  elif [[ "$NUM_GPUS" -gt 1 ]]; then
-    torchrun --nproc_per_node="$NUM_GPUS" main.py -c "$CONFIG" --coco_path "$COCO_PATH" \
-      --output_dir "$out" "${flags[@]}" --options "${DINO_OPTIONS[@]}" "${opts[@]}" "${EXTRA_ARGS[@]}"
+    python main.py ${SYNTHETIC_CONFIG:+-c "$SYNTHETIC_CONFIG"} --output_dir "$out" "${flags[@]}" \
+      ${opts[@]:+--options "${opts[@]}"} "${EXTRA_ARGS[@]}"
   else
-    python main.py -c "$CONFIG" --coco_path "$COCO_PATH" \
-      --output_dir "$out" "${flags[@]}" --options "${DINO_OPTIONS[@]}" "${opts[@]}" "${EXTRA_ARGS[@]}"
+    opts=("${DINO_OPTIONS[@]}" "${opts[@]}")
+    local launch=(python)
+    [[ "$NUM_GPUS" -gt 1 ]] && launch=(torchrun --nproc_per_node="$NUM_GPUS")
+    "${launch[@]}" main.py -c "$CONFIG" --coco_path "$COCO_PATH" \
+      --output_dir "$out" "${flags[@]}" ${opts[@]:+--options "${opts[@]}"} "${EXTRA_ARGS[@]}"
   fi
   echo "== $name finished in $(( SECONDS - start )) s"
   RUNS+=("$out")

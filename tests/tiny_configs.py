@@ -51,11 +51,16 @@ DETR_MODEL: Dict[str, Any] = dict({k: v for k, v in MODEL.items() if k not in ("
 DETR_RUN: Dict[str, Any] = dict({k: v for k, v in RUN.items() if k not in ("dn_labelbook_size", "dn_number")},
                                 dropout=0.0)
 
+# Deformable DETR's: the same sizes without DINO's denoising keys, dropout off as in DINO's
+DEFORMABLE_DETR_MODEL: Dict[str, Any] = dict(
+    {k: v for k, v in MODEL.items() if not k.startswith("dn_")}, dropout=0.0)
+
 # every registered detector's tiny model: (its config file under config/, the sizes); tests/models/
 # test_golden.py checks that each detector of models/registry.py has one
 TINY_MODELS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "dino": ("DINO/DINO_4scale.py", MODEL),
     "detr": ("DETR/detr_r50.py", DETR_MODEL),
+    "deformable_detr": ("DeformableDETR/deformable_detr.py", DEFORMABLE_DETR_MODEL),
 }
 
 

@@ -3,7 +3,8 @@
 Every model tool takes the same config arguments as main.py (`-c`, `--options` and the config-key flags
 such as `--use_hae`, from engine/cli.py) plus `--device`. `load_tool_model` is what inference.py and
 export_onnx.py use: with a checkpoint that stores its config (this project's: ckpt['args'] holds
-'config_file' and every config key) `-c` may be left out and the model is built from the stored keys; a
+'config_file' and every config key) `-c` may be left out and the model is built from the stored keys (an
+official release the models package recognises, e.g. a Deformable DETR file, uses its config); a
 checkpoint that does not fit the model in use is one short line (util.checkpoint.misfit_error, the same
 as main.py's) and the full tensor list goes to a file the line names.
 """
@@ -33,6 +34,7 @@ from util.log_records import LogRecordError
 from util.slconfig import ConfigError, parse_option_value
 
 Options = Union[None, Sequence[str], Dict[str, Any]]
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ToolError(ValueError):
@@ -176,8 +178,9 @@ def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: O
                     ) -> Tuple[Any, torch.nn.Module, Dict, str]:
     """(args, model in eval mode, postprocessors, a line saying which config built the model).
 
-    config None: the checkpoint's stored config, or the one reproducing a checkpoint of another codebase
-    that a converter knows (reproduced_config; ToolError when it has neither). Weights from
+    config None: the checkpoint's stored config, the one reproducing a checkpoint of another codebase that a
+    converter knows (reproduced_config), or for a recognised official release (models.checkpoint_origin) the
+    config it loads into (ToolError when it has none of them). Weights from
     `checkpoint` (strict). When they do not fit, the full load error is written to error_file and a
     short CheckpointError says which config the checkpoint was trained with and the fix."""
     if checkpoint and not os.path.isfile(checkpoint):
@@ -187,7 +190,11 @@ def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: O
     saved, origin_of_saved = reproduced_config(ckpt, checkpoint), "the one reproducing"
     if saved is None:
         saved, origin_of_saved = stored_config(ckpt), "the one stored in"
-    if config is None:
+    known = models.checkpoint_origin(ckpt["model"], ckpt.get("args")) if ckpt is not None and saved is None else None
+    if config is None and known is not None:  # an official release: the config it loads into
+        args = tool_args(os.path.join(REPO_ROOT, known[1]), options, device, flags)
+        origin = f"model config: {known[1]} ({checkpoint} is {known[0]})"
+    elif config is None:
         if checkpoint is None:
             raise ToolError("-c CONFIG is required without --checkpoint")
         if saved is None:
@@ -211,17 +218,19 @@ def load_tool_model(config: Optional[str], checkpoint: Optional[str], options: O
         try:
             load_model_state(model, state, source=checkpoint, strict=True)
         except CheckpointError as err:
-            raise _misfit(err, checkpoint, ckpt, args, state, model, error_file) from None
+            raise _misfit(err, checkpoint, ckpt, args, state, model, error_file, known) from None
     return args, model.to(torch.device(args.device)).eval(), postprocessors, origin
 
 
 def _misfit(err: CheckpointError, checkpoint: str, ckpt: Dict, args, state: Dict, model: torch.nn.Module,
-            error_file: Optional[str]) -> CheckpointError:
+            error_file: Optional[str], release: Optional[Tuple[str, str]] = None) -> CheckpointError:
     """The short misfit error (engine/misfit.py, as main.py's); the full load error goes to error_file
-    (default: a temp file)."""
+    (default: a temp file). release: what a file without a stored config is and the config it loads into
+    (an official release), if recognised."""
     if error_file is None:
         error_file = os.path.join(tempfile.gettempdir(), os.path.basename(checkpoint) + ".load_error.txt")
     os.makedirs(os.path.dirname(os.path.abspath(error_file)), exist_ok=True)
     with open(error_file, "w") as f:
         f.write(f"{err}\n")
-    return misfit_error(checkpoint, stored_config(ckpt), args, state, model.state_dict(), full_list=error_file)
+    return misfit_error(checkpoint, stored_config(ckpt), args, state, model.state_dict(), full_list=error_file,
+                        release=release)

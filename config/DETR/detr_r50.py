@@ -28,6 +28,9 @@ batch_size = 2  # per process (DETR: 32 GPUs x 2 images)
 weight_decay = 0.0001
 epochs = 500
 lr_drop = 400
+param_dict_type = 'default'  # two groups: the backbone (lr_backbone) and the rest (the two keys below are not read)
+lr_linear_proj_names = ['reference_points', 'sampling_offsets']
+lr_linear_proj_mult = 0.1
 save_checkpoint_interval = 100
 keep_checkpoints = None  # numbered checkpointNNNN.pth kept, the newest N (None = all; 0 = none written)
 best_checkpoint = 'weights'  # checkpoint_best_regular.pth: weights only, not written while the best epoch is the last
@@ -54,6 +57,7 @@ return_interm_indices = [3]  # layer4 only (stride 32)
 position_embedding = 'sine'
 pe_temperatureH = 10000  # DETR's sine encoding: temperature 10000, normalised, no offset
 pe_temperatureW = 10000
+pe_offset = 0.0  # no offset (Deformable DETR: -0.5, pixel centres)
 
 # ---- transformer ----------------------------------------------------------
 enc_layers = 6

@@ -15,6 +15,9 @@ fix_size = False  # also a CLI flag: train transform = flip + one fixed resize
 lr = 0.0001
 lr_backbone = 1e-05  # <= 0 freezes the backbone
 lr_backbone_names = ['backbone.0']
+param_dict_type = 'default'  # DINO's groups: backbone and the rest (the two keys below are not read)
+lr_linear_proj_names = ['reference_points', 'sampling_offsets']
+lr_linear_proj_mult = 0.1
 batch_size = 2  # per process
 weight_decay = 0.0001
 epochs = 12
@@ -37,6 +40,7 @@ dilation = False
 position_embedding = 'sine'
 pe_temperatureH = 20
 pe_temperatureW = 20
+pe_offset = 0.0  # added to the valid-pixel count of the sine encoding (Deformable DETR: -0.5)
 return_interm_indices = [1, 2, 3]
 batch_norm_type = 'FrozenBatchNorm2d'  # or 'BatchNorm2d' (trainable BN, for small from-scratch models)
 backbone_freeze_stem = True  # keep the stem and layer1 frozen, as DINO does with ImageNet weights

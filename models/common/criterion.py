@@ -1,7 +1,8 @@
 """The set-prediction losses shared by the detectors (SetCriterion), over typed prediction sets.
 
 A detector's outputs hold several prediction sets; each has a kind (`SetKind`: the final decoder layer,
-an earlier decoder layer, the encoder proposals, the denoising queries of a layer) and a decoder layer
+an earlier decoder layer, the encoder proposals selected as queries, every encoder token's class-agnostic
+proposal, the denoising queries of a layer) and a decoder layer
 index. `SetCriterion.set_specs()` lists the sets a model of its configuration produces, and the loss
 weight table (`weight_dict`) is derived from them and the per-kind weights the detector's builder
 gives. Matched sets are Hungarian-matched to the ground truth and get a sigmoid focal classification
@@ -9,7 +10,7 @@ loss, an L1 box loss and a GIoU loss; denoising sets are supervised by their kno
 overrides `match` (how one set is matched, by its kind), `set_losses` (its losses) or `class_loss` (only
 the classification term: `SoftmaxSetCriterion`, DETR's cross-entropy with a no-object class), never by
 loss-key names. All losses are normalised by the number of ground-truth boxes across all processes. Loss keys
-are DINO's: a term plus its set's suffix ('', '_i', '_interm', '_dn', '_dn_i').
+are DINO's and Deformable DETR's: a term plus its set's suffix ('', '_i', '_interm', '_enc', '_dn', '_dn_i').
 """
 from dataclasses import dataclass
 from enum import Enum
@@ -30,7 +31,8 @@ LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
 class SetKind(str, Enum):
     FINAL = "final"  # the last decoder layer: the detector's predictions
     DECODER_LAYER = "decoder_layer"  # an earlier decoder layer (auxiliary loss)
-    ENCODER = "encoder"  # the encoder proposals selected as queries (two-stage)
+    ENCODER = "encoder"  # the encoder proposals selected as queries (DINO's two-stage), with their classes
+    PROPOSALS = "proposals"  # every encoder token's proposal, class-agnostic (Deformable DETR's two-stage)
     DENOISING = "denoising"  # the denoising queries of a decoder layer (known assignment)
 
 
@@ -51,6 +53,8 @@ class SetSpec:
             return f"_{self.layer}"
         if self.kind is SetKind.ENCODER:
             return "_interm"
+        if self.kind is SetKind.PROPOSALS:
+            return "_enc"
         return "_dn" if last else f"_dn_{self.layer}"
 
 
@@ -60,9 +64,11 @@ class PredictionSet(NamedTuple):
     preds: Dict[str, Tensor]
 
 
-def decoder_set_specs(num_layers: int, aux_loss: bool, encoder: bool, denoising: bool) -> List[SetSpec]:
+def decoder_set_specs(num_layers: int, aux_loss: bool, encoder: bool, denoising: bool,
+                      proposals: bool = False) -> List[SetSpec]:
     """The sets of a DETR-style decoder, in the order of the weight table: per layer (the last first) its
-    matched set and (with denoising) its denoising set, then the encoder proposals."""
+    matched set and (with denoising) its denoising set, then the selected encoder proposals (encoder) and
+    every token's class-agnostic proposal (proposals)."""
     layers = [num_layers - 1] + (list(range(num_layers - 1)) if aux_loss else [])
     specs = []
     for layer in layers:
@@ -72,6 +78,8 @@ def decoder_set_specs(num_layers: int, aux_loss: bool, encoder: bool, denoising:
             specs.append(SetSpec(SetKind.DENOISING, layer, num_layers))
     if encoder:
         specs.append(SetSpec(SetKind.ENCODER))
+    if proposals:
+        specs.append(SetSpec(SetKind.PROPOSALS))
     return specs
 
 
@@ -185,7 +193,7 @@ class SetCriterion(nn.Module):
         layers in order, then the encoder proposals."""
         order = [s for s in self.specs if s.kind is SetKind.FINAL]
         order += sorted((s for s in self.specs if s.kind is SetKind.DECODER_LAYER), key=lambda s: s.layer)
-        order += [s for s in self.specs if s.kind is SetKind.ENCODER]
+        order += [s for s in self.specs if s.kind in (SetKind.ENCODER, SetKind.PROPOSALS)]
         sets = [PredictionSet(spec, self.predictions(outputs, spec)) for spec in order]
         return [s for s in sets if s.preds is not None]
 
@@ -197,7 +205,17 @@ class SetCriterion(nn.Module):
         if spec.kind is SetKind.DECODER_LAYER:
             aux = outputs.get("aux_outputs") or []
             return aux[spec.layer] if spec.layer < len(aux) else None
+        if spec.kind is SetKind.PROPOSALS:
+            return outputs.get("enc_outputs")
         return outputs.get("interm_outputs")
+
+    @staticmethod
+    def set_targets(spec: SetSpec, targets: List[Dict]) -> List[Dict]:
+        """The targets a set is matched to and supervised with: class-agnostic ones (every label 0) for
+        PROPOSALS, as Deformable DETR's two-stage encoder loss; the targets themselves otherwise."""
+        if spec.kind is not SetKind.PROPOSALS:
+            return targets
+        return [dict(t, labels=torch.zeros_like(t["labels"])) for t in targets]
 
     def denoising_sets(self, outputs: Dict) -> List[PredictionSet]:
         """The denoising sets (the last layer first, as DINO logs them) of a training batch with denoising
@@ -218,11 +236,12 @@ class SetCriterion(nn.Module):
         losses: Dict[str, Tensor] = {}
         final_indices = None
         for pset in self.matched_sets(outputs):
-            indices = self.match(pset, targets)
+            set_targets = self.set_targets(pset.spec, targets)
+            indices = self.match(pset, set_targets)
             final = pset.spec.kind is SetKind.FINAL
             if final:
                 final_indices = indices
-            set_losses = self.set_losses(pset.preds, targets, indices, num_boxes, log=final)
+            set_losses = self.set_losses(pset.preds, set_targets, indices, num_boxes, log=final)
             losses.update({k + pset.spec.suffix: v for k, v in set_losses.items()})
         dn_sets = self.denoising_sets(outputs)
         if dn_sets:

@@ -34,12 +34,13 @@ def get_activation_fn(name: str):
     return table[name]
 
 
-def gen_sineembed_for_position(pos_tensor: Tensor, d_model: int = 256) -> Tensor:
+def gen_sineembed_for_position(pos_tensor: Tensor, d_model: int = 256, x_first: bool = False) -> Tensor:
     """Sine embedding of normalised boxes or points.
 
     pos_tensor (..., 2) as (x, y) or (..., 4) as (cx, cy, w, h), in [0, 1].
     Returns (..., d_model) or (..., 2 * d_model): d_model/2 features per coordinate, in
-    the order (y, x) or (y, x, w, h), temperature 10000.
+    the order (y, x) or (y, x, w, h) (DINO), or with x_first in the input's order (x, y) or
+    (cx, cy, w, h) (Deformable DETR's two-stage query embedding); temperature 10000.
     """
     half = d_model // 2
     scale = 2 * math.pi
@@ -51,6 +52,8 @@ def gen_sineembed_for_position(pos_tensor: Tensor, d_model: int = 256) -> Tensor
         return torch.stack((v[..., 0::2].sin(), v[..., 1::2].cos()), dim=-1).flatten(-2)
 
     parts = [embed(pos_tensor[..., 1]), embed(pos_tensor[..., 0])]
+    if x_first:
+        parts.reverse()
     if pos_tensor.shape[-1] == 4:
         parts += [embed(pos_tensor[..., 2]), embed(pos_tensor[..., 3])]
     elif pos_tensor.shape[-1] != 2:
@@ -64,6 +67,15 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
     x1 = x.clamp(min=eps)
     x2 = (1 - x).clamp(min=eps)
     return torch.log(x1 / x2)
+
+
+def refine_boxes(delta: Tensor, reference: Tensor, eps: float = 1e-3) -> Tensor:
+    """Boxes (..., 4) sigmoid from a box head's output `delta` (..., 4) and reference points or boxes
+    (..., 2 or 4) in [0, 1]: delta plus the references' logits (on (x, y) only for points), sigmoid."""
+    logits = inverse_sigmoid(reference, eps)
+    if reference.shape[-1] == 4:
+        return (delta + logits).sigmoid()
+    return torch.cat([delta[..., :2] + logits, delta[..., 2:]], -1).sigmoid()
 
 
 def at_least_fp32(t: Tensor) -> Tensor:

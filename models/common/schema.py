@@ -48,6 +48,8 @@ def model_keys(detectors: Sequence[str]) -> KeyGroup:
                                          "one)", "sine", "SineHW"),
         "pe_temperatureH": float_key("sine position-encoding temperature along y", 0, low_open=True, model=True),
         "pe_temperatureW": float_key("sine position-encoding temperature along x", 0, low_open=True, model=True),
+        "pe_offset": float_key("sine position encoding: added to the valid-pixel count before normalising (DINO, "
+                               "DETR: 0; Deformable DETR: -0.5, pixel centres)", -1.0, 0.0, model=True),
         "enc_layers": int_key("encoder layers", 1, model=True),
         "dec_layers": int_key("decoder layers", 1, model=True),
         "dim_feedforward": int_key("FFN hidden width", 1, model=True),

@@ -113,7 +113,7 @@ class AlignDETRCriterion(SetCriterion):
     def k_of_set(self, spec: SetSpec) -> int:
         """k of a matched set: o2m_k[0] for the encoder proposals, o2m_k[i + 1] for the earlier decoder layer
         i (0-based), o2m_k[-1] for the last layer."""
-        if spec.kind is SetKind.ENCODER:
+        if spec.kind in (SetKind.ENCODER, SetKind.PROPOSALS):
             return self.o2m_k[0]
         if spec.kind is SetKind.FINAL:
             return self.o2m_k[-1]

@@ -42,7 +42,6 @@ def _dn_scalar_replaces_dn_number(cfg):
 
 # Keys of DINO's config files that this project does not implement: accepted only at DINO's value.
 NOT_IMPLEMENTED = {
-    "lr_linear_proj_names": ["reference_points", "sampling_offsets"], "lr_linear_proj_mult": 0.1,
     "ddetr_lr_param": False, "frozen_weights": None, "unic_layers": 0,
     "query_dim": 4, "num_patterns": 0, "pdetr3_bbox_embed_diff_each_layer": False,
     "pdetr3_refHW": -1, "random_refpoints_xy": False, "fix_refpoints_hw": -1,
@@ -53,7 +52,7 @@ NOT_IMPLEMENTED = {
     "two_stage_add_query_num": 0, "two_stage_learn_wh": False, "two_stage_default_hw": 0.05,
     "two_stage_keep_all_tokens": False, "masks": False, "mask_loss_coef": 1.0, "dice_loss_coef": 1.0,
     "enc_loss_coef": 1.0, "match_unstable_error": True, "decoder_sa_type": "sa",
-    "decoder_module_seq": ["sa", "ca", "ffn"], "param_dict_type": "default", "pre_norm": False,
+    "decoder_module_seq": ["sa", "ca", "ffn"], "pre_norm": False,
     "two_stage_type": "standard", "matcher_type": "HungarianMatcher",
 }
 
@@ -78,3 +77,18 @@ DINO_KEYS = KeyGroup("dino", "DINO (heads, two-stage query selection, contrastiv
     "dn_bbox_coef": float_key("loss_bbox_dn / loss_giou_dn weights = coef x this", 0),
 }, relations=(_labelbook_holds_classes,), derived=(_dn_scalar_replaces_dn_number,),
     not_implemented=NOT_IMPLEMENTED)
+
+
+def _two_stage_refines(cfg):
+    if cfg["two_stage"] and not cfg["with_box_refine"]:
+        return ("two_stage=True needs with_box_refine=True (the official two-stage model refines boxes: its decoder "
+                "holds the proposal heads); set with_box_refine=True, as deformable_detr_two_stage.py does")
+    return None
+
+
+DEFORMABLE_DETR_KEYS = KeyGroup("deformable_detr", "Deformable DETR (its variants)", {
+    "with_box_refine": bool_key("iterative bounding box refinement: one head per decoder layer, each refining the "
+                                "previous layer's (detached) boxes", model=True),
+    "two_stage": bool_key("two-stage: queries from the top encoder proposals (class channel 0) instead of learned "
+                          "query embeddings", model=True),
+}, relations=(_two_stage_refines,))

@@ -8,7 +8,7 @@ from typing import Callable, List, Optional
 import torch
 from torch import Tensor, nn
 
-from ..common.layers import MLP, gen_sineembed_for_position, get_activation_fn, inverse_sigmoid
+from ..common.layers import MLP, gen_sineembed_for_position, get_activation_fn, refine_boxes
 from .ops import MSDeformAttn
 
 # decoder hook: (layer index, layer output (B, Q, C), refined boxes (B, Q, 4)) -> next layer's mask or None
@@ -192,8 +192,4 @@ class DeformableDecoder(nn.Module):
     def refine(self, layer_id: int, output: Tensor, reference_points: Tensor) -> Tensor:
         """Layer `layer_id`'s refined boxes (B, Q, 4) sigmoid: its box head's delta added to the logits of the
         current references (to their (x, y) only when they are points)."""
-        delta = self.bbox_embed[layer_id](output)
-        logits = inverse_sigmoid(reference_points, self.logit_eps)
-        if reference_points.shape[-1] == 4:
-            return (delta + logits).sigmoid()
-        return torch.cat([delta[..., :2] + logits, delta[..., 2:]], -1).sigmoid()
+        return refine_boxes(self.bbox_embed[layer_id](output), reference_points, self.logit_eps)

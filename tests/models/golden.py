@@ -69,6 +69,10 @@ CASES: Dict[str, Case] = {
     "swin": Case("dino", dict(backbone="swin_T_224_1k"), tiny_backbone=TINY_SWIN),
     "detr": Case("detr", {}),
     "detr_pre_norm": Case("detr", dict(pre_norm=True)),
+    "deformable_detr": Case("deformable_detr", {}),
+    "deformable_detr_refine": Case("deformable_detr", dict(with_box_refine=True)),
+    "deformable_detr_two_stage": Case("deformable_detr", dict(with_box_refine=True, two_stage=True)),
+    "deformable_detr_augdetr": Case("deformable_detr", dict(use_hae=True, use_emca=True, num_hae_layers=1)),
 }
 # gradient norms recorded besides the total (prefix match on parameter names; the sum of squares
 # of all matching gradients): backbone, input projection, encoder, two-stage head, decoder, heads
@@ -78,6 +82,8 @@ GRAD_PARAMS = ["backbone.0.body.layer2.", "backbone.0.body.layer4.", "backbone.0
                "transformer.enc_out_class_embed.", "transformer.tgt_embed.", "transformer.decoder.layers.0.",
                "transformer.decoder.layers.1.", "transformer.decoder.ref_point_head.", "bbox_embed.", "class_embed.",
                "label_enc."]
+# recorded only for models that have them (Deformable DETR's queries, reference points and two-stage embedding)
+OWN_GRAD_PARAMS = ["query_embed.", "transformer.reference_points.", "transformer.pos_trans."]
 
 
 @contextlib.contextmanager
@@ -164,7 +170,8 @@ def named_parameters_by_name(model: nn.Module) -> Dict[str, nn.Parameter]:
 def grad_norms(model: nn.Module) -> Dict[str, float]:
     grads = {n: p.grad.double() for n, p in named_parameters_by_name(model).items() if p.grad is not None}
     out = {"total": math.sqrt(sum(g.square().sum().item() for g in grads.values()))}
-    for prefix in GRAD_PARAMS:
+    own = [p for p in OWN_GRAD_PARAMS if any(n.startswith(p) for n in named_parameters_by_name(model))]
+    for prefix in GRAD_PARAMS + own:
         out[prefix] = math.sqrt(sum(g.square().sum().item() for n, g in grads.items() if n.startswith(prefix)))
     return out
 

@@ -213,6 +213,7 @@ SWITCHES = {
     "return_interm_indices_detr": ("detr", {}, dict(return_interm_indices=[2])),
     "pe_temperatureH_detr": ("detr", {}, dict(pe_temperatureH=20)),
     "pe_temperatureW_detr": ("detr", {}, dict(pe_temperatureW=20)),
+    "pe_offset_detr": ("detr", {}, dict(pe_offset=-0.5)),
     "enc_layers_detr": ("detr", {}, dict(enc_layers=1)),
     "dec_layers_detr": ("detr", {}, dict(dec_layers=3)),
     "dim_feedforward_detr": ("detr", {}, dict(dim_feedforward=32)),
@@ -225,7 +226,29 @@ SWITCHES = {
     "aux_loss_detr": ("detr", {}, dict(aux_loss=False)),
     "set_cost_class_detr": ("detr", {}, dict(set_cost_class=0.0)),
     "num_select_detr": ("detr", {}, dict(num_select=5)),
+    "pe_offset": ("dino", {}, dict(pe_offset=-0.5)),
+    # Deformable DETR's own keys
+    "with_box_refine": ("deformable_detr", {}, dict(with_box_refine=True)),
+    "two_stage": ("deformable_detr", dict(with_box_refine=True), dict(two_stage=True)),
+    "pe_offset_deformable_detr": ("deformable_detr", {}, dict(pe_offset=0.0)),
+    "cls_loss_coef_deformable_detr": ("deformable_detr", {}, dict(cls_loss_coef=1.0)),  # DINO's flip is its default
+    "use_emca_two_stage": ("deformable_detr", dict(with_box_refine=True, two_stage=True), EMCA),
 }
+
+
+def _shared_switches(detector: str):
+    """DINO's switches of the model keys (Key.model) `detector` has too, on its tiny model (name: DINO's + '_' +
+    detector); loss and post-processing keys are the shared criterion's, switched on DINO (each switch here
+    costs a training measurement)."""
+    from engine.config import schema_for
+    schema = schema_for(detector)
+    keys, model_keys = set(schema.keys), set(schema.model_keys())
+    return {f"{name}_{detector}": (detector, base, flip) for name, (owner, base, flip) in list(SWITCHES.items())
+            if owner == "dino" and set(base) | set(flip) <= keys and set(flip) & model_keys
+            and f"{name}_{detector}" not in SWITCHES}
+
+
+SWITCHES.update(_shared_switches("deformable_detr"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -144,3 +144,28 @@ def test_cpu_peak_memory_counts_nested_allocations_once():
 
     peak = benchmark.peak_memory_step(step, torch.device("cpu"))
     assert 31e6 <= peak <= 33e6  # both 16 MB tensors alive at once, each counted once
+
+
+def test_train_step_puts_another_detector_next_to_dino(capsys):
+    """A variant named by modelname (its defaults file) or LABEL=CONFIG is built from that config; its time
+    ratio to the first variant is printed (no speed is asserted)."""
+    shared = ["backbone=resnet18", "backbone_weights=None", "hidden_dim=32", "nheads=4", "dim_feedforward=64",
+              "enc_layers=1", "dec_layers=1", "num_queries=10", "num_select=10", "num_classes=7",
+              "msda_backend=pytorch"]
+    two_stage = "ddetr_2s=config/DeformableDETR/deformable_detr_two_stage.py"
+    rows = benchmark.main(["--train-step", "--variants", f"dino,deformable_detr,{two_stage}", "--image-size", "64",
+                           "96", "--repeats", "1", "--options", *shared])
+    assert [r["variant"] for r in rows] == ["dino", "deformable_detr", "ddetr_2s"]
+    assert rows[0]["params_total"] != rows[1]["params_total"] != rows[2]["params_total"]
+    lines = capsys.readouterr().out.strip().splitlines()
+    d, m, t = rows
+    from models import DETECTORS
+    assert lines[-2:] == [
+        f"deformable_detr/dino train-step time ratio at 64x96: {m['time_s'] / d['time_s']:.3f} (deformable_detr "
+        f"{DETECTORS['deformable_detr'].defaults_file} {m['time_s']:.3f} s, {m['peak_mib']:.0f} MiB; dino "
+        f"{d['time_s']:.3f} s, {d['peak_mib']:.0f} MiB)",
+        f"ddetr_2s/dino train-step time ratio at 64x96: {t['time_s'] / d['time_s']:.3f} (ddetr_2s "
+        f"config/DeformableDETR/deformable_detr_two_stage.py {t['time_s']:.3f} s, {t['peak_mib']:.0f} MiB; dino "
+        f"{d['time_s']:.3f} s, {d['peak_mib']:.0f} MiB)"]
+    with user_error(capsys, "config file missing.py not found"):
+        benchmark.main(["--train-step", "--variants", "dino,x=missing.py"])

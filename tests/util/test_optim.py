@@ -25,9 +25,35 @@ def test_backbone_group_and_freeze():
         param_groups(m, 1e-4, 1e-5, ["backbone.0"], "large_wd")
 
 
+class WithProjections(Tiny):
+    def __init__(self):
+        super().__init__()
+        self.reference_points = nn.Linear(2, 2)
+        self.attn = nn.ModuleDict({"sampling_offsets": nn.Linear(2, 2)})
+
+
+def test_linear_projection_group_by_name():
+    """'ddetr_in_mmdet' (Deformable DETR's groups): names matching lr_linear_proj_names train at lr x mult, in a
+    third group after the backbone; 'default' (DINO) does not read those keys."""
+    m = WithProjections()
+    names = ["reference_points", "sampling_offsets"]
+    groups = param_groups(m, 2e-4, 2e-5, ["backbone.0"], "ddetr_in_mmdet", names, 0.1)
+    assert [g["lr"] for g in groups] == [2e-4, 2e-5, pytest.approx(2e-5)]
+    assert [len(g["params"]) for g in groups] == [2, 2, 4]
+    assert groups[2]["params"][0] is m.reference_points.weight
+    default = param_groups(WithProjections(), 2e-4, 2e-5, ["backbone.0"], "default", names, 0.1)
+    assert [len(g["params"]) for g in default] == [6, 2]
+
+
+def test_optimizer_reads_the_grouping_keys():
+    opt = build_optimizer(WithProjections(), _args(param_dict_type="ddetr_in_mmdet", lr_linear_proj_mult=0.5))
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4, 5e-4]
+
+
 def _args(**kw):
-    base = dict(lr=1e-3, lr_backbone=1e-4, lr_backbone_names=["backbone.0"], weight_decay=1e-4,
-                onecyclelr=False, multi_step_lr=False, lr_drop=2, lr_drop_list=[1, 3], epochs=4)
+    base = dict(lr=1e-3, lr_backbone=1e-4, lr_backbone_names=["backbone.0"], param_dict_type="default",
+                lr_linear_proj_names=["reference_points", "sampling_offsets"], lr_linear_proj_mult=0.1,
+                weight_decay=1e-4, onecyclelr=False, multi_step_lr=False, lr_drop=2, lr_drop_list=[1, 3], epochs=4)
     base.update(kw)
     return SimpleNamespace(**base)
 
