@@ -97,7 +97,8 @@ def test_resume_path_loads_strictly_with_thop_counters(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_weights(run, load_checkpoint(other), other, strict=True)
     message = str(err.value)
-    assert "\n" not in message and "two_stage=True (now False)" in message and "this run's model comes from config/" in message
+    assert "\n" not in message and "two_stage=True (now False)" in message
+    assert "this run's model comes from config/" in message
     assert "use -c config/DeformableDETR/deformable_detr_two_stage.py" in message
 
 
