@@ -109,7 +109,9 @@ class DeformableTransformer(nn.Module):
         ones (D = 0 when None); self_attn_mask (D+Q, D+Q) or per image and head (B * heads, D+Q, D+Q) bool,
         True = blocked; mask_update: the decoder's hook to change it between layers."""
         src_flatten, mask_flatten, pos_flatten, shapes = self.flatten_levels(srcs, masks, pos_embeds)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        # (L, 2) int64 from the maps' own shapes (torch._shape_as_tensor), not from Python ints: an ONNX export
+        # traced this way keeps the level sizes as functions of the input's height and width
+        spatial_shapes = torch.stack([torch._shape_as_tensor(s)[-2:] for s in srcs]).to(src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.valid_ratio(m) for m in masks], 1)  # (B, L, 2)
 
