@@ -11,6 +11,8 @@ import torch
 from util import cpu_threads
 from util.cpu_threads import CpuLoad, ThreadPolicy, fixed_count
 
+from cli_errors import user_error
+
 
 @pytest.fixture(autouse=True)
 def _restore_threads(monkeypatch):
@@ -139,8 +141,13 @@ def test_main_and_tools_take_threads(capsys, monkeypatch):
     import main
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert main.build_args(["--threads", "1"]).threads == "1"
-    assert main.cli(["--threads", "x", "--print_config"]) == 0  # checked when the run starts, not for --print_config
+    with user_error(capsys, r"argument --threads: 'x' is not allowed: give auto, all or a positive integer"):
+        main.build_args(["--threads", "x"])
+    from tools import benchmark_msda
+    with user_error(capsys, "argument --threads: '0' is not allowed"):
+        benchmark_msda.main(["--threads", "0"])
     from engine.cli import start_threads
     from util.slconfig import ConfigError
-    with pytest.raises(ConfigError, match="--threads 'x' is not allowed"):
-        start_threads("x", print)
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")  # the environment's value is checked when the run starts
+    with pytest.raises(ConfigError, match="--threads 'many' is not allowed.*came from OMP_NUM_THREADS"):
+        start_threads("auto", print)
