@@ -188,7 +188,7 @@ def user_error_types() -> tuple:
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
-    """`python main.py`: known user errors print `error: <message>` to stderr and return 2; Ctrl-C prints
+    """`python main.py`: known user errors print `main.py: error: <message>` to stderr and return 2; Ctrl-C prints
     one line saying how to resume and returns 130; anything else (a bug) keeps its traceback."""
     args = None
     try:
@@ -205,7 +205,7 @@ def cli(argv: Optional[List[str]] = None) -> int:
         for h in log.handlers:  # keep the reason in info.txt
             if isinstance(h, logging.FileHandler):
                 h.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None))
-        print(f"error: {message}", file=sys.stderr)
+        print(f"main.py: error: {message}", file=sys.stderr)  # the style of argparse and the tools
         return USER_ERROR
     except KeyboardInterrupt:
         print(f"\n{interrupted_line(args, argv if argv is not None else sys.argv[1:])}", file=sys.stderr)
