@@ -215,9 +215,10 @@ def user_error_types() -> tuple:
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
-    """`python main.py`: known user errors print `error: <message>` to stderr and return 2; a preemption
-    signal (the run checkpointed) prints `preempted: <message>` and returns EXIT_PREEMPTED (75); Ctrl-C
-    prints one line saying how to resume and returns 130; anything else (a bug) keeps its traceback."""
+    """`python main.py`: known user errors print `main.py: error: <message>` to stderr and return 2 (the style
+    of argparse and the tools); a preemption signal (the run checkpointed) prints `preempted: <message>` and
+    returns EXIT_PREEMPTED (75); Ctrl-C prints one line saying how to resume and returns 130; anything else
+    (a bug) keeps its traceback."""
     args = None
     try:
         args = build_args(argv)
@@ -231,7 +232,7 @@ def cli(argv: Optional[List[str]] = None) -> int:
         _report(f"{one_line(stop)} (exit status {EXIT_PREEMPTED})", "preempted", logging.WARNING)
         return EXIT_PREEMPTED
     except user_error_types() as err:
-        _report(one_line(err), "error", logging.ERROR)
+        _report(one_line(err), "main.py: error", logging.ERROR)
         return USER_ERROR
     except KeyboardInterrupt:
         print(f"\n{interrupted_line(args, argv if argv is not None else sys.argv[1:])}", file=sys.stderr)

@@ -46,9 +46,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_default: Option
                                        default=None, metavar=key.upper(), help=help_text)
 
 
+def threads_value(text: str) -> str:
+    """--threads' argparse type: auto, all or a positive integer (a bad value is a usage error)."""
+    if text in ("auto", "all") or (text.isdigit() and int(text) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not allowed: give auto, all or a positive integer")
+
+
 def add_threads_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """--threads (util/cpu_threads.py): auto, all or N."""
-    parser.add_argument("--threads", default=default, metavar="auto|all|N",
+    parser.add_argument("--threads", default=default, type=threads_value, metavar="auto|all|N",
                         help=f"{THREADS_HELP} (default {default})")
 
 

@@ -82,7 +82,8 @@ def test_a_missing_checkpoint_is_reported_before_anything_is_built(augdetr_check
     missing = augdetr_checkpoint.replace("checkpoint.pth", "checkpoint0007.pth")
     assert main.cli(["--eval", "--resume", missing, "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: --resume {missing}: no such file; checkpoints in {missing.rsplit('/', 1)[0]}: checkpoint.pth"
+    folder = missing.rsplit("/", 1)[0]
+    assert err == f"main.py: error: --resume {missing}: no such file; checkpoints in {folder}: checkpoint.pth"
     assert not list(tmp_path.iterdir())  # nothing was written
     assert main.cli(["--pretrain_model_path", str(tmp_path / "gone" / "x.pth")]) == 2
     assert "the folder" in capsys.readouterr().err

@@ -45,7 +45,7 @@ def cli(argv, capsys):
 
 def one_line_error(code, err):
     lines = err.splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("main.py: error: "), err
     return lines[0]
 
 

@@ -22,8 +22,8 @@ if __package__ in (None, ""):  # run as `python tools/x.py`: make the repository
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from engine.cli import add_threads_argument  # noqa: E402
 from models import build_criterion, dn_group_count  # noqa: E402
-from tools.common import print_threads, tool_args  # noqa: E402
-from util.cli import ArgumentParser  # noqa: E402
+from tools.common import TOOL_ERRORS, print_threads, tool_args  # noqa: E402
+from util.cli import ArgumentParser, run_guarded  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +86,7 @@ def run(argv: List[str] = None) -> Dict[str, Dict[str, float]]:
     p.add_argument("--k", type=int, default=2, help="AlignDETR's k for the proposals and decoder layers 1..L-1")
     add_threads_argument(p, "all")
     a = p.parse_args(argv)
-    print_threads(a)
+    run_guarded("benchmark_criterion.py", lambda: print_threads(a), TOOL_ERRORS)
     if a.gt < 1 or a.batch < 1 or a.repeats < 1 or a.k < 1:
         p.error("--gt, --batch, --repeats and --k must be >= 1")
     cfg = tool_args(a.config)

@@ -26,7 +26,8 @@ from models.dino.ops import (  # noqa: E402
     _library,
     ms_deform_attn_pytorch,  # noqa: E402
 )
-from util.cli import ArgumentParser, fail  # noqa: E402
+from util.cli import ArgumentParser, fail, run_guarded  # noqa: E402
+from util.slconfig import ConfigError  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -148,7 +149,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; 5 with --quick)")
     add_threads_argument(parser, "all")
     args = parser.parse_args(argv)
-    print(start_threads(args.threads, print)[1])
+    print(run_guarded("benchmark_msda.py", lambda: start_threads(args.threads, print), (ConfigError,))[1])
     if args.device == "cuda" and not torch.cuda.is_available():
         fail("benchmark_msda.py", "--device cuda but no CUDA device is visible (torch.cuda.is_available() is False)")
     dtype = DTYPES[args.dtype]

@@ -1,24 +1,27 @@
 """Export the eval model to ONNX (pure-PyTorch deformable attention) and check it with onnxruntime.
 
     python tools/export_onnx.py --checkpoint ckpt.pth --output model.onnx [-c CONFIG] \
-        [--image-size H W] [--check IMAGE] [--options KEY=VALUE ...]
+        [--image-size H W] [--check IMAGE] [--postprocess] [--options KEY=VALUE ...]
 
 -c is needed only without --checkpoint or for a checkpoint that does not store its config
-(official DINO ones). The graph takes one normalised image batch 'images' (1, 3, H, W) at
-the fixed export size (no padding mask: every pixel is valid) and returns 'pred_logits'
-(1, Q, K) and 'pred_boxes' (1, Q, 4) normalised cxcywh; post-processing (top-k, scaling)
-stays outside the graph. The deformable attention runs on the grid_sample path because
-the compiled msda op has no ONNX symbolic. Export uses the TorchScript exporter
-(torch.onnx.export dynamo=False, opset 17); its expected warnings are filtered (each with
-its reason in EXPECTED_WARNINGS), any other warning is shown.
+(official DINO ones). The graph takes one normalised image 'images' (1, 3, H, W) of any height and
+width (dynamic axes; batch 1, no padding mask: every pixel is valid) and returns 'pred_logits'
+(1, Q, K) and 'pred_boxes' (1, Q, 4) normalised cxcywh; with --postprocess the model's own
+post-processing is in the graph and it returns the top-k detections 'scores' (k,), 'labels' (k,)
+(category ids) and 'boxes' (k, 4) xyxy in the input's pixels (k = num_select). The deformable attention
+runs on the grid_sample path because the compiled msda op has no ONNX symbolic; the level sizes are
+traced from the input's shape, so they follow its height and width. Export uses the TorchScript
+exporter (torch.onnx.export dynamo=False, opset 17); its expected warnings are filtered (each with its
+reason in EXPECTED_WARNINGS), any other warning is shown. docs/tools.md has an onnxruntime example
+(tests/tools/test_export_onnx.py runs it at two sizes).
 
-Export size: default the size the config's val transform gives the --check image, else
-(max(data_aug_scales), data_aug_max_size), the config's evaluation size of a wide image; an
---image-size the val transform would not produce is a warning naming both sizes. The --check
-image is never stretched: the val transform keeps its aspect, and when the export size has
-another aspect it is scaled to fit and padded at the bottom/right (said in the output).
-The check runs PyTorch and onnxruntime on the same input (that image, else a random
-tensor), compares the post-processed boxes and scores, and ends with one PASS or FAIL line.
+Trace size: default the size the config's val transform gives the --check image, else the config's
+evaluation size (tools.common.config_image_size); an --image-size the val transform would not produce
+is a warning naming both sizes. The --check image is never stretched: the val transform keeps its
+aspect, and when the trace size has another aspect it is scaled to fit and padded at the bottom/right
+(said in the output). The check runs PyTorch and onnxruntime on the same input (that image, else a
+random tensor) at the trace size and at 3/4 of it (at least 96 px; another size, through the same
+graph), compares the post-processed boxes and scores, and ends with one PASS or FAIL line per size.
 """
 import argparse
 import os
@@ -39,6 +42,7 @@ from tools.common import (  # noqa: E402
     config_flags,
     config_image_size,
     load_tool_model,
+    print_threads,
     val_size,
 )
 from util.cli import ArgumentParser, fail, run_guarded  # noqa: E402
@@ -48,10 +52,11 @@ OPSET = 17
 # (category, message regex, why it is expected). Filtered during the export only; any other
 # warning is shown as usual.
 EXPECTED_WARNINGS = (
-    (torch.jit.TracerWarning, r"Converting a tensor to a Python|torch\.(as_)?tensor results are registered as "
-                              r"constants|Iterating over a tensor might cause the trace to be incorrect",
-     "shapes, level start indices and the top-k query count are traced as constants: the graph is fixed to "
-     "the export size by design (module docstring)"),
+    (torch.jit.TracerWarning, r"Converting a tensor to a Python boolean|Iterating over a tensor might cause the "
+                              r"trace to be incorrect",
+     "input checks (enough encoder tokens, matching level sizes) run once while tracing, and the loop over the "
+     "fixed number of decoder layers unrolls; the level sizes themselves are traced from the input's shape "
+     "(the check at a second size confirms the graph follows it)"),
     (DeprecationWarning, r"You are using the legacy TorchScript-based ONNX export",
      "the TorchScript exporter is this tool's choice (dynamo=False) and its graph is checked with "
      "onnxruntime; the notice is about torch's default exporter"),
@@ -59,6 +64,8 @@ EXPECTED_WARNINGS = (
      "raised inside torch's TorchScript exporter, which calls its own deprecated helpers (setup_onnx_logging); "
      "this code calls none of them"),
 )
+RAW_OUTPUTS = ("pred_logits", "pred_boxes")
+DETECTIONS = ("scores", "labels", "boxes")  # the outputs of a graph with --postprocess
 
 
 @contextmanager
@@ -71,15 +78,22 @@ def expected_warnings_filtered():
 
 
 class ExportWrapper(nn.Module):
-    """images (B, 3, H, W) -> (pred_logits (B, Q, K), pred_boxes (B, Q, 4)); tensors only, for tracing."""
+    """images (1, 3, H, W) -> (pred_logits (1, Q, K), pred_boxes (1, Q, 4)); tensors only, for tracing. With
+    `postprocess` (the model's post-processor): -> (scores (k,), labels (k,), boxes (k, 4) xyxy in the input's
+    pixels), the input's size read from its shape so that it follows a dynamic height and width."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, postprocess: Optional[nn.Module] = None):
         super().__init__()
         self.model = model
+        self.postprocess = postprocess
 
     def forward(self, images: torch.Tensor):
         out = self.model(images)
-        return out["pred_logits"], out["pred_boxes"]
+        if self.postprocess is None:
+            return out["pred_logits"], out["pred_boxes"]
+        size = torch._shape_as_tensor(images)[-2:][None].to(images.device)  # (1, 2) h, w
+        found = self.postprocess({"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}, size)[0]
+        return found["scores"], found["labels"], found["boxes"]
 
 
 def load_check_image(path: str, args) -> torch.Tensor:
@@ -125,11 +139,21 @@ def export_input(opts, args) -> Tuple[torch.Tensor, List[str]]:
     return fit_and_pad(image, h, w), notes
 
 
-def export(model: nn.Module, images: torch.Tensor, path: str) -> None:
+def export(model: nn.Module, images: torch.Tensor, path: str, postprocess: Optional[nn.Module] = None) -> None:
+    """Trace the model on `images` into an ONNX graph whose input height and width are dynamic."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with expected_warnings_filtered():
-        torch.onnx.export(ExportWrapper(model).eval(), (images,), path, dynamo=False, opset_version=OPSET,
-                          input_names=["images"], output_names=["pred_logits", "pred_boxes"])
+        torch.onnx.export(ExportWrapper(model, postprocess).eval(), (images,), path, dynamo=False,
+                          opset_version=OPSET, input_names=["images"],
+                          output_names=list(DETECTIONS if postprocess is not None else RAW_OUTPUTS),
+                          dynamic_axes={"images": {2: "height", 3: "width"}})
+
+
+def second_size(images: torch.Tensor) -> torch.Tensor:
+    """`images` resized to 3/4 of its height and width, at least 96 px (so that the stride-64 level keeps more
+    than one pixel, which GroupNorm needs): a second size for the check."""
+    h, w = (max(96, round(3 * side / 4)) for side in images.shape[-2:])
+    return torch.nn.functional.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
 
 
 def _nearest_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -137,8 +161,8 @@ def _nearest_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cdist(a.double(), b.double(), p=float("inf")).argmin(1)
 
 
-def compare(model: nn.Module, postprocessors: Dict, path: str, images: torch.Tensor,
-            atol: float = 1e-3) -> Dict[str, float]:
+def compare(model: nn.Module, postprocessors: Dict, path: str, images: torch.Tensor, atol: float = 1e-3,
+            postprocessed: bool = False) -> Dict[str, float]:
     """Differences between onnxruntime and PyTorch on `images` (1, 3, H, W); see `verdict` for the test.
 
     The raw outputs are not required to match query by query. DINO's two-stage selection sorts the
@@ -149,14 +173,21 @@ def compare(model: nn.Module, postprocessors: Dict, path: str, images: torch.Ten
     trained weights scores are further apart). The check therefore judges what users get: the
     sorted top-k scores ('post_scores') and each top-k box against the nearest one of the same
     label ('post_boxes_px'; detections within atol of the k-th score are left out, a tie there may
-    select another query). For information it reports, after pairing each ONNX query with its
+    select another query). For a raw graph it also reports, after pairing each ONNX query with its
     nearest PyTorch query, the largest 'logits' / 'boxes' differences and how many queries differ
     by more than atol ('queries_off', of 'queries'); 'top_k' is the number of detections compared.
+    A `postprocessed` graph (--postprocess) returns the detections itself; they are compared with the
+    PyTorch post-processor's.
     """
     import onnxruntime as ort
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    logits_o, boxes_o = (torch.from_numpy(a) for a in session.run(None, {"images": images.numpy()}))
+    outputs = [torch.from_numpy(a) for a in session.run(None, {"images": images.numpy()})]
+    if postprocessed:
+        with torch.no_grad():
+            post_t = dict(zip(DETECTIONS, ExportWrapper(model, postprocessors["bbox"])(images)))
+        return _detection_diffs(post_t, dict(zip(DETECTIONS, outputs)), atol)
+    logits_o, boxes_o = outputs
     with torch.no_grad():
         logits_t, boxes_t = ExportWrapper(model)(images)
     rows_o, rows_t = torch.cat([logits_o, boxes_o], -1)[0], torch.cat([logits_t, boxes_t], -1)[0]
@@ -168,8 +199,14 @@ def compare(model: nn.Module, postprocessors: Dict, path: str, images: torch.Ten
     size = torch.tensor([images.shape[-2:]])
     post_t = postprocessors["bbox"]({"pred_logits": logits_t, "pred_boxes": boxes_t}, size)[0]
     post_o = postprocessors["bbox"]({"pred_logits": logits_o, "pred_boxes": boxes_o}, size)[0]
-    diffs["top_k"] = int(len(post_o["scores"]))
-    diffs["post_scores"] = float((post_t["scores"].sort().values - post_o["scores"].sort().values).abs().max())
+    return {**diffs, **_detection_diffs(post_t, post_o, atol)}
+
+
+def _detection_diffs(post_t: Dict[str, torch.Tensor], post_o: Dict[str, torch.Tensor], atol: float) -> Dict:
+    """'top_k', 'post_scores' (sorted scores) and 'post_boxes_px' (each ONNX box against the nearest PyTorch box
+    of its label) of two post-processed detection sets."""
+    diffs = {"top_k": int(len(post_o["scores"])),
+             "post_scores": float((post_t["scores"].sort().values - post_o["scores"].sort().values).abs().max())}
     clear = post_o["scores"] > post_o["scores"].min() + atol
     big = 1e6  # separates labels: a detection only matches one of its own label
     dets_o = torch.cat([post_o["labels"][clear, None] * big, post_o["boxes"][clear]], 1)
@@ -183,12 +220,14 @@ def verdict(diffs: Dict[str, float], atol: float, images: torch.Tensor, what: st
     atol and boxes within atol x the longer image side in pixels; the raw outputs are reported."""
     atol_px = atol * max(images.shape[-2:])
     passed = diffs["post_scores"] <= atol and diffs["post_boxes_px"] <= atol_px
+    raw = ("" if "logits" not in diffs else
+           f"; raw outputs, each ONNX query paired with its nearest PyTorch query: logits {diffs['logits']:.2e}, "
+           f"boxes {diffs['boxes']:.2e}, {diffs['queries_off']} of {diffs['queries']} queries beyond {atol:g} "
+           f"(allowed: near-tied two-stage proposals may swap queries, see docs/tools.md)")
     return passed, (
         f"{'PASS' if passed else 'FAIL'}: onnxruntime vs PyTorch on {what}: the top-{diffs['top_k']} detections' "
         f"scores differ by {diffs['post_scores']:.2e} (allowed {atol:g}) and boxes by {diffs['post_boxes_px']:.2e} px "
-        f"(allowed {atol_px:.2f} px); raw outputs, each ONNX query paired with its nearest PyTorch query: logits "
-        f"{diffs['logits']:.2e}, boxes {diffs['boxes']:.2e}, {diffs['queries_off']} of {diffs['queries']} queries "
-        f"beyond {atol:g} (allowed: near-tied two-stage proposals may swap queries, see docs/tools.md)")
+        f"(allowed {atol_px:.2f} px){raw}")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -198,8 +237,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="checkpoint .pth (omit only to test the export path)")
     p.add_argument("--output", required=True, help="ONNX file to write")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="fixed input size of the graph (default: the --check image's evaluation size, else "
-                        "max(data_aug_scales) x data_aug_max_size, 800 1333 for COCO)")
+                   help="the size the graph is traced and checked at (its height and width stay dynamic; default: "
+                        "the --check image's evaluation size, else the config's, e.g. 176 176 for the default "
+                        "config and 800 1333 for COCO)")
+    p.add_argument("--postprocess", action="store_true",
+                   help="put the post-processing in the graph: outputs scores, labels and boxes (xyxy pixels of the "
+                        "input) of the top num_select detections")
     p.add_argument("--check", default=None, metavar="IMAGE", help="compare ONNX vs PyTorch on this image")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.add_argument("--atol", type=float, default=1e-3,
@@ -218,24 +261,33 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         return (args, model, postprocessors, origin, *export_input(opts, args))
 
     args, model, postprocessors, origin, images, notes = run_guarded("export_onnx.py", load, TOOL_ERRORS)
+    run_guarded("export_onnx.py", lambda: print_threads(opts), TOOL_ERRORS)
     print(origin)
     for note in notes:
         print(note)
     select_msda_backend("pytorch")  # after load_tool_model applied msda_backend: the compiled op has no ONNX export
     h, w = images.shape[-2:]
+    postprocess = postprocessors["bbox"] if opts.postprocess else None
     try:
-        export(model, images, opts.output)
+        export(model, images, opts.output, postprocess)
     except ValueError as err:  # the model's own input checks, e.g. too few encoder tokens at a small size
         fail("export_onnx.py", f"export at {h}x{w} failed: {err}")
-    print(f"wrote {opts.output} (opset {OPSET}, input 1x3x{h}x{w})")
+    outputs = ", ".join(DETECTIONS if opts.postprocess else RAW_OUTPUTS)
+    print(f"wrote {opts.output} (opset {OPSET}, input 'images' 1x3xHxW with dynamic H and W, traced at {h}x{w}; "
+          f"outputs {outputs})")
     if opts.no_check:
         return {}
-    diffs = compare(model, postprocessors, opts.output, images, opts.atol)
-    passed, line = verdict(diffs, opts.atol, images, opts.check or f"a random 1x3x{h}x{w} input")
-    if not passed:
-        raise SystemExit(line)
-    print(line)
-    return diffs
+    what = opts.check or f"a random 1x3x{h}x{w} input"
+    results = []
+    for name, inputs in ((what, images), (None, second_size(images))):
+        diffs = compare(model, postprocessors, opts.output, inputs, opts.atol, postprocessed=opts.postprocess)
+        name = name or f"the same resized to {inputs.shape[-2]}x{inputs.shape[-1]}"
+        results.append((diffs, *verdict(diffs, opts.atol, inputs, name)))
+    for _, _, line in results:
+        print(line)
+    if not all(passed for _, passed, _ in results):
+        raise SystemExit(1)
+    return results[0][0]
 
 
 if __name__ == "__main__":

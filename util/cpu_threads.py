@@ -63,12 +63,21 @@ def _process_ticks(pid: int) -> int:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the whole line)
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                ticks += sum(_process_ticks(int(child)) for child in f.read().split())
     except (OSError, ValueError, IndexError):
         return 0
-    return ticks
+    return ticks + sum(_process_ticks(child) for child in _children(pid))
+
+
+def _children(pid: int) -> List[int]:
+    """The live child processes of `pid` (none where the kernel does not list them)."""
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(child) for child in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    return found
 
 
 class CpuLoad:

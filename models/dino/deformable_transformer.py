@@ -111,7 +111,9 @@ class DeformableTransformer(nn.Module):
         True = blocked; mask_update: the decoder's hook to change it between layers; query_embed: the
         detector's learned query embeddings, for the query selection."""
         src_flatten, mask_flatten, pos_flatten, shapes = self.flatten_levels(srcs, masks, pos_embeds)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        # (L, 2) int64 from the maps' own shapes (torch._shape_as_tensor), not from Python ints: an ONNX export
+        # traced this way keeps the level sizes as functions of the input's height and width
+        spatial_shapes = torch.stack([torch._shape_as_tensor(s)[-2:] for s in srcs]).to(src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.valid_ratio(m, coordinate_dtype(src_flatten)) for m in masks], 1)  # (B, L, 2)
 

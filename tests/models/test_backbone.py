@@ -120,7 +120,7 @@ def test_seed_coco_command_offline_is_one_line_before_training(hub, monkeypatch,
                    "--output_dir", str(tmp_path / "out"), "--device", "cpu", "--num_workers", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
-    assert err[0].startswith("error: backbone_weights='IMAGENET1K_V1' needs resnet50-0676ba61.pth")
+    assert err[0].startswith("main.py: error: backbone_weights='IMAGENET1K_V1' needs resnet50-0676ba61.pth")
 
 
 @pytest.mark.parametrize("wrapped", [False, True])
@@ -187,4 +187,4 @@ def test_main_refuses_a_frozen_random_backbone_in_one_line(tmp_path, capsys):
     rc = main.cli(["-c", "config/DINO/DINO_4scale.py", "--coco_path", str(tmp_path), "--output_dir",
                    str(tmp_path / "out"), "--options", "backbone_weights=none"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: backbone_weights=None starts the resnet50")
+    assert rc == 2 and len(err) == 1 and err[0].startswith("main.py: error: backbone_weights=None starts the resnet50")

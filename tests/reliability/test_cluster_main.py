@@ -49,7 +49,7 @@ def test_second_training_on_a_folder_in_use_stops_and_evaluation_is_unaffected(t
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 2
         err = second.stderr.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"error: {trained} is in use by another training run: host "
+        assert len(err) == 1 and err[0].startswith(f"main.py: error: {trained} is in use by another training run: host "
                                                    f"{socket.gethostname()} pid {holder.pid}"), second.stderr
         assert (trained / "info.txt").read_text() == info_before  # nothing written into the other run's folder
         # an evaluation of that run's checkpoint writes into its own folder, lock or not
@@ -109,7 +109,8 @@ def test_full_disk_during_a_checkpoint_stops_with_one_line_then_resumes(tmp_path
     assert main.cli(tiny_argv(out, syn, epochs=2)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert err[0].startswith(f"error: could not write {out / 'checkpoint.pth'}: No space left on device (errno 28); ")
+    assert err[0].startswith(f"main.py: error: could not write {out / 'checkpoint.pth'}: No space left on device "
+                             f"(errno 28); ")
     needed = re.search(r"free on its filesystem, about ([\d.]+) MiB needed; the files written before are intact",
                        err[0])
     assert needed and abs(float(needed[1]) * 2**20 / os.path.getsize(out / "checkpoint0000.pth") - 1) < 0.01

@@ -1,4 +1,4 @@
-"""`python main.py` turns known user errors into one line `error: ...` and exit status 2."""
+"""`python main.py` turns known user errors into one line `main.py: error: ...` and exit status 2."""
 import json
 import os
 import shutil
@@ -27,7 +27,7 @@ def run_cli(argv, capsys):
 def assert_one_line_error(code, err, *needles):
     assert code == 2
     lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines) == 1 and lines[0].startswith("main.py: error: "), err
     for needle in needles:
         assert needle in lines[0], lines[0]
 
@@ -111,5 +111,5 @@ def test_malicious_checkpoint_via_real_cli_is_refused_and_not_executed(tmp_path,
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "refused to load" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("main.py: error: ") and "refused to load" in lines[0]
     assert not marker.exists()

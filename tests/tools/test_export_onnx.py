@@ -31,7 +31,8 @@ def test_export_and_check_on_image(tiny_cfg, tiny_checkpoint, image_dir, tmp_pat
     # img0 is 80x60: the val transform makes it 64x85, so the 64x96 graph gets it fitted and padded
     assert any(line.startswith("warning: the config evaluates") and "at 64x85 (HxW), the export size is 64x96" in line
                and "not stretched" in line for line in lines)
-    assert lines[-1].startswith(f"PASS: onnxruntime vs PyTorch on {image_dir / 'img0.png'}: the top-10 detections'")
+    assert lines[-2].startswith(f"PASS: onnxruntime vs PyTorch on {image_dir / 'img0.png'}: the top-10 detections'")
+    assert lines[-1].startswith("PASS: onnxruntime vs PyTorch on the same resized to 96x96: the top-10 detections'")
     import onnx
     graph = onnx.load(str(out)).graph
     assert [i.name for i in graph.input] == ["images"]
@@ -43,7 +44,7 @@ def test_default_size_is_the_check_images_evaluation_size(stored_config_checkpoi
     export_onnx.main(["--checkpoint", stored_config_checkpoint, "--output", str(tmp_path / "m.onnx"),
                       "--check", str(image_dir / "img1.png"), "--no-check"])
     out = capsys.readouterr().out
-    assert "model config: the one stored in" in out and "input 1x3x89x64" in out  # 50x70 -> longer side 89 <= 96
+    assert "model config: the one stored in" in out and "traced at 89x64" in out  # 50x70 -> longer side 89 <= 96
     assert "warning" not in out
 
 
@@ -66,7 +67,7 @@ def test_only_expected_warnings_are_filtered():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with export_onnx.expected_warnings_filtered():
-            warnings.warn("Converting a tensor to a Python integer might cause the trace to be incorrect",
+            warnings.warn("Converting a tensor to a Python boolean might cause the trace to be incorrect",
                           torch.jit.TracerWarning)
             warnings.warn("You are using the legacy TorchScript-based ONNX export.", DeprecationWarning)
             warnings.warn("something else", torch.jit.TracerWarning)
@@ -134,3 +135,51 @@ def test_compare_ignores_query_order_but_not_detections(tiny_model_and_outputs, 
     _FakeSession.outputs = (logits[:, perm], moved)
     passed, line = export_onnx.verdict(export_onnx.compare(model, post, "unused.onnx", images), 1e-3, images, "x.png")
     assert not passed and line.startswith("FAIL: ") and "allowed 0.10 px" in line
+
+
+def _documented_example() -> dict:
+    """The onnxruntime example of docs/tools.md, executed as a module (not as __main__)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "docs", "tools.md")) as f:
+        text = f.read()
+    block = text.split("<!-- onnxruntime example")[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {"__name__": "docs_example"}
+    exec(compile(block, "docs/tools.md (onnxruntime example)", "exec"), namespace)
+    return namespace
+
+
+def test_postprocessed_graph_and_the_documented_example_at_two_sizes(tiny_cfg, tiny_checkpoint, image_dir,
+                                                                     tmp_path, capsys):
+    """--postprocess: scores, labels and boxes from the graph, whose height and width are dynamic; the docs'
+    example runs it at two sizes and finds what PyTorch finds on the same input."""
+    import onnx
+    import onnxruntime as ort
+
+    from tools.common import build_eval_model, tool_args
+    config, opts = tiny_cfg
+    out = tmp_path / "post.onnx"
+    export_onnx.main(["-c", config, "--checkpoint", tiny_checkpoint, "--output", str(out), "--postprocess",
+                      "--image-size", "64", "96", "--options", *opts])
+    assert [line[:5] for line in capsys.readouterr().out.splitlines()[-2:]] == ["PASS:", "PASS:"]
+    graph = onnx.load(str(out)).graph
+    assert [o.name for o in graph.output] == ["scores", "labels", "boxes"]
+    assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [1, 3, "height",
+                                                                                                "width"]
+    example = _documented_example()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    model, post = build_eval_model(tool_args(config, opts), tiny_checkpoint)
+    path = str(image_dir / "img0.png")  # 80x60
+    sizes = []
+    for short, longest in [(64, 96), (96, 128)]:
+        found = example["detect"](session, path, short, longest, threshold=0.0)
+        images, scale = example["preprocess"](path, short, longest)
+        sizes.append(images.shape[-2:])
+        with torch.no_grad():
+            scores, labels, boxes = export_onnx.ExportWrapper(model, post["bbox"])(torch.from_numpy(images))
+        assert len(found) == len(scores) == 10
+        assert max(abs(a - b) for a, b in zip(sorted(s for _, s, _ in found), sorted(scores.tolist()))) < 1e-3
+        best = max(found, key=lambda d: d[1])
+        top = int(scores.argmax())
+        assert best[0] == int(labels[top]) and max(abs(a - b) for a, b in zip(best[2], (boxes[top] / scale).tolist())
+                                                   ) < 0.5
+    assert sizes == [(64, 85), (96, 128)]  # two different input sizes through one graph

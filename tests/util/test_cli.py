@@ -36,7 +36,7 @@ def test_tools_exit_2_for_the_mistakes_main_py_exits_2_for(tmp_path, capsys):
     missing = str(tmp_path / "checkpoint.pth")
     assert main.cli(["--eval", "--resume", missing]) == 2
     line = capsys.readouterr().err.strip()
-    assert line == f"error: --resume {missing}: no such file; checkpoints in {tmp_path}: checkpoint0003.pth"
+    assert line == f"main.py: error: --resume {missing}: no such file; checkpoints in {tmp_path}: checkpoint0003.pth"
     with user_error(capsys, f"inference.py: error: --checkpoint {missing}: no such file; checkpoints in {tmp_path}: "
                             f"checkpoint0003.pth"):
         inference.main(["--checkpoint", missing, "--input", str(tmp_path), "--output", str(tmp_path / "o")])

@@ -1,13 +1,17 @@
 """util/cpu_threads.py: the thread count follows the cores other processes leave free (issue 26, item 3).
 The slowdown itself is measured by tools/benchmark_shared_cpu.py, not here (timings have no place in tests)."""
 import os
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from util import cpu_threads
 from util.cpu_threads import CpuLoad, ThreadPolicy, fixed_count
+
+from cli_errors import user_error
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +60,28 @@ def test_proc_reading_gives_a_share_of_the_allowed_cores():
     others = load.others()
     assert others is None or 0.0 <= others <= len(load.cpus)
     assert cpu_threads._process_ticks(os.getpid()) > 0
+
+
+def test_own_ticks_include_children_and_survive_a_kernel_without_children_lists(monkeypatch):
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        pytest.skip("this kernel does not list children in /proc")
+    child = subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"])
+    try:
+        time.sleep(0.5)
+        own_alone = cpu_threads._process_ticks(os.getpid()) - cpu_threads._process_ticks(child.pid)
+        assert cpu_threads._process_ticks(child.pid) > 0 and own_alone > 0
+        real_open = open
+
+        def no_children(path, *a, **k):
+            if str(path).endswith("/children"):
+                raise FileNotFoundError(path)
+            return real_open(path, *a, **k)
+
+        monkeypatch.setattr("builtins.open", no_children)
+        assert cpu_threads._process_ticks(os.getpid()) >= own_alone  # its own ticks, without the child's
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_start_takes_the_free_cores():
@@ -115,8 +141,13 @@ def test_main_and_tools_take_threads(capsys, monkeypatch):
     import main
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert main.build_args(["--threads", "1"]).threads == "1"
-    assert main.cli(["--threads", "x", "--print_config"]) == 0  # checked when the run starts, not for --print_config
+    with user_error(capsys, r"argument --threads: 'x' is not allowed: give auto, all or a positive integer"):
+        main.build_args(["--threads", "x"])
+    from tools import benchmark_msda
+    with user_error(capsys, "argument --threads: '0' is not allowed"):
+        benchmark_msda.main(["--threads", "0"])
     from engine.cli import start_threads
     from util.slconfig import ConfigError
-    with pytest.raises(ConfigError, match="--threads 'x' is not allowed"):
-        start_threads("x", print)
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")  # the environment's value is checked when the run starts
+    with pytest.raises(ConfigError, match="--threads 'many' is not allowed.*came from OMP_NUM_THREADS"):
+        start_threads("auto", print)

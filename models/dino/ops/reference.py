@@ -24,15 +24,14 @@ def ms_deform_attn_pytorch(value: Tensor, spatial_shapes: Tensor, level_start_in
     """
     n, _, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    # each level read from its start (levels may cover only part of S, as in the kernels)
-    starts = level_start_index.tolist()
-    value_list = [value.narrow(1, int(start), int(h) * int(w))
-                  for start, (h, w) in zip(starts, spatial_shapes.tolist())]
     grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
     sampled = []
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    for lvl in range(num_levels):
+        # each level read from its start (levels may cover only part of S, as in the kernels); the sizes stay
+        # 0-dim tensors (no .tolist()), so an ONNX trace keeps them as functions of the input size
+        h, w, start = spatial_shapes[lvl, 0], spatial_shapes[lvl, 1], level_start_index[lvl]
         # (N, H*W, M, D) -> (N*M, D, H, W)
-        value_l = value_list[lvl].flatten(2).transpose(1, 2).reshape(n * m, d, int(h), int(w))
+        value_l = value[:, start:start + h * w].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
         # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
         grid_l = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
         sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
