@@ -24,6 +24,8 @@ clip_max_norm = 0.1
 onecyclelr = False
 multi_step_lr = False
 lr_drop_list = [33, 45]
+lr_warmup_iters = 0  # linear warm-up over this many optimizer steps (0: none, DINO's recipe)
+lr_warmup_factor = 0.0001  # the warm-up's first lr multiplier (mmdetection's LinearLR start_factor)
 
 # ---- model / backbone -----------------------------------------------------
 modelname = 'dino'

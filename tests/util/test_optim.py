@@ -27,7 +27,8 @@ def test_backbone_group_and_freeze():
 
 def _args(**kw):
     base = dict(lr=1e-3, lr_backbone=1e-4, lr_backbone_names=["backbone.0"], weight_decay=1e-4,
-                onecyclelr=False, multi_step_lr=False, lr_drop=2, lr_drop_list=[1, 3], epochs=4)
+                onecyclelr=False, multi_step_lr=False, lr_drop=2, lr_drop_list=[1, 3], epochs=4, lr_warmup_iters=0,
+                lr_warmup_factor=1e-4)
     base.update(kw)
     return SimpleNamespace(**base)
 
