@@ -31,6 +31,7 @@ class SetKind(str, Enum):
     DECODER_LAYER = "decoder_layer"  # an earlier decoder layer (auxiliary loss)
     ENCODER = "encoder"  # the encoder proposals selected as queries (two-stage)
     DENOISING = "denoising"  # the denoising queries of a decoder layer (known assignment)
+    DENSE = "dense"  # dense auxiliary queries (DDQ-DETR): the encoder's (layer None) or a decoder layer's
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,15 @@ class SetSpec:
             return f"_{self.layer}"
         if self.kind is SetKind.ENCODER:
             return "_interm"
+        if self.kind is SetKind.DENSE:
+            return "_dense_interm" if self.layer is None else f"_dense_{self.layer}"
         return "_dn" if last else f"_dn_{self.layer}"
 
 
 class PredictionSet(NamedTuple):
-    """A set's spec and its predictions: 'pred_logits' (B, N, K), 'pred_boxes' (B, N, 4) cxcywh."""
+    """A set's spec and its predictions: 'pred_logits' (B, N, K), 'pred_boxes' (B, N, 4) cxcywh and, optionally,
+    'query_mask' (B, N) bool: the queries that count (matched and in the classification loss; DDQ-DETR's
+    distinct queries of a decoder layer); without it every query counts."""
     spec: SetSpec
     preds: Dict[str, Tensor]
 
@@ -106,8 +111,13 @@ class SetCriterion(nn.Module):
         logits = at_least_fp32(logits)
         onehot = torch.zeros_like(logits)
         onehot[batch_idx, src_idx, tgt_labels] = 1.0
-        loss_ce = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
-                                     reduction="sum") / num_boxes
+        query_mask = outputs.get("query_mask")
+        if query_mask is None:
+            loss_ce = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
+                                         reduction="sum") / num_boxes
+        else:
+            loss_ce = (sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
+                                          reduction="none") * query_mask[..., None]).sum() / num_boxes
         l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none")
         losses = {
             "loss_ce": loss_ce,
@@ -147,8 +157,11 @@ class SetCriterion(nn.Module):
         return terms
 
     def match(self, pset: PredictionSet, targets: List[Dict]) -> List[Tuple[Tensor, Tensor]]:
-        """(query, target) indices of one matched set: one-to-one."""
-        return self.matcher(pset.preds, targets)
+        """(query, target) indices of one matched set: one-to-one (among the set's query_mask, if it has one)."""
+        query_mask = pset.preds.get("query_mask")
+        if query_mask is None:
+            return self.matcher(pset.preds, targets)
+        return match_within(self.matcher, pset.preds, targets, query_mask)
 
     def dn_set_losses(self, outputs: Dict[str, Tensor], targets: List[Dict], indices: List[Tuple[Tensor, Tensor]],
                       num_boxes: float) -> Dict[str, Tensor]:
@@ -232,6 +245,19 @@ class SetCriterion(nn.Module):
             for spec in sorted((s for s in self.specs if s.kind is SetKind.DENOISING), key=_dn_log_order):
                 losses.update({k + spec.suffix: zero for k in LOSS_NAMES})
         return (losses, final_indices) if return_indices else losses
+
+
+def match_within(matcher: nn.Module, preds: Dict[str, Tensor], targets: List[Dict], query_mask: Tensor,
+                 **kwargs) -> List[Tuple[Tensor, Tensor]]:
+    """matcher(preds, targets, **kwargs) with each image's predictions restricted to its queries in query_mask
+    (B, N) bool; the query indices returned are those of the full set."""
+    indices = []
+    for i, target in enumerate(targets):
+        kept = torch.nonzero(query_mask[i]).squeeze(1)
+        image = {k: preds[k][i:i + 1, kept] for k in ("pred_logits", "pred_boxes")}
+        (src, tgt), = matcher(image, [target], **kwargs)
+        indices.append((kept.cpu()[src], tgt))
+    return indices
 
 
 def _dn_log_order(spec: SetSpec) -> int:

@@ -23,9 +23,15 @@ class PostProcess(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs: Dict, target_sizes: Tensor) -> List[Dict[str, Tensor]]:
-        """target_sizes (B, 2) as (h, w) -> per image 'scores' (k,), 'labels' (k,), 'boxes' (k, 4) xyxy pixels."""
+        """target_sizes (B, 2) as (h, w) -> per image 'scores' (k,), 'labels' (k,), 'boxes' (k, 4) xyxy pixels.
+        outputs' optional 'query_mask' (B, Q) bool names the queries to report (DDQ-DETR's distinct ones): the
+        others are never reported (an image may then get fewer than num_select)."""
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        prob = logits.float().sigmoid().flatten(1)  # (B, Q*K)
+        query_mask = outputs.get("query_mask")
+        prob = logits.float().sigmoid()
+        if query_mask is not None:
+            prob = prob.masked_fill(~query_mask[..., None], -1.0)  # below every probability
+        prob = prob.flatten(1)  # (B, Q*K)
         k = min(self.num_select, prob.shape[1])
         scores, idx = torch.topk(prob, k, dim=1)
         query = torch.div(idx, logits.shape[2], rounding_mode="floor")
@@ -35,6 +41,8 @@ class PostProcess(nn.Module):
         xyxy = xyxy * torch.stack([w, h, w, h], 1)[:, None]
         results = []
         for s, lab, b in zip(scores, labels, xyxy):
+            if query_mask is not None:
+                s, lab, b = s[s >= 0], lab[s >= 0], b[s >= 0]
             if self.nms_iou_threshold > 0:
                 keep = batched_nms(b, s, lab, self.nms_iou_threshold)
                 s, lab, b = s[keep], lab[keep], b[keep]

@@ -69,8 +69,7 @@ class DeformableTransformer(nn.Module):
     def _reset_parameters(self) -> None:
         """Xavier-uniform weights for the encoder's and decoder's layers (not the prediction heads the
         decoder was given), MSDeformAttn's own initialisation, a normal level embedding."""
-        heads = {id(p) for module in (self.decoder.bbox_embed, self.decoder.class_embed) if module is not None
-                 for p in module.parameters()}
+        heads = {id(p) for module in self.decoder.head_modules() for p in module.parameters()}
         for p in self.parameters():
             if p.dim() > 1 and id(p) not in heads:
                 nn.init.xavier_uniform_(p)
