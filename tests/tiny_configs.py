@@ -44,6 +44,7 @@ def options(base: Dict[str, Any] = RUN, **overrides) -> List[str]:
 # test_golden.py checks that each detector of models/registry.py has one
 TINY_MODELS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "dino": ("DINO/DINO_4scale.py", MODEL),
+    "ddq_detr": ("DDQ/DDQ_4scale.py", MODEL),
 }
 
 

@@ -4,5 +4,6 @@ Importing this package registers its detectors (models/registry.py) and AugDETR'
 """
 from . import (
     augdetr,  # noqa: F401  registers --save_emca_weights
+    ddq_detr,  # noqa: F401  registers 'ddq_detr'
     dino,  # noqa: F401  registers 'dino'
 )

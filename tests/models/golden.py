@@ -67,6 +67,11 @@ CASES: Dict[str, Case] = {
     "augdetr": Case("dino", dict(use_hae=True, use_emca=True, num_hae_layers=1)),
     "aligndetr": Case("dino", dict(criterion_type="aligndetr", o2m_k=[2, 2, 1])),
     "swin": Case("dino", dict(backbone="swin_T_224_1k"), tiny_backbone=TINY_SWIN),
+    # DDQ-DETR with NMS thresholds at which the tiny model's boxes overlap: the encoder NMS changes the
+    # training queries, the decoder NMS suppresses queries in both modes (no IoU within 5e-5 of a threshold)
+    "ddq": Case("ddq_detr", dict(ddq_enc_nms_iou=0.3, ddq_dec_nms_iou=0.1)),
+    "ddq_augdetr": Case("ddq_detr", dict(ddq_enc_nms_iou=0.3, ddq_dec_nms_iou=0.1, use_hae=True, use_emca=True,
+                                         num_hae_layers=1)),
 }
 # gradient norms recorded besides the total (prefix match on parameter names; the sum of squares
 # of all matching gradients): backbone, input projection, encoder, two-stage head, decoder, heads
