@@ -326,10 +326,10 @@ def test_quality_focal_loss_matches_a_naive_loop():
 
 
 def dense_criterion(k=4):
+    from models.common.criterion import SetKind
+    from models.common.matcher import HungarianMatcher
     from models.dino.aligndetr import OneToManyMatcher
     from models.dino.ddq_loss import ddq_set_specs
-    from models.common.matcher import HungarianMatcher
-    from models.common.criterion import SetKind
     weights = {kind: {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0} for kind in SetKind}
     return DDQCriterion(3, HungarianMatcher(), ddq_set_specs(1, True, False, True), weights,
                         OneToManyMatcher(max_positive_fraction=1.0), dense_k=k)
@@ -408,8 +408,9 @@ def test_training_losses_and_weights(seeded):
     total.backward()
     assert torch.isfinite(total)
     selection = model.transformer.query_selection
-    for name, module in [("dense class head 0", model.dense_class_embed[0]), ("dense box head 1", model.dense_bbox_embed[1]),
-                         ("query_map", selection.query_map), ("dense encoder head", selection.enc_out_dense_class_embed)]:
+    for name, module in [("dense class head 0", model.dense_class_embed[0]),
+                         ("dense box head 1", model.dense_bbox_embed[1]), ("query_map", selection.query_map),
+                         ("dense encoder head", selection.enc_out_dense_class_embed)]:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), name
 
 
@@ -441,7 +442,8 @@ def test_ddq_configs_are_dino_with_the_recipe_and_ddq_keys():
     assert changed - {"modelname"} == {"lr", "weight_decay", "lr_warmup_iters", "dn_box_noise_scale"}
     assert set(dino) - set(ours) <= {"embed_init_tgt", "criterion_type", "aligndetr_alpha", "aligndetr_gamma",
                                      "aligndetr_tau", "o2m_k"}
-    assert (ours["lr"], ours["weight_decay"], ours["lr_warmup_iters"], ours["dn_box_noise_scale"]) == (2e-4, 0.05, 2000, 1.0)
+    recipe = ("lr", "weight_decay", "lr_warmup_iters", "lr_warmup_factor", "dn_box_noise_scale")
+    assert tuple(ours[k] for k in recipe) == (2e-4, 0.05, 2000, 1e-4, 1.0)
     assert (ours["ddq_enc_nms_iou"], ours["ddq_dec_nms_iou"], ours["ddq_dense_ratio"], ours["ddq_dense_k"]) == (
         0.8, 0.8, 1.5, 4)
     assert ours["ddq_distinct_set"] == "released" and ours["nms_iou_threshold"] <= 0
