@@ -6,6 +6,12 @@ Training-step mode:
     python tools/benchmark.py --train-step --variants dino,hae,emca,augdetr [--image-size 800 1333] [-c CONFIG]
         [--device cpu|cuda]: per variant the median step time and peak memory at that size, and
         the augdetr/dino time ratio with both variants' figures
+    A variant is one of dino, hae, emca, augdetr (the config-key flags it adds to -c CONFIG), a registered
+    modelname (its defaults file, e.g. ddq_detr) or a config file (*.py), optionally followed by +hae, +emca
+    or +augdetr: --variants dino,ddq_detr,ddq_detr+augdetr. Ratios are to the dino variant (else the first).
+    --eval-step also times an evaluation forward per variant; --regions NAME,... reports the share of one
+    profiled training step spent in those torch.profiler record_function regions (default: DDQ-DETR's
+    ddq.encoder_nms and ddq.decoder_nms), for the variants that run them.
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions,
 SDPA) plus two formulas registered here for deformable attention:
@@ -251,11 +257,32 @@ def peak_memory_step(step, device: torch.device) -> int:
     return peak
 
 
+def variant_setup(spec: str, config_file: str) -> Tuple[str, Dict]:
+    """(config file, config-key flags) of a --variants entry: NAME[+hae|+emca|+augdetr]..., NAME one of
+    VARIANTS (on config_file), a registered modelname (its defaults file) or a config file path (*.py)."""
+    from models import DETECTORS
+    name, *extras = spec.split("+")
+    flags: Dict = {}
+    for extra in extras:
+        if extra not in VARIANTS:
+            raise ValueError(f"--variants {spec}: +{extra} is not one of {', '.join('+' + v for v in VARIANTS)}")
+        flags.update(VARIANTS[extra])
+    if name in VARIANTS:
+        return config_file, dict(VARIANTS[name], **flags)
+    if name in DETECTORS:
+        return DETECTORS[name].defaults_file, flags
+    if name.endswith(".py") and os.path.isfile(name):
+        return name, flags
+    raise ValueError(f"--variants {spec}: {name!r} is not a variant, modelname or config file: choose from "
+                     f"{', '.join(VARIANTS)}, {', '.join(DETECTORS)} or a path to a *.py config")
+
+
 def make_train_step(name: str, opts, device: torch.device, h: int, w: int):
-    """Build one variant and return (step function, model)."""
+    """Build one variant and return (training step function, model, evaluation forward function)."""
     from engine import total_loss
     from models import build_model
-    args = tool_args(opts.config_file, opts.options, opts.device, dict(config_flags(opts), **VARIANTS[name]))
+    config_file, flags = variant_setup(name, opts.config_file)
+    args = tool_args(config_file, opts.options, opts.device, dict(config_flags(opts), **flags))
     torch.manual_seed(0)
     model, criterion, _ = build_model(args)
     model.to(device).train()
@@ -263,10 +290,31 @@ def make_train_step(name: str, opts, device: torch.device, h: int, w: int):
     images, targets = dummy_batch(h, w, 1, device, boxes=TRAIN_STEP_DEFAULTS["boxes"], num_classes=args.num_classes)
 
     def step():
+        model.train()
         model.zero_grad(set_to_none=True)
         total_loss(criterion(model(images, targets), targets), criterion.weight_dict)[0].backward()
 
-    return step, model
+    @torch.no_grad()
+    def eval_step():
+        model.eval()
+        model(images)
+
+    return step, model, eval_step
+
+
+def region_shares(step, regions: List[str]) -> Dict[str, float]:
+    """Share of one profiled run of step() spent in each record_function region of `regions` (its
+    inclusive CPU time over the step's; regions not run are left out). On CUDA the regions' host time."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        step()
+        total_us = (time.perf_counter() - t0) * 1e6
+    spent: Dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.key in regions:
+            spent[event.key] = event.cpu_time_total / total_us
+    return spent
 
 
 def run_train_step(opts) -> List[Dict]:
@@ -275,23 +323,33 @@ def run_train_step(opts) -> List[Dict]:
     device = torch.device(opts.device)
     h, w = opts.image_size
     steps = {name: make_train_step(name, opts, device, h, w) for name in opts.variants}
-    for step, _ in steps.values():
-        step()  # warm-up (allocator, kernel selection)
-    times: Dict[str, List[float]] = {name: [] for name in steps}
+    kinds = {"train": 0, "eval": 2} if opts.eval_step else {"train": 0}
+    for parts in steps.values():
+        for index in kinds.values():
+            parts[index]()  # warm-up (allocator, kernel selection)
+    times: Dict[Tuple[str, str], List[float]] = {(name, kind): [] for name in steps for kind in kinds}
     for _ in range(opts.repeats):
-        for name, (step, _) in steps.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
+        for name, parts in steps.items():
+            for kind, index in kinds.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                parts[index]()
+                _sync(device)
+                times[name, kind].append(time.perf_counter() - t0)
     rows = []
-    for name, (step, model) in steps.items():
+    for name, (step, model, _) in steps.items():
         trainable, total = count_parameters(model)
-        rows.append({"variant": name, "image_size": [h, w], "time_s": statistics.median(times[name]),
+        rows.append({"variant": name, "image_size": [h, w], "time_s": statistics.median(times[name, "train"]),
                      "peak_mib": peak_memory_step(step, device) / 2**20,
                      "params_total": total, "params_trainable": trainable})
+        if opts.eval_step:
+            rows[-1]["eval_time_s"] = statistics.median(times[name, "eval"])
+        shares = region_shares(step, opts.regions) if opts.regions else {}
+        if shares:
+            rows[-1]["region_share"] = shares
     base = next((r for r in rows if r["variant"] == "dino"), rows[0])
+    if base["variant"] != "dino":  # the table's column says dino
+        print(f"(ratios are to {base['variant']}, the first variant)")
     print(f"train step: {opts.config_file}, image {h}x{w}, batch 1, {TRAIN_STEP_DEFAULTS['boxes']} boxes, "
           f"device {device}, median of {opts.repeats} interleaved repeats")
     print("| variant | fwd+bwd time (s) | vs dino | peak memory (MiB) | params (M) | params delta vs dino |")
@@ -305,7 +363,20 @@ def run_train_step(opts) -> List[Dict]:
         print(f"augdetr/dino train-step time ratio at {h}x{w}: {a['time_s'] / d['time_s']:.3f} "
               f"(dino {d['time_s']:.3f} s, {d['peak_mib']:.0f} MiB; "
               f"augdetr {a['time_s']:.3f} s, {a['peak_mib']:.0f} MiB)")
+    print_eval_and_regions(rows, base)
     return rows
+
+
+def print_eval_and_regions(rows: List[Dict], base: Dict) -> None:
+    """The evaluation-forward times and their ratios (--eval-step), the regions' shares (--regions)."""
+    if "eval_time_s" in base:
+        print("| variant | eval forward time (s) | vs " + base["variant"] + " |")
+        print("|---|---|---|")
+        for r in rows:
+            print(f"| {r['variant']} | {r['eval_time_s']:.3f} | {r['eval_time_s'] / base['eval_time_s']:.2f}x |")
+    for r in rows:
+        for region, share in r.get("region_share", {}).items():
+            print(f"{r['variant']}: {region} {100 * share:.1f}% of a profiled training step")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -325,7 +396,13 @@ def get_parser() -> argparse.ArgumentParser:
                    help="with --flops-only: one count per backbone (option backbone=NAME), printed as a table")
     p.add_argument("--train-step", action="store_true", help="time one training step per variant instead")
     p.add_argument("--variants", default="dino,hae,emca,augdetr",
-                   help=f"comma list of {', '.join(VARIANTS)} (train-step mode)")
+                   help=f"comma list of {', '.join(VARIANTS)}, registered modelnames or config files, each "
+                        f"optionally +hae / +emca / +augdetr (train-step mode)")
+    p.add_argument("--eval-step", action="store_true",
+                   help="train-step mode: also time an evaluation forward (no_grad, eval mode) per variant")
+    p.add_argument("--regions", default="ddq.encoder_nms,ddq.decoder_nms", metavar="NAME[,NAME...]",
+                   help="train-step mode: record_function regions whose share of one profiled training step is "
+                        "reported (empty: none)")
     p.add_argument("--repeats", type=int, default=TRAIN_STEP_DEFAULTS["repeats"],
                    help="timed training steps per variant; the median is reported (default 3)")
     return p
@@ -346,10 +423,15 @@ def main(argv: Optional[List[str]] = None):
         sys.exit("benchmark.py: error: --flops-only counts an inference forward; leave out --train-step")
     if opts.train_step:
         opts.variants = [v.strip() for v in opts.variants.split(",") if v.strip()]
-        bad = [v for v in opts.variants if v not in VARIANTS]
-        if bad or not opts.variants:
-            sys.exit(f"benchmark.py: error: --variants {bad or '(empty)'}: choose from {', '.join(VARIANTS)}")
         opts.config_file = opts.config_file or TRAIN_STEP_DEFAULTS["config"]
+        if not opts.variants:
+            sys.exit(f"benchmark.py: error: --variants (empty): choose from {', '.join(VARIANTS)} or modelnames")
+        for spec in opts.variants:
+            try:
+                variant_setup(spec, opts.config_file)
+            except ValueError as err:
+                sys.exit(f"benchmark.py: error: {err}")
+        opts.regions = [r.strip() for r in opts.regions.split(",") if r.strip()]
         opts.image_size = opts.image_size or TRAIN_STEP_DEFAULTS["image_size"]
         return run_train_step(opts)
     opts.config_file = opts.config_file or "config/DINO/DINO_synthetic.py"
