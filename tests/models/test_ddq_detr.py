@@ -427,9 +427,18 @@ def test_dino_checkpoint_loads_with_only_ddqs_own_parameters_reported():
     assert {k.split(".")[0] + "." + k.split(".")[1] for k in result.missing_keys if k.startswith("transformer.")} >= {
         "transformer.query_map", "transformer.enc_out_dense_class_embed", "transformer.enc_out_dense_bbox_embed"}
     assert result.unexpected_keys == ["transformer.tgt_embed.weight"]
+    # the official layout's extra heads: one dense class / box pair for the encoder and one per decoder layer
+    layers = len(model.transformer.decoder.layers)
+    assert len(model.dense_class_embed) == len(model.dense_bbox_embed) == layers
+    assert model.dense_bbox_embed is model.transformer.decoder.dense_bbox_embed
+    assert len({id(m) for m in [*model.dense_class_embed, selection_head(model)]}) == layers + 1  # unshared
     for k, v in dino.state_dict().items():
         if k in model.state_dict():
             assert torch.equal(model.state_dict()[k], v), k
+
+
+def selection_head(model):
+    return model.transformer.query_selection.enc_out_dense_class_embed
 
 
 def config(name, **options):
