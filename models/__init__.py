@@ -45,15 +45,17 @@ def all_key_groups() -> List[KeyGroup]:
 
 
 def refused_keys(modelname: str) -> Dict[str, str]:
-    """Keys of other detectors' groups -> the one-line reason why `modelname` does not take them."""
+    """Keys of other detectors' groups -> the one-line reason why `modelname` does not take them (a key that
+    one of its own groups also declares, e.g. DINO's keys in DDQ-DETR's copy of DINO's group, is its own)."""
     own = {g.name for g in key_groups(modelname)}
+    own_keys = {key for g in key_groups(modelname) for key in g.keys}
     reasons = detector(modelname).refused
     out = {}
     for group in all_key_groups():
         if group.name in own:
             continue
         why = reasons.get(group.name, f"it is a key of {group.title}, which modelname={modelname!r} does not use")
-        out.update({key: f"{key}: {why}" for key in group.keys})
+        out.update({key: f"{key}: {why}" for key in group.keys if key not in own_keys})
     return out
 
 

@@ -61,6 +61,7 @@ TINY_MODELS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "dino": ("DINO/DINO_4scale.py", MODEL),
     "detr": ("DETR/detr_r50.py", DETR_MODEL),
     "deformable_detr": ("DeformableDETR/deformable_detr.py", DEFORMABLE_DETR_MODEL),
+    "ddq_detr": ("DDQ/DDQ_4scale.py", MODEL),
 }
 
 

@@ -7,9 +7,12 @@ Training-step mode:
     python tools/benchmark.py --train-step --variants dino,hae,emca,augdetr [--image-size 800 1333] [-c CONFIG]
         [--device cpu|cuda]: per variant the median step time and peak memory at that size, and
         the augdetr/dino time ratio with both variants' figures
-    python tools/benchmark.py --train-step --variants dino,detr --image-size 800 1333
+    python tools/benchmark.py --train-step --variants dino,detr,ddq_detr+augdetr --image-size 800 1333
         a variant may also be another detector: its modelname (its defaults file, detr -> config/DETR/detr_r50.py)
-        or a config file (NAME=FILE names the row), timed in the same process, each with its ratio to dino
+        or a config file (NAME=FILE names the row), optionally followed by +hae, +emca or +augdetr, timed in
+        the same process, each with its ratio to dino. --eval-step also times an evaluation forward per
+        variant; --regions NAME,... reports the share of one profiled training step spent in those
+        torch.profiler record_function regions (default: DDQ-DETR's ddq.encoder_nms and ddq.decoder_nms).
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions,
 SDPA) plus two formulas registered here for deformable attention:
@@ -271,25 +274,33 @@ def peak_memory_step(step, device: torch.device) -> int:
 
 
 def variant_config(variant: str, config_file: str) -> Tuple[str, str, Dict[str, Any]]:
-    """A --variants entry -> (row name, config file, config-key flags it adds): an AugDETR variant of VARIANTS
-    (CONFIG_FILE with its flags), a registered detector's modelname (its defaults file), or a config file
-    (FILE or NAME=FILE). ValueError (one line) for anything else."""
+    """A --variants entry -> (row name, config file, config-key flags it adds). The entry is NAME optionally
+    followed by +hae / +emca / +augdetr (their flags on top); NAME is an AugDETR variant of VARIANTS
+    (config_file with its flags), a registered detector's modelname (its defaults file), or a config file
+    (FILE or LABEL=FILE). ValueError (one line) for anything else."""
     from models import DETECTORS
-    if variant in VARIANTS:
-        return variant, config_file, VARIANTS[variant]
-    name, _, path = variant.rpartition("=")
+    base, *extras = variant.split("+")
+    flags: Dict[str, Any] = {}
+    for extra in extras:
+        if extra not in VARIANTS:
+            raise ValueError(f"--variants {variant}: +{extra} is not one of {', '.join('+' + v for v in VARIANTS)}")
+        flags.update(VARIANTS[extra])
+    if base in VARIANTS:
+        return variant, config_file, dict(VARIANTS[base], **flags)
+    label, _, path = base.rpartition("=")
     if path.endswith(".py"):
         if not os.path.isfile(path):
             raise ValueError(f"--variants {variant}: config file {path} not found")
-        return name or os.path.splitext(os.path.basename(path))[0], path, {}
-    if variant in DETECTORS:
-        return variant, DETECTORS[variant].defaults_file, {}
+        return (label + variant[len(base):] if label else variant), path, flags
+    if base in DETECTORS:
+        return variant, DETECTORS[base].defaults_file, flags
     raise ValueError(f"--variants {variant}: choose from {', '.join(VARIANTS)}, a modelname "
                      f"({', '.join(sorted(DETECTORS))}) or a config file (NAME=FILE.py)")
 
 
 def make_train_step(name: str, opts, device: torch.device, h: int, w: int):
-    """Build one variant (opts.variant_configs[name]: config file, flags) and return (step function, model)."""
+    """Build one variant (opts.variant_configs[name]: config file, flags) and return (training step
+    function, model, evaluation forward function)."""
     from engine import total_loss
     from models import build_model
     config_file, flags = opts.variant_configs[name]
@@ -301,10 +312,31 @@ def make_train_step(name: str, opts, device: torch.device, h: int, w: int):
     images, targets = dummy_batch(h, w, 1, device, boxes=TRAIN_STEP_DEFAULTS["boxes"], num_classes=args.num_classes)
 
     def step():
+        model.train()
         model.zero_grad(set_to_none=True)
         total_loss(criterion(model(images, targets), targets), criterion.weight_dict)[0].backward()
 
-    return step, model
+    @torch.no_grad()
+    def eval_step():
+        model.eval()
+        model(images)
+
+    return step, model, eval_step
+
+
+def region_shares(step, regions: List[str]) -> Dict[str, float]:
+    """Share of one profiled run of step() spent in each record_function region of `regions` (its
+    inclusive CPU time over the step's; regions not run are left out). On CUDA the regions' host time."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        step()
+        total_us = (time.perf_counter() - t0) * 1e6
+    spent: Dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.key in regions:
+            spent[event.key] = event.cpu_time_total / total_us
+    return spent
 
 
 def run_train_step(opts) -> List[Dict]:
@@ -314,23 +346,33 @@ def run_train_step(opts) -> List[Dict]:
     h, w = opts.image_size or config_image_size(tool_args(opts.config_file, opts.options, opts.device,
                                                           config_flags(opts)))
     steps = {name: make_train_step(name, opts, device, h, w) for name in opts.variants}
-    for step, _ in steps.values():
-        step()  # warm-up (allocator, kernel selection)
-    times: Dict[str, List[float]] = {name: [] for name in steps}
+    kinds = {"train": 0, "eval": 2} if opts.eval_step else {"train": 0}
+    for parts in steps.values():
+        for index in kinds.values():
+            parts[index]()  # warm-up (allocator, kernel selection)
+    times: Dict[Tuple[str, str], List[float]] = {(name, kind): [] for name in steps for kind in kinds}
     for _ in range(opts.repeats):
-        for name, (step, _) in steps.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
+        for name, parts in steps.items():
+            for kind, index in kinds.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                parts[index]()
+                _sync(device)
+                times[name, kind].append(time.perf_counter() - t0)
     rows = []
-    for name, (step, model) in steps.items():
+    for name, (step, model, _) in steps.items():
         trainable, total = count_parameters(model)
-        rows.append({"variant": name, "image_size": [h, w], "time_s": statistics.median(times[name]),
+        rows.append({"variant": name, "image_size": [h, w], "time_s": statistics.median(times[name, "train"]),
                      "peak_mib": peak_memory_step(step, device) / 2**20,
                      "params_total": total, "params_trainable": trainable})
+        if opts.eval_step:
+            rows[-1]["eval_time_s"] = statistics.median(times[name, "eval"])
+        shares = region_shares(step, opts.regions) if opts.regions else {}
+        if shares:
+            rows[-1]["region_share"] = shares
     base = next((r for r in rows if r["variant"] == "dino"), rows[0])
+    if base["variant"] != "dino":  # the table's column says dino
+        print(f"(ratios are to {base['variant']}, the first variant)")
     print(f"train step: {opts.config_file}, image {h}x{w}, batch 1, {TRAIN_STEP_DEFAULTS['boxes']} boxes, "
           f"device {device} ({torch.get_num_threads()} CPU threads), median of {opts.repeats} interleaved repeats")
     print("| variant | fwd+bwd time (s) | vs dino | peak memory (MiB) | params (M) | params delta vs dino |")
@@ -350,7 +392,20 @@ def run_train_step(opts) -> List[Dict]:
         print(f"augdetr/dino train-step time ratio at {h}x{w}: {a['time_s'] / d['time_s']:.3f} "
               f"(dino {d['time_s']:.3f} s, {d['peak_mib']:.0f} MiB; "
               f"augdetr {a['time_s']:.3f} s, {a['peak_mib']:.0f} MiB)")
+    print_eval_and_regions(rows, base)
     return rows
+
+
+def print_eval_and_regions(rows: List[Dict], base: Dict) -> None:
+    """The evaluation-forward times and their ratios (--eval-step), the regions' shares (--regions)."""
+    if "eval_time_s" in base:
+        print("| variant | eval forward time (s) | vs " + base["variant"] + " |")
+        print("|---|---|---|")
+        for r in rows:
+            print(f"| {r['variant']} | {r['eval_time_s']:.3f} | {r['eval_time_s'] / base['eval_time_s']:.2f}x |")
+    for r in rows:
+        for region, share in r.get("region_share", {}).items():
+            print(f"{r['variant']}: {region} {100 * share:.1f}% of a profiled training step")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -371,8 +426,13 @@ def get_parser() -> argparse.ArgumentParser:
                    help="with --flops-only: one count per backbone (option backbone=NAME), printed as a table")
     p.add_argument("--train-step", action="store_true", help="time one training step per variant instead")
     p.add_argument("--variants", default="dino,hae,emca,augdetr",
-                   help=f"comma list of {', '.join(VARIANTS)} (-c's config with AugDETR's flags), a modelname (its "
-                        f"defaults file, e.g. detr) or a config file (NAME=FILE.py) (train-step mode)")
+                   help=f"comma list of {', '.join(VARIANTS)}, registered modelnames or config files, each "
+                        f"optionally +hae / +emca / +augdetr (train-step mode)")
+    p.add_argument("--eval-step", action="store_true",
+                   help="train-step mode: also time an evaluation forward (no_grad, eval mode) per variant")
+    p.add_argument("--regions", default="ddq.encoder_nms,ddq.decoder_nms", metavar="NAME[,NAME...]",
+                   help="train-step mode: record_function regions whose share of one profiled training step is "
+                        "reported (empty: none)")
     p.add_argument("--repeats", type=int, default=TRAIN_STEP_DEFAULTS["repeats"],
                    help="timed training steps per variant; the median is reported (default 3)")
     return p
@@ -405,6 +465,7 @@ def main(argv: Optional[List[str]] = None):
             fail("benchmark.py", str(err))
         opts.variants = [name for name, _, _ in resolved]
         opts.variant_configs = {name: (config, flags) for name, config, flags in resolved}
+        opts.regions = [r.strip() for r in opts.regions.split(",") if r.strip()]
         return run_guarded("benchmark.py", lambda: run_train_step(opts), TOOL_ERRORS)
     opts.config_file = opts.config_file or DEFAULT_CONFIG
     return run_guarded("benchmark.py", lambda: run_flops_only(opts) if opts.flops_only else run_inference(opts),

@@ -13,6 +13,14 @@ from torch import nn
 from util.config_schema import Key, KeyGroup, bool_key, choice_key, float_key, int_key, prob_key
 
 PARAM_DICT_TYPES = ("default", "ddetr_in_mmdet")
+
+def _warmup_fits_schedule(cfg):
+    if cfg["lr_warmup_iters"] and cfg["onecyclelr"]:
+        return (f"lr_warmup_iters={cfg['lr_warmup_iters']} with onecyclelr=True: OneCycleLR warms up by itself; set "
+                f"lr_warmup_iters=0 or onecyclelr=False")
+    return None
+
+
 OPTIMISATION_KEYS = KeyGroup("optimisation", "optimisation", {
     "lr": float_key("learning rate of the transformer and heads (AdamW)", 0, low_open=True),
     "lr_backbone": float_key("learning rate of parameters named in lr_backbone_names; <= 0 freezes them"),
@@ -33,10 +41,14 @@ OPTIMISATION_KEYS = KeyGroup("optimisation", "optimisation", {
     "onecyclelr": bool_key("OneCycleLR stepped per iteration instead of StepLR"),
     "multi_step_lr": bool_key("MultiStepLR at lr_drop_list instead of StepLR"),
     "lr_drop_list": Key("list[int]", "MultiStepLR milestones (epochs)", 1),
+    "lr_warmup_iters": int_key("linear lr warm-up over the first this many optimizer steps, on top of StepLR / "
+                               "MultiStepLR (0: none)", 0),
+    "lr_warmup_factor": float_key("lr multiplier at the first step of the warm-up (rises linearly to 1)", 0, 1.0,
+                                  low_open=True),
     "use_ema": bool_key("keep and evaluate an exponential moving average of the weights"),
     "ema_decay": prob_key("EMA decay per iteration"),
     "ema_epoch": int_key("first epoch that updates the EMA", 0),
-})
+}, relations=(_warmup_fits_schedule,))
 
 
 def _matches(name: str, keywords: Sequence[str]) -> bool:
@@ -93,14 +105,51 @@ def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, args, steps_per_epoch: int):
-    """Returns (scheduler, per_iteration). OneCycleLR steps per iteration; Step/MultiStep per epoch."""
+    """Returns (scheduler, per_iteration). OneCycleLR steps per iteration; Step/MultiStep per epoch, with
+    lr_warmup_iters > 0 wrapped in WarmupThenEpochs."""
     if args.onecyclelr:
         sched = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=args.lr, steps_per_epoch=max(1, steps_per_epoch), epochs=args.epochs, pct_start=0.2)
         return sched, True
     if args.multi_step_lr:
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_drop_list)), False
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_drop), False
+        sched = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_drop_list))
+    else:
+        sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_drop)
+    if args.lr_warmup_iters > 0:
+        sched = WarmupThenEpochs(optimizer, sched, args.lr_warmup_iters, args.lr_warmup_factor)
+    return sched, False
+
+
+class WarmupThenEpochs:
+    """An epoch scheduler (StepLR / MultiStepLR, stepped once per epoch by the training loop) under a linear
+    warm-up over the first `iters` optimizer steps (mmdetection's LinearLR by iteration + MultiStepLR by
+    epoch, as DDQ-DETR trains): the lr of step i < iters is the epoch schedule's times
+    factor + (1 - factor) * i / iters.
+
+    The warm-up counts optimizer steps through a step hook of the optimizer, so the training loop needs
+    no per-iteration call, and a skipped step (non-finite loss, AMP overflow) does not advance it. Both
+    schedulers are torch's chainable ones, so their factors multiply."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, epochs, iters: int, factor: float):
+        self.epochs = epochs
+        self.warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=factor, end_factor=1.0,
+                                                        total_iters=iters)
+        optimizer.register_step_post_hook(self._after_optimizer_step)
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if self.warmup.last_epoch < self.warmup.total_iters:
+            self.warmup.step()
+
+    def step(self) -> None:
+        """One epoch."""
+        self.epochs.step()
+
+    def state_dict(self) -> Dict:
+        return {"epochs": self.epochs.state_dict(), "warmup": self.warmup.state_dict()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.epochs.load_state_dict(state["epochs"])
+        self.warmup.load_state_dict(state["warmup"])
 
 
 class ModelEMA:

@@ -31,6 +31,8 @@ lr_drop = 400
 param_dict_type = 'default'  # two groups: the backbone (lr_backbone) and the rest (the two keys below are not read)
 lr_linear_proj_names = ['reference_points', 'sampling_offsets']
 lr_linear_proj_mult = 0.1
+lr_warmup_iters = 0  # linear warm-up over this many optimizer steps (0: none, as the official recipe)
+lr_warmup_factor = 0.0001  # the warm-up's first lr multiplier
 save_checkpoint_interval = 100
 keep_checkpoints = None  # numbered checkpointNNNN.pth kept, the newest N (None = all; 0 = none written)
 best_checkpoint = 'weights'  # checkpoint_best_regular.pth: weights only, not written while the best epoch is the last

@@ -32,6 +32,8 @@ final_checkpoint_optimizer = True  # the last checkpoint.pth keeps the optimizer
 onecyclelr = False
 multi_step_lr = False
 lr_drop_list = [33, 45]
+lr_warmup_iters = 0  # linear warm-up over this many optimizer steps (0: none, DINO's recipe)
+lr_warmup_factor = 0.0001  # the warm-up's first lr multiplier (mmdetection's LinearLR start_factor)
 
 # ---- model / backbone -----------------------------------------------------
 modelname = 'dino'

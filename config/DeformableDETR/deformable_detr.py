@@ -19,6 +19,8 @@ lr_backbone_names = ['backbone.0']
 param_dict_type = 'ddetr_in_mmdet'  # three groups: the rest, the backbone, and the two below at lr x 0.1
 lr_linear_proj_names = ['reference_points', 'sampling_offsets']
 lr_linear_proj_mult = 0.1
+lr_warmup_iters = 0  # linear warm-up over this many optimizer steps (0: none, as the official recipe)
+lr_warmup_factor = 0.0001  # the warm-up's first lr multiplier
 # total batch 32, as all official models: 8 processes x 4 (the official runs: 16 GPUs x 2)
 batch_size = 4
 weight_decay = 0.0001

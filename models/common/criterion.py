@@ -34,6 +34,7 @@ class SetKind(str, Enum):
     ENCODER = "encoder"  # the encoder proposals selected as queries (DINO's two-stage), with their classes
     PROPOSALS = "proposals"  # every encoder token's proposal, class-agnostic (Deformable DETR's two-stage)
     DENOISING = "denoising"  # the denoising queries of a decoder layer (known assignment)
+    DENSE = "dense"  # dense auxiliary queries (DDQ-DETR): the encoder's (layer None) or a decoder layer's
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,15 @@ class SetSpec:
             return "_interm"
         if self.kind is SetKind.PROPOSALS:
             return "_enc"
+        if self.kind is SetKind.DENSE:
+            return "_dense_interm" if self.layer is None else f"_dense_{self.layer}"
         return "_dn" if last else f"_dn_{self.layer}"
 
 
 class PredictionSet(NamedTuple):
-    """A set's spec and its predictions: 'pred_logits' (B, N, K), 'pred_boxes' (B, N, 4) cxcywh."""
+    """A set's spec and its predictions: 'pred_logits' (B, N, K), 'pred_boxes' (B, N, 4) cxcywh and, optionally,
+    'query_mask' (B, N) bool: the queries that count (matched and in the classification loss; DDQ-DETR's
+    distinct queries of a decoder layer); without it every query counts."""
     spec: SetSpec
     preds: Dict[str, Tensor]
 
@@ -116,7 +121,7 @@ class SetCriterion(nn.Module):
         logits = at_least_fp32(logits)
         l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none")
         losses = {
-            "loss_ce": self.class_loss(logits, (batch_idx, src_idx, tgt_labels), num_boxes),
+            "loss_ce": self.class_loss(logits, (batch_idx, src_idx, tgt_labels), num_boxes, outputs.get("query_mask")),
             "loss_bbox": l1.sum() / num_boxes,
             "loss_giou": generalized_box_iou_loss(box_convert(src_boxes, "cxcywh", "xyxy"),
                                                   box_convert(tgt_boxes, "cxcywh", "xyxy"),
@@ -126,13 +131,18 @@ class SetCriterion(nn.Module):
             losses.update(self.log_terms(logits, batch_idx, src_idx, tgt_labels, l1, num_boxes))
         return losses
 
-    def class_loss(self, logits: Tensor, matched: Tuple[Tensor, Tensor, Tensor], num_boxes: float) -> Tensor:
+    def class_loss(self, logits: Tensor, matched: Tuple[Tensor, Tensor, Tensor], num_boxes: float,
+                   query_mask: Optional[Tensor] = None) -> Tensor:
         """Sigmoid focal loss of logits (B, Q, K) against one-hot targets at the matched (image, query, label)
-        triples, summed / num_boxes."""
+        triples, summed / num_boxes; with query_mask (B, Q) (a set whose queries a selection dropped, DDQ-DETR's
+        decoder NMS) only the queries it weighs count."""
         onehot = torch.zeros_like(logits)
         onehot[matched] = 1.0
-        return sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
-                                  reduction="sum") / num_boxes
+        if query_mask is None:
+            return sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
+                                      reduction="sum") / num_boxes
+        focal = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="none")
+        return (focal * query_mask[..., None]).sum() / num_boxes
 
     @staticmethod
     def matched_pairs(outputs: Dict[str, Tensor], targets: List[Dict], indices: List[Tuple[Tensor, Tensor]]
@@ -161,8 +171,11 @@ class SetCriterion(nn.Module):
         return terms
 
     def match(self, pset: PredictionSet, targets: List[Dict]) -> List[Tuple[Tensor, Tensor]]:
-        """(query, target) indices of one matched set: one-to-one."""
-        return self.matcher(pset.preds, targets)
+        """(query, target) indices of one matched set: one-to-one (among the set's query_mask, if it has one)."""
+        query_mask = pset.preds.get("query_mask")
+        if query_mask is None:
+            return self.matcher(pset.preds, targets)
+        return match_within(self.matcher, pset.preds, targets, query_mask)
 
     def dn_set_losses(self, outputs: Dict[str, Tensor], targets: List[Dict], indices: List[Tuple[Tensor, Tensor]],
                       num_boxes: float) -> Dict[str, Tensor]:
@@ -273,7 +286,10 @@ class SoftmaxSetCriterion(SetCriterion):
         class_weight[-1] = eos_coef
         self.register_buffer("empty_weight", class_weight)
 
-    def class_loss(self, logits: Tensor, matched: Tuple[Tensor, Tensor, Tensor], num_boxes: float) -> Tensor:
+    def class_loss(self, logits: Tensor, matched: Tuple[Tensor, Tensor, Tensor], num_boxes: float,
+                   query_mask: Optional[Tensor] = None) -> Tensor:
+        if query_mask is not None:
+            raise ValueError("SoftmaxSetCriterion has no query_mask (a selection that drops queries is DDQ-DETR's)")
         batch_idx, src_idx, labels = matched
         target = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         target[batch_idx, src_idx] = labels
@@ -287,6 +303,19 @@ class SoftmaxSetCriterion(SetCriterion):
             boxes = torch.as_tensor([float(len(t["labels"])) for t in targets], device=predicted.device)
             losses["cardinality_error"] = F.l1_loss(predicted, boxes)
         return losses
+
+
+def match_within(matcher: nn.Module, preds: Dict[str, Tensor], targets: List[Dict], query_mask: Tensor,
+                 **kwargs) -> List[Tuple[Tensor, Tensor]]:
+    """matcher(preds, targets, **kwargs) with each image's predictions restricted to its queries in query_mask
+    (B, N) bool; the query indices returned are those of the full set."""
+    indices = []
+    for i, target in enumerate(targets):
+        kept = torch.nonzero(query_mask[i]).squeeze(1)
+        image = {k: preds[k][i:i + 1, kept] for k in ("pred_logits", "pred_boxes")}
+        (src, tgt), = matcher(image, [target], **kwargs)
+        indices.append((kept.cpu()[src], tgt))
+    return indices
 
 
 def _dn_log_order(spec: SetSpec) -> int:

@@ -42,15 +42,24 @@ class PostProcess(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs: Dict, target_sizes: Tensor) -> List[Dict[str, Tensor]]:
-        """target_sizes (B, 2) as (h, w) -> per image 'scores' (k,), 'labels' (k,), 'boxes' (k, 4) xyxy pixels."""
+        """target_sizes (B, 2) as (h, w) -> per image 'scores' (k,), 'labels' (k,), 'boxes' (k, 4) xyxy pixels.
+        outputs' optional 'query_mask' (B, Q) bool names the queries to report (DDQ-DETR's distinct ones): the
+        others are never reported (an image may then get fewer than num_select)."""
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        prob = logits.float().sigmoid().flatten(1)  # (B, Q*K)
+        query_mask = outputs.get("query_mask")
+        prob = logits.float().sigmoid()
+        if query_mask is not None:
+            prob = prob.masked_fill(~query_mask[..., None], -1.0)  # below every probability
+        prob = prob.flatten(1)  # (B, Q*K)
         k = min(self.num_select, prob.shape[1])
         scores, idx = torch.topk(prob, k, dim=1)
         query = torch.div(idx, logits.shape[2], rounding_mode="floor")
         labels = idx % logits.shape[2]
         xyxy = torch.gather(pixel_boxes(boxes, target_sizes), 1, query.unsqueeze(-1).expand(-1, -1, 4))
-        return detections(scores, labels, xyxy, self.nms_iou_threshold)
+        results = detections(scores, labels, xyxy, self.nms_iou_threshold)
+        if query_mask is not None:  # pairs of unreported queries scored -1 (they suppress nothing in the NMS)
+            results = [{k: v[r["scores"] >= 0] for k, v in r.items()} for r in results]
+        return results
 
 
 class SoftmaxPostProcess(nn.Module):

@@ -5,6 +5,7 @@ Importing this package registers its detectors (models/registry.py) and AugDETR'
 """
 from . import (
     augdetr,  # noqa: F401  registers --save_emca_weights
+    ddq_detr,  # noqa: F401  registers 'ddq_detr'
     deformable_detr,  # noqa: F401  registers 'deformable_detr'
     deformable_detr_official,  # noqa: F401  registers the official files' recogniser and converter
     dino,  # noqa: F401  registers 'dino'

@@ -30,11 +30,11 @@ from ..common.matcher import HungarianMatcher
 MAX_POSITIVE_FRACTION = 0.5
 
 
-def capped_k(k: int, num_gt: int, num_queries: int) -> int:
-    """k lowered so that k * num_gt <= MAX_POSITIVE_FRACTION * num_queries, and at least 1."""
+def capped_k(k: int, num_gt: int, num_queries: int, fraction: float = MAX_POSITIVE_FRACTION) -> int:
+    """k lowered so that k * num_gt <= fraction * num_queries, and at least 1."""
     if num_gt == 0:
         return k
-    return max(1, min(k, int(MAX_POSITIVE_FRACTION * num_queries) // num_gt))
+    return max(1, min(k, int(fraction * num_queries) // num_gt))
 
 
 class OneToManyMatcher(HungarianMatcher):
@@ -43,7 +43,14 @@ class OneToManyMatcher(HungarianMatcher):
     One-to-k is one assignment problem: the ground truth is repeated k times, so the cost matrix
     is DINO's (Q x n) tiled k times along the ground-truth axis (Q x k*n), and scipy's
     linear_sum_assignment gives each copy a different prediction. k = 1 is DINO's matching.
+    max_positive_fraction: k is capped per image so that the positives stay within this fraction of the
+    queries (AlignDETR's 0.5; DDQ-DETR's dense assignment caps at the queries themselves, 1.0).
     """
+
+    def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
+                 focal_alpha: float = 0.25, max_positive_fraction: float = MAX_POSITIVE_FRACTION):
+        super().__init__(cost_class, cost_bbox, cost_giou, focal_alpha)
+        self.max_positive_fraction = max_positive_fraction
 
     @torch.no_grad()
     def forward(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]],
@@ -51,12 +58,12 @@ class OneToManyMatcher(HungarianMatcher):
         """outputs: 'pred_logits' (B, Q, K), 'pred_boxes' (B, Q, 4); targets: 'labels' (n_i,), 'boxes' (n_i, 4).
 
         Returns per image (query indices, ground-truth indices in 0..n_i-1), each int64 of length
-        k_i * n_i with k_i = capped_k(k, n_i, Q) (per image); a query appears at most once.
+        k_i * n_i with k_i = capped_k(k, n_i, Q, max_positive_fraction) (per image); a query appears at most once.
         """
         if k == 1:
             return super().forward(outputs, targets)
         num_queries = outputs["pred_logits"].shape[1]
-        ks = [capped_k(k, len(t["labels"]), num_queries) for t in targets]
+        ks = [capped_k(k, len(t["labels"]), num_queries, self.max_positive_fraction) for t in targets]
         tiled = [{"labels": t["labels"].repeat(ki), "boxes": t["boxes"].repeat(ki, 1)} for t, ki in zip(targets, ks)]
         indices = super().forward(outputs, tiled)
         # copy c of ground truth j is column c * n + j: fold the copies back onto j

@@ -69,8 +69,7 @@ class DeformableTransformer(nn.Module):
     def _reset_parameters(self) -> None:
         """Xavier-uniform weights for the encoder's and decoder's layers (not the prediction heads the
         decoder was given), MSDeformAttn's own initialisation, a normal level embedding."""
-        heads = {id(p) for module in (self.decoder.bbox_embed, self.decoder.class_embed) if module is not None
-                 for p in module.parameters()}
+        heads = {id(p) for module in self.decoder.head_modules() for p in module.parameters()}
         for p in self.parameters():
             if p.dim() > 1 and id(p) not in heads:
                 nn.init.xavier_uniform_(p)
@@ -111,9 +110,13 @@ class DeformableTransformer(nn.Module):
         True = blocked; mask_update: the decoder's hook to change it between layers; query_embed: the
         detector's learned query embeddings, for the query selection."""
         src_flatten, mask_flatten, pos_flatten, shapes = self.flatten_levels(srcs, masks, pos_embeds)
-        # (L, 2) int64 from the maps' own shapes (torch._shape_as_tensor), not from Python ints: an ONNX export
-        # traced this way keeps the level sizes as functions of the input's height and width
-        spatial_shapes = torch.stack([torch._shape_as_tensor(s)[-2:] for s in srcs]).to(src_flatten.device)
+        # (L, 2) int64. While an ONNX export traces, from the maps' own shapes (torch._shape_as_tensor), so the
+        # graph keeps the level sizes as functions of the input's height and width; otherwise from Python ints
+        # (a constant tensor, which fake-tensor FLOP counting can also build)
+        if torch.jit.is_tracing():
+            spatial_shapes = torch.stack([torch._shape_as_tensor(s)[-2:] for s in srcs]).to(src_flatten.device)
+        else:
+            spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.valid_ratio(m, coordinate_dtype(src_flatten)) for m in masks], 1)  # (B, L, 2)
 

@@ -7,7 +7,7 @@ the config: the heads are built first and handed to the transformer's decoder an
 import copy
 import math
 import os
-from typing import Dict, List, Optional, TypedDict
+from typing import Dict, List, NamedTuple, Optional, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,8 @@ from .query_selection import MixedQuerySelection
 from .schema import DEFORMABLE_KEYS, DINO_KEYS
 from .transformer_builder import build_deformable_transformer
 
-__all__ = ["DINO", "DINOOutput", "build_dino", "build_dino_criterion", "dino_heads", "dino_loss_weights"]
+__all__ = ["DINO", "DINOHeads", "DINOOutput", "build_dino", "build_dino_criterion", "dino_head_set", "dino_heads",
+           "dino_loss_weights", "dino_options", "dino_set_specs"]
 
 
 class DINOOutput(TypedDict, total=False):
@@ -76,28 +77,46 @@ class DINO(nn.Module):
     def forward(self, samples, targets: Optional[List[Dict[str, Tensor]]] = None) -> DINOOutput:
         samples = to_nested_tensor(samples)
         srcs, masks, poss = multiscale_features(self.backbone, self.input_proj, samples)
-        dn_meta = None
-        query_label = query_bbox = attn_mask = None
-        if self.training and self.dn_number > 0 and targets is not None:
-            query_label, query_bbox, attn_mask, dn_meta = prepare_for_cdn(
-                targets, self.dn_number, self.dn_label_noise_ratio, self.dn_box_noise_scale, self.num_queries,
-                self.num_classes, self.hidden_dim, self.label_enc)
+        query_label, query_bbox, attn_mask, dn_meta = self.denoising_queries(targets)
         result = self.transformer(srcs, masks, poss, dn_anchors=query_bbox, dn_content=query_label,
                                   self_attn_mask=attn_mask)
-        hs, reference = result.hs, result.references
-        # keeps label_enc in the graph when no denoising runs (DDP needs every parameter used)
-        hs[0] = hs[0] + self.label_enc.weight[0, 0] * 0.0
-
-        # layer i's boxes refine layer i-1's undetached boxes ("look forward twice")
-        coords = torch.stack([(box_head(h) + inverse_sigmoid(ref)).sigmoid()
-                              for ref, box_head, h in zip(reference[:-1], self.bbox_embed, hs)])
-        logits = torch.stack([cls_head(h) for cls_head, h in zip(self.class_embed, hs)])
+        logits, coords = self.predict(self.label_enc_in_graph(result.hs), result.references, self.class_embed,
+                                      self.bbox_embed)
         logits, coords = dn_post_process(logits, coords, dn_meta)
+        return self.output_dict(logits, coords, result.queries.proposal_logits, result.queries.proposal_boxes,
+                                dn_meta)
+
+    def denoising_queries(self, targets: Optional[List[Dict[str, Tensor]]]):
+        """(content (B, D, C), anchor logits (B, D, 4), self-attention mask (D + Q, D + Q), dn_meta) of the
+        contrastive denoising queries of a training batch; all None otherwise."""
+        if self.training and self.dn_number > 0 and targets is not None:
+            return prepare_for_cdn(targets, self.dn_number, self.dn_label_noise_ratio, self.dn_box_noise_scale,
+                                   self.num_queries, self.num_classes, self.hidden_dim, self.label_enc)
+        return None, None, None, None
+
+    def label_enc_in_graph(self, hs: List[Tensor]) -> List[Tensor]:
+        """hs with label_enc in the graph even when no denoising runs (DDP needs every parameter used)."""
+        hs[0] = hs[0] + self.label_enc.weight[0, 0] * 0.0
+        return hs
+
+    @staticmethod
+    def predict(hs: List[Tensor], references: List[Tensor], class_heads: nn.ModuleList, box_heads: nn.ModuleList):
+        """Per decoder layer outputs hs (B, N, C) and the decoder's L + 1 references (B, N, 4) -> (class logits
+        (L, B, N, K), boxes (L, B, N, 4) sigmoid cxcywh): layer i's boxes refine layer i-1's undetached
+        boxes ("look forward twice")."""
+        coords = torch.stack([(box_head(h) + inverse_sigmoid(ref)).sigmoid()
+                              for ref, box_head, h in zip(references[:-1], box_heads, hs)])
+        logits = torch.stack([cls_head(h) for cls_head, h in zip(class_heads, hs)])
+        return logits, coords
+
+    def output_dict(self, logits: Tensor, coords: Tensor, proposal_logits: Tensor, proposal_boxes: Tensor,
+                    dn_meta: Optional[Dict]) -> DINOOutput:
+        """DINOOutput from the matching queries' predictions per layer (L, B, Q, ...) and the selected encoder
+        proposals' (B, Q, ...)."""
         out: DINOOutput = {"pred_logits": logits[-1], "pred_boxes": coords[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], coords[:-1])]
-        out["interm_outputs"] = {"pred_logits": result.queries.proposal_logits,
-                                 "pred_boxes": result.queries.proposal_boxes}
+        out["interm_outputs"] = {"pred_logits": proposal_logits, "pred_boxes": proposal_boxes}
         out["dn_meta"] = dn_meta
         return out
 
@@ -116,6 +135,31 @@ def dino_heads(hidden_dim: int, num_classes: int):
 def per_layer(head: nn.Module, num_layers: int, share: bool) -> nn.ModuleList:
     """num_layers heads: the same module (share) or independent copies of it."""
     return nn.ModuleList([head if share else copy.deepcopy(head) for _ in range(num_layers)])
+
+
+class DINOHeads(NamedTuple):
+    """The prediction heads of a DINO-style detector: per decoder layer (class_embed, bbox_embed: one shared
+    module or copies) and the encoder proposals' (encoder_class, encoder_box: the decoder's or copies)."""
+    class_embed: nn.ModuleList
+    bbox_embed: nn.ModuleList
+    encoder_class: nn.Module
+    encoder_box: nn.Module
+
+
+def dino_head_set(args) -> DINOHeads:
+    """DINO's heads as the config shares them (dec_pred_*_embed_share, two_stage_*_embed_share)."""
+    class_head, box_head = dino_heads(args.hidden_dim, args.num_classes)
+    return DINOHeads(per_layer(class_head, args.dec_layers, args.dec_pred_class_embed_share),
+                     per_layer(box_head, args.dec_layers, args.dec_pred_bbox_embed_share),
+                     class_head if args.two_stage_class_embed_share else copy.deepcopy(class_head),
+                     box_head if args.two_stage_bbox_embed_share else copy.deepcopy(box_head))
+
+
+def dino_options(args) -> Dict:
+    """DINO's constructor keywords besides its parts, from the config."""
+    return dict(num_classes=args.num_classes, num_queries=args.num_queries, aux_loss=args.aux_loss,
+                dn_number=args.dn_number if args.use_dn else 0, dn_box_noise_scale=args.dn_box_noise_scale,
+                dn_label_noise_ratio=args.dn_label_noise_ratio, dn_labelbook_size=args.dn_labelbook_size)
 
 
 def dino_loss_weights(args) -> Dict[SetKind, Dict[str, float]]:
@@ -152,21 +196,12 @@ def build_dino(args):
     """Map the checked config onto DINO, its criterion and post-processor (the deformable-attention
     backend is the caller's choice, see models.select_msda_backend)."""
     backbone = build_backbone(args)
-    class_head, box_head = dino_heads(args.hidden_dim, args.num_classes)
-    class_embed = per_layer(class_head, args.dec_layers, args.dec_pred_class_embed_share)
-    bbox_embed = per_layer(box_head, args.dec_layers, args.dec_pred_bbox_embed_share)
-    # the encoder proposals' heads: the decoder's (shared) or copies
-    selection = MixedQuerySelection(
-        args.hidden_dim, args.num_queries,
-        class_head if args.two_stage_class_embed_share else copy.deepcopy(class_head),
-        box_head if args.two_stage_bbox_embed_share else copy.deepcopy(box_head),
-        learned_content=args.embed_init_tgt)
-    transformer = build_deformable_transformer(args, selection, class_embed, bbox_embed)
+    heads = dino_head_set(args)
+    selection = MixedQuerySelection(args.hidden_dim, args.num_queries, heads.encoder_class, heads.encoder_box,
+                                    learned_content=args.embed_init_tgt)
+    transformer = build_deformable_transformer(args, selection, heads.class_embed, heads.bbox_embed)
     model = DINO(backbone, transformer,
                  input_projections(backbone.num_channels, args.hidden_dim, args.num_feature_levels),
-                 class_embed, bbox_embed, num_classes=args.num_classes, num_queries=args.num_queries,
-                 aux_loss=args.aux_loss, dn_number=args.dn_number if args.use_dn else 0,
-                 dn_box_noise_scale=args.dn_box_noise_scale, dn_label_noise_ratio=args.dn_label_noise_ratio,
-                 dn_labelbook_size=args.dn_labelbook_size)
+                 heads.class_embed, heads.bbox_embed, **dino_options(args))
     postprocessors = {"bbox": PostProcess(args.num_select, args.nms_iou_threshold)}
     return model, build_dino_criterion(args), postprocessors

@@ -159,6 +159,10 @@ class DeformableDecoder(nn.Module):
         self.bbox_embed = box_heads
         self.class_embed = class_heads
 
+    def head_modules(self) -> List[nn.Module]:
+        """The prediction heads it holds (initialised by their owner, not as the decoder's layers)."""
+        return [heads for heads in (self.bbox_embed, self.class_embed) if heads is not None]
+
     def forward(self, tgt: Tensor, memory, memory_padding_mask: Tensor, refpoints_unsigmoid: Tensor,
                 level_start_index: Tensor, spatial_shapes: Tensor, valid_ratios: Tensor,
                 self_attn_mask: Optional[Tensor] = None, mask_update: Optional[MaskUpdate] = None,

@@ -73,6 +73,11 @@ CASES: Dict[str, Case] = {
     "deformable_detr_refine": Case("deformable_detr", dict(with_box_refine=True)),
     "deformable_detr_two_stage": Case("deformable_detr", dict(with_box_refine=True, two_stage=True)),
     "deformable_detr_augdetr": Case("deformable_detr", dict(use_hae=True, use_emca=True, num_hae_layers=1)),
+    # DDQ-DETR with NMS thresholds at which the tiny model's boxes overlap: the encoder NMS changes the
+    # training queries, the decoder NMS suppresses queries in both modes (no IoU within 5e-5 of a threshold)
+    "ddq": Case("ddq_detr", dict(ddq_enc_nms_iou=0.3, ddq_dec_nms_iou=0.1)),
+    "ddq_augdetr": Case("ddq_detr", dict(ddq_enc_nms_iou=0.3, ddq_dec_nms_iou=0.1, use_hae=True, use_emca=True,
+                                         num_hae_layers=1)),
 }
 # gradient norms recorded besides the total (prefix match on parameter names; the sum of squares
 # of all matching gradients): backbone, input projection, encoder, two-stage head, decoder, heads

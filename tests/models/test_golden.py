@@ -26,6 +26,8 @@ if __name__ == "__main__":  # run as a script: make the repository and tests/ im
     _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path[:0] = [_root, os.path.join(_root, "tests")]
 
+from engine.config import schema_for  # noqa: E402
+
 import golden  # noqa: E402
 from golden import CASES, MODES, OutputNoise  # noqa: E402
 
@@ -234,6 +236,21 @@ SWITCHES = {
     "cls_loss_coef_deformable_detr": ("deformable_detr", {}, dict(cls_loss_coef=1.0)),  # DINO's flip is its default
     "use_emca_two_stage": ("deformable_detr", dict(with_box_refine=True, two_stage=True), EMCA),
 }
+# DDQ-DETR: DINO's flips of the keys that change its tensors (DINO's model keys but embed_init_tgt) and of
+# use_dn and aux_loss (they change its query layout and which sets get a query mask), from the golden case's
+# NMS thresholds (at which the tiny model's boxes overlap); then its own model keys. Its loss keys are
+# checked in test_ddq_detr.py.
+DDQ = golden.CASES["ddq"].switches
+DDQ_SHARED = set(schema_for("ddq_detr").model_keys()) | {"use_dn", "aux_loss"}
+SWITCHES.update({f"{name}_ddq": ("ddq_detr", dict(DDQ, **base), flip) for name, (detector, base, flip)
+                 in list(SWITCHES.items()) if detector == "dino" and name.split("_5scale")[0] in DDQ_SHARED})
+SWITCHES.update({
+    "ddq_enc_nms_iou": ("ddq_detr", DDQ, dict(ddq_enc_nms_iou=0.8)),
+    "ddq_dec_nms_iou": ("ddq_detr", DDQ, dict(ddq_dec_nms_iou=0.8)),
+    "ddq_distinct_set": ("ddq_detr", DDQ, dict(ddq_distinct_set="tracked")),
+    "ddq_dense_ratio": ("ddq_detr", DDQ, dict(ddq_dense_ratio=0.5)),
+    "ddq_dense_ratio_none": ("ddq_detr", DDQ, dict(ddq_dense_ratio=0.0)),
+})
 
 
 def _shared_switches(detector: str):
@@ -287,7 +304,6 @@ def test_every_detector_and_model_key_is_covered():
     """Each registered detector has a tiny config (tests/tiny_configs.py), a golden case and a switch test;
     each key that changes a detector's tensors (Key.model) has a switch test; each golden case has its
     file. modelname itself is covered by each detector's golden case."""
-    from engine.config import schema_for
     from models import DETECTORS
 
     from tiny_configs import TINY_MODELS

@@ -58,23 +58,29 @@ def test_main_table_script_runs_the_four_variants_with_their_configs(mode, tmp_p
     done = subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     calls = record.read_text().splitlines()
-    assert len(calls) == 5
+    assert len(calls) == 7
     config = "AlignDETR_synthetic.py" if mode == "synthetic" else "AlignDETR_4scale.py"
+    ddq = "config/DDQ/DDQ_synthetic.py" if mode == "synthetic" else "config/DDQ/DDQ_4scale.py"
+    for call, name, flags in [(calls[4], "ddq_detr", False), (calls[5], "ddq_detr_augdetr", True)]:
+        assert f"-c {ddq} " in call + " " and f"--output_dir {tmp_path / 'out' / name} " in call + " "
+        assert ("--use_hae --use_emca" in call) == flags
+        # COCO runs: DDQ-DETR's embed_init_tgt=False after the DINO options' TRUE
+        assert call.endswith("embed_init_tgt=False") == (mode == "coco")
     for call, name, flags, aligned in [(calls[0], "dino", False, False), (calls[1], "dino_augdetr", True, False),
                                        (calls[2], "aligndetr", False, True),
                                        (calls[3], "aligndetr_augdetr", True, True)]:
         assert call.startswith("main.py") and f"--output_dir {tmp_path / 'out' / name} " in call + " "
         assert ("--use_hae --use_emca" in call) == flags
         assert (f"-c config/AlignDETR/{config}" in call) == aligned
-    assert calls[4].startswith("tools/collect_results.py") and calls[4].endswith(
-        "--names DINO DINO+AugDETR AlignDETR AlignDETR+AugDETR --pairs")
+    assert calls[6].startswith("tools/collect_results.py") and calls[6].endswith(
+        "--names DINO DINO+AugDETR AlignDETR AlignDETR+AugDETR DDQ-DETR DDQ-DETR+AugDETR --pairs")
 
 
 def test_benchmark_criterion_prints_both_criteria(capsys):
     med = benchmark_criterion.run(["-c", os.path.join(ROOT, "config", "DINO", "DINO_synthetic.py"),
                                    "--gt", "2", "--repeats", "1"])
     assert set(med) == {"dino", "aligndetr"} and set(med["dino"]) == {"step", "match"}
-    lines = capsys.readouterr().out.splitlines()
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("CPU threads: ")]
     assert lines[0].startswith("criterion step (forward + backward), 100 queries, 7 classes, 3 decoder layers")
     assert lines[1] == "| criterion | step (ms) | matching (ms) |"
     assert lines[3].startswith("| dino | ") and lines[4].startswith("| aligndetr | ")

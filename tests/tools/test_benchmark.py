@@ -108,6 +108,25 @@ def test_train_step_table(tiny_cfg, capsys):
     assert lines[0].startswith(f"train step: {config}, image 64x96, batch 1")
 
 
+def test_train_step_variants_name_a_modelname_with_eval_times_and_region_shares(tiny_cfg, capsys):
+    config, opts = tiny_cfg
+    rows = benchmark.main(["--train-step", "-c", config, "--variants", "dino,ddq_detr+augdetr", "--eval-step",
+                           "--image-size", "64", "96", "--repeats", "1", "--options", *opts, "enc_layers=2",
+                           "dec_layers=2", "num_hae_layers=1"])
+    assert [r["variant"] for r in rows] == ["dino", "ddq_detr+augdetr"]
+    assert all(isinstance(r["eval_time_s"], float) for r in rows)
+    assert "region_share" not in rows[0]  # DINO runs no NMS
+    for r in rows[1:]:
+        assert set(r["region_share"]) == {"ddq.encoder_nms", "ddq.decoder_nms"}
+        assert all(0 < share < 1 for share in r["region_share"].values())
+    assert rows[1]["params_total"] > rows[0]["params_total"]
+    out = capsys.readouterr().out
+    assert "| variant | eval forward time (s) | vs dino |" in out and "| dino | " in out
+    assert re.search(r"ddq_detr\+augdetr: ddq.encoder_nms \d+\.\d% of a profiled training step", out)
+    with user_error(capsys, r"\+foo is not one of"):
+        benchmark.main(["--train-step", "--variants", "ddq_detr+foo"])
+
+
 def test_bad_variant(capsys):
     with user_error(capsys, "choose from"):
         benchmark.main(["--train-step", "--variants", "dino,foo"])

@@ -53,7 +53,8 @@ def test_optimizer_reads_the_grouping_keys():
 def _args(**kw):
     base = dict(lr=1e-3, lr_backbone=1e-4, lr_backbone_names=["backbone.0"], param_dict_type="default",
                 lr_linear_proj_names=["reference_points", "sampling_offsets"], lr_linear_proj_mult=0.1,
-                weight_decay=1e-4, onecyclelr=False, multi_step_lr=False, lr_drop=2, lr_drop_list=[1, 3], epochs=4)
+                weight_decay=1e-4, onecyclelr=False, multi_step_lr=False, lr_drop=2, lr_drop_list=[1, 3], epochs=4,
+                lr_warmup_iters=0, lr_warmup_factor=1e-4)
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -93,6 +94,42 @@ def test_step_lr_drops_after_lr_drop_epochs():
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_warmup_rises_linearly_per_optimizer_step_under_the_epoch_schedule():
+    args = _args(lr_warmup_iters=4, lr_warmup_factor=0.2, lr_drop=1)
+    model = Tiny()
+    opt = build_optimizer(model, args)
+    sched, per_iteration = build_lr_scheduler(opt, args, steps_per_epoch=10)
+    assert not per_iteration
+
+    def head_lr_after_steps(n):
+        for _ in range(n):
+            opt.zero_grad()
+            model.head(model.backbone(torch.ones(1, 2))).sum().backward()
+            opt.step()
+        return opt.param_groups[0]["lr"]
+
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.2)  # the first step's
+    assert head_lr_after_steps(1) == pytest.approx(1e-3 * 0.4)  # + (1 - 0.2) / 4 per step
+    assert head_lr_after_steps(2) == pytest.approx(1e-3 * 0.8)
+    state = sched.state_dict()
+    assert head_lr_after_steps(1) == pytest.approx(1e-3)  # warm-up over
+    assert head_lr_after_steps(3) == pytest.approx(1e-3)  # and stays over
+    sched.step()  # an epoch: StepLR drops by 10 after lr_drop=1 epoch
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+    # a resumed run continues the warm-up where it was
+    again = build_optimizer(Tiny(), args)
+    resumed, _ = build_lr_scheduler(again, args, steps_per_epoch=10)
+    resumed.load_state_dict(state)
+    assert resumed.warmup.last_epoch == 3 and resumed.epochs.last_epoch == 0
+
+
+def test_warmup_with_onecyclelr_is_refused():
+    from util.optim import OPTIMISATION_KEYS
+    cfg = dict(lr_warmup_iters=10, onecyclelr=True)
+    assert "lr_warmup_iters=10 with onecyclelr=True" in OPTIMISATION_KEYS.relations[0](cfg)
+    assert OPTIMISATION_KEYS.relations[0](dict(cfg, lr_warmup_iters=0)) is None
 
 
 def test_ema_update_and_state_roundtrip():
