@@ -2,7 +2,7 @@
 # 42.0 AP). DETR's defaults file: it sets every key DETR uses, and a DETR config that does not set a key
 # takes the value written here. What each key may be and means: `python main.py -c CONFIG --print_config`.
 # Augmentation (flip, multi-scale resize / crop-and-resize, val 800 x 1333) is DETR's, which DINO kept.
-_base_ = ['../DINO/coco_transformer.py']
+_base_ = ['../DINO/coco_transformer.py', '../common/checkpoints.py']
 
 # ---- data / classes -------------------------------------------------------
 num_classes = 91  # COCO max category id + 1 (labels are raw category ids); the head adds the no-object class
@@ -34,9 +34,6 @@ lr_linear_proj_mult = 0.1
 lr_warmup_iters = 0  # linear warm-up over this many optimizer steps (0: none, as the official recipe)
 lr_warmup_factor = 0.0001  # the warm-up's first lr multiplier
 save_checkpoint_interval = 100
-keep_checkpoints = None  # numbered checkpointNNNN.pth kept, the newest N (None = all; 0 = none written)
-best_checkpoint = 'weights'  # checkpoint_best_regular.pth: weights only, not written while the best epoch is the last
-final_checkpoint_optimizer = True  # the last checkpoint.pth keeps the optimizer state (to train on)
 clip_max_norm = 0.1
 onecyclelr = False
 multi_step_lr = False
@@ -88,9 +85,3 @@ eos_coef = 0.1  # weight of the no-object class
 
 # ---- runtime ----------------------------------------------------------------
 keep_freed_host_memory = True
-# shared clusters (docs/reliability.md): checkpoint.pth also every 15 minutes with the position in the epoch
-checkpoint_every_iters = 0  # 0: off
-checkpoint_every_minutes = 15.0  # 0: off
-collective_timeout_minutes = 30.0  # a collective waiting longer for a peer fails (torch's process-group timeout)
-rank_silence_s = 120.0  # a rank silent this long is named gone and the others stop (util/rank_watch.py)
-run_lock_heartbeat_s = 30.0  # output_dir/run.lock heartbeat; another host's lock silent for 3 of these is stale

@@ -1,10 +1,10 @@
 # DINO 4-scale, ResNet-50, COCO (values from IDEA-Research/DINO config/DINO/DINO_4scale.py).
-# This file defines every config key of the project: a config that does not set a key (an
+# This file (with its _base_ files) defines every config key of DINO: a config that does not set a key (an
 # official DINO file lacks this project's keys) takes the value written here. What each key
 # may be and means: util/config_schema.py, or `python main.py -c CONFIG --print_config`.
 # DINO keys this project does not implement (DAB/DN-DETR leftovers, masks, Swin options...)
 # are accepted only at DINO's value (util/config_schema.NOT_IMPLEMENTED) and so not listed here.
-_base_ = ['coco_transformer.py']
+_base_ = ['coco_transformer.py', '../common/checkpoints.py']
 
 # ---- data / classes -------------------------------------------------------
 num_classes = 91  # COCO max category id + 1 (labels are raw category ids)
@@ -26,9 +26,6 @@ save_checkpoint_interval = 1
 clip_max_norm = 0.1
 
 # ---- checkpoints (engine/checkpoint_policy.py) ----------------------------------
-keep_checkpoints = None  # numbered checkpointNNNN.pth kept, the newest N (None = all, DINO's; 0 = none written)
-best_checkpoint = 'weights'  # checkpoint_best_regular.pth: weights only, not written while the best epoch is the last
-final_checkpoint_optimizer = True  # the last checkpoint.pth keeps the optimizer state (to train on)
 onecyclelr = False
 multi_step_lr = False
 lr_drop_list = [33, 45]
@@ -107,13 +104,6 @@ dn_label_coef = 1.0  # loss_ce_dn weight = cls_loss_coef * dn_label_coef
 dn_bbox_coef = 1.0  # loss_bbox_dn / loss_giou_dn weights = bbox/giou_loss_coef * dn_bbox_coef
 msda_backend = 'auto'  # multi-scale deformable attention kernel: 'auto' (CUDA op if built, else PyTorch)
 keep_freed_host_memory = True  # CPU runs: freed tensor memory stays in the process (util/host_memory.py)
-# shared clusters (docs/reliability.md): a COCO epoch takes about an hour on 8 GPUs, so checkpoint.pth is also
-# written every 15 minutes with the position in the epoch (about 1-2 s for 0.5 GB); a restart continues there
-checkpoint_every_iters = 0  # 0: off
-checkpoint_every_minutes = 15.0  # 0: off
-collective_timeout_minutes = 30.0  # a collective waiting longer for a peer fails (torch's process-group timeout)
-rank_silence_s = 120.0  # a rank silent this long is named gone and the others stop (util/rank_watch.py)
-run_lock_heartbeat_s = 30.0  # output_dir/run.lock heartbeat; another host's lock silent for 3 of these is stale
 # AugDETR: Hybrid Attention Encoder (HAE)
 use_hae = False
 num_hae_layers = 2  # the first N encoder layers are hybrid

@@ -4,7 +4,7 @@
 # value written here); what each key means: `python main.py -c THIS --print_config`.
 # Its state_dict is the official one key for key: the released files load with --resume /
 # --pretrain_model_path (README, "Deformable DETR").
-_base_ = ['../DINO/coco_transformer.py']
+_base_ = ['../DINO/coco_transformer.py', '../common/checkpoints.py']
 
 # ---- data / classes -------------------------------------------------------
 num_classes = 91  # COCO max category id + 1 (labels are raw category ids)
@@ -27,9 +27,6 @@ weight_decay = 0.0001
 epochs = 50
 lr_drop = 40
 save_checkpoint_interval = 5  # the official run keeps every 5th epoch
-keep_checkpoints = None  # numbered checkpointNNNN.pth kept, the newest N (None = all; 0 = none written)
-best_checkpoint = 'weights'  # checkpoint_best_regular.pth: weights only, not written while the best epoch is the last
-final_checkpoint_optimizer = True  # the last checkpoint.pth keeps the optimizer state (to train on)
 clip_max_norm = 0.1
 onecyclelr = False
 multi_step_lr = False
@@ -96,12 +93,6 @@ emca_gate_init = 'mean'  # every gate starts at 1/L; 'xavier' = about 0.5 each (
 
 # ---- runtime, evaluation, synthetic data -----------------------------------
 keep_freed_host_memory = True
-# shared clusters (docs/reliability.md): checkpoint.pth also every 15 minutes with the position in the epoch
-checkpoint_every_iters = 0  # 0: off
-checkpoint_every_minutes = 15.0  # 0: off
-collective_timeout_minutes = 30.0  # a collective waiting longer for a peer fails (torch's process-group timeout)
-rank_silence_s = 120.0  # a rank silent this long is named gone and the others stop (util/rank_watch.py)
-run_lock_heartbeat_s = 30.0  # output_dir/run.lock heartbeat; another host's lock silent for 3 of these is stale
 eval_backend = 'pycocotools'
 skip_bad_images = False
 synthetic_dir = None
