@@ -51,9 +51,10 @@ def refused_keys(modelname: str) -> Dict[str, str]:
     own_keys = {key for g in key_groups(modelname) for key in g.keys}
     reasons = detector(modelname).refused
     out = {}
-    for group in all_key_groups():
-        if group.name in own:
-            continue
+    # a key declared by several foreign groups (DINO's keys also sit in DDQ-DETR's copy of DINO's group) takes
+    # the reason the detector states for one of them over the generic one, whatever the groups' order
+    foreign = sorted((g for g in all_key_groups() if g.name not in own), key=lambda g: g.name in reasons)
+    for group in foreign:
         why = reasons.get(group.name, f"it is a key of {group.title}, which modelname={modelname!r} does not use")
         out.update({key: f"{key}: {why}" for key in group.keys if key not in own_keys})
     return out
