@@ -299,9 +299,8 @@ def build(image_set: str, args, root: Optional[str] = None) -> CocoDetection:
     (transforms and classes from ``args``)."""
     img_folder, ann_file = split_files(args.coco_path if root is None else root, image_set)
     transforms = transforms_from_args("train" if image_set == "train" else "val", args)  # test: val's
-    # dn_labelbook_size is DINO's key: a detector without denoising queries (DETR) has none to check
-    labelbook = vars(args)["dn_labelbook_size"] if "dn_labelbook_size" in vars(args) else None
-    return CocoDetection(img_folder, ann_file, transforms=transforms,
-                         num_classes=args.num_classes, dn_labelbook_size=labelbook,
+    # ids are checked against num_classes only: a detector with a denoising label book (DINO) has
+    # dn_labelbook_size >= num_classes - 1 by its config check, and the others have none
+    return CocoDetection(img_folder, ann_file, transforms=transforms, num_classes=args.num_classes,
                          skip_bad_images=args.skip_bad_images,
                          images_only=image_set == "test")
