@@ -1,5 +1,6 @@
 import contextlib
 import io
+import logging
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from pycocotools.coco import COCO
 
 from datasets.coco import load_coco_json
 from datasets.coco_eval import BACKENDS, CocoEvaluator, compare_backends, fake_detections
+from util.logger import FILE_ONLY, LOGGER_NAME
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +59,28 @@ def test_backends_give_the_same_12_stats(gt):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_summarize_prints_only_the_table(gt, backend, capsys):
+def test_summarize_logs_ap_x100_and_keeps_the_0_1_table_for_info_txt(gt, backend, capsys):
+    """Nothing of the backend's own prints reaches stdout; the log gets AP x 100 and recall lines, and the
+    backend's 0-1 table marked for info.txt only."""
     ev = evaluate(gt, gt_predictions(gt), backend)
     capsys.readouterr()
-    ev.summarize()
-    out = capsys.readouterr().out
-    assert out.startswith("IoU metric: bbox") and out.count("Average Precision") == 6
-    assert "Loading" not in out and "DONE" not in out and "Evaluate" not in out
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger(LOGGER_NAME)
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        ev.summarize()
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert capsys.readouterr().out == ""
+    messages = [r.getMessage() for r in records]
+    assert messages[0].startswith("COCO bbox on ") and "(x 100): AP 100.0" in messages[0]
+    assert messages[1].startswith("COCO bbox recall (x 100): AR1 ")
+    assert messages[2].count("Average Precision") == 6 and getattr(records[2], FILE_ONLY, False)
 
 
 def test_only_updated_images_are_evaluated(gt):
