@@ -68,7 +68,11 @@ def test_own_ticks_include_children_and_survive_a_kernel_without_children_lists(
     child = subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"])
     try:
         time.sleep(0.5)
-        own_alone = cpu_threads._process_ticks(os.getpid()) - cpu_threads._process_ticks(child.pid)
+        # this process's ticks less those of every live child (the suite may have others than `child`),
+        # the children read after the total so that own_alone can only come out low
+        total = cpu_threads._process_ticks(os.getpid())
+        own_alone = total - sum(cpu_threads._process_ticks(c) for c in cpu_threads._children(os.getpid()))
+        assert child.pid in cpu_threads._children(os.getpid())
         assert cpu_threads._process_ticks(child.pid) > 0 and own_alone > 0
         real_open = open
 
