@@ -8,7 +8,8 @@ OSError) becomes a `DiskWriteError` whose one line names the file, the free spac
 the size the write needed.
 
 torch.save turns an OSError of the file object it writes to into a RuntimeError ("unexpected pos ...");
-the files handed out here remember the first OSError of their writes, so the cause is still reported.
+the files handed out here remember the first exception of their writes, so the cause is still reported
+(an OSError as DiskWriteError; Ctrl-C's KeyboardInterrupt as itself, so main.py's one-line message follows).
 """
 import contextlib
 import errno
@@ -74,16 +75,17 @@ def write_error(err: OSError, path: str, needed: Optional[int]) -> DiskWriteErro
 
 
 class _RecordingFile:
-    """A binary/text file whose write() remembers the first OSError it raised (see the module docstring)."""
+    """A binary/text file whose write() remembers the first exception it raised, an OSError or e.g. Ctrl-C's
+    KeyboardInterrupt (see the module docstring)."""
 
     def __init__(self, f):
         self._f = f
-        self.error: Optional[OSError] = None
+        self.error: Optional[BaseException] = None
 
     def write(self, data):
         try:
             return self._f.write(data)
-        except OSError as e:
+        except BaseException as e:
             self.error = self.error or e
             raise
 
@@ -99,7 +101,7 @@ def atomic_file(path: str, mode: str = "wb", prefix: Optional[str] = None,
     prefix: the temp file's name prefix, starting with TEMP_PREFIX (default '.tmp-<name>-'); needed() is the
     size reported when
     the write fails. Any exception removes the temp file; an OSError (also one torch.save hid behind a
-    RuntimeError) is raised as DiskWriteError."""
+    RuntimeError) is raised as DiskWriteError, and another exception torch.save hid (Ctrl-C) as itself."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)
@@ -119,9 +121,13 @@ def atomic_file(path: str, mode: str = "wb", prefix: Optional[str] = None,
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        cause = e if isinstance(e, OSError) else (f.error if f is not None else None)
-        if cause is not None and not isinstance(e, DiskWriteError):
+        if isinstance(e, DiskWriteError):
+            raise
+        cause = e if f is None or f.error is None else f.error  # what torch.save hid, if it hid something
+        if isinstance(cause, OSError):
             raise write_error(cause, path, needed()) from None
+        if cause is not e:  # e.g. Ctrl-C during torch.save, which it turns into a RuntimeError
+            raise cause from None
         raise
     fsync_dir(directory)
 

@@ -10,7 +10,7 @@ import torch
 
 from engine import write_coco_results
 from util.checkpoint import TMP_PREFIX, find_resume_checkpoint, load_checkpoint, save_checkpoint
-from util.disk import DiskWriteError, human_bytes
+from util.disk import DiskWriteError, atomic_file, human_bytes
 from util.log_records import append_log_record, read_log_records
 
 LINE = re.compile(r"^could not write (?P<path>\S+): No space left on device \(errno 28\); (?P<free>[\d.]+ \w+) free on "
@@ -97,3 +97,22 @@ def test_atomic_files_get_the_mode_open_would_give(tmp_path):
         os.umask(old)
     for name in ("checkpoint.pth", "results.json"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o640  # group-readable on a shared cluster
+
+
+def test_ctrl_c_inside_torch_save_stays_a_keyboard_interrupt(tmp_path):
+    """torch.save turns an interrupted write into RuntimeError('unexpected pos ...'); atomic_file raises the
+    KeyboardInterrupt itself (so main.py prints its one line), keeps the old file and leaves no temp file."""
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"old": torch.ones(1)}, path)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(str(path)) as f:
+            writes = iter(range(1000))
+
+            def interrupted_write(data, write=f._f.write):
+                if next(writes) == 2:
+                    raise KeyboardInterrupt
+                return write(data)
+
+            f._f.write = interrupted_write
+            torch.save({"new": torch.zeros(100_000)}, f)
+    assert torch.load(path)["old"].item() == 1 and os.listdir(tmp_path) == ["checkpoint.pth"]
